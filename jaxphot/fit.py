@@ -1,0 +1,461 @@
+"""Batched PSF fitting of star cutouts: :func:`fit_cutouts`.
+
+This is the shell around the pure core (:mod:`jaxphot.scene`, :mod:`jaxphot.solve`): it validates
+input, builds the noise model, pads the batch to a few bucket sizes (so a new N does not recompile),
+runs fixed-size chunks through one jitted, vmapped solver (so memory is bounded for any N), and
+returns a :class:`FitResult` whose :meth:`~FitResult.to_table` gives one row per star.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.table import Table
+
+from . import scene
+from ._jaxsetup import default_dtype, enable_compilation_cache
+from .flags import FitFlag
+from .solve import LAMBDA0, levenberg_marquardt
+
+__all__ = ["fit_cutouts", "FitResult", "model_cutouts", "default_chunk_size", "default_threads"]
+
+enable_compilation_cache()
+
+_BACKGROUNDS = ("plane", "constant", None)
+_FIXABLE = ("bkg", "bkg_x", "bkg_y", "flux", "x", "y")
+_MIN_BUCKET = 64
+_FIRST_PASS_ITER = 10  # most problems converge by then; the rest are re-run together
+
+
+def default_chunk_size() -> int:
+    """Problems per compiled call: large on accelerators, cache-sized on CPUs."""
+    return 1024 if jax.default_backend() == "cpu" else 65536
+
+
+def default_threads() -> int:
+    """Chunks run concurrently: one per CPU core (XLA runs each CPU call on one core)."""
+    return max(1, os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
+
+
+@functools.partial(jax.jit, static_argnames=("newton",))
+def _fit_chunk(psf, data, var0, valid, p0, free, done0, lam0, it0, inv_gain, max_iter, step_tol,
+               newton=True):
+    """One compiled batch: inputs batch-first (N, ...), solved batch-last, outputs batch-first."""
+    shape = data.shape[1:]
+    last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
+    res = levenberg_marquardt(
+        lambda q: scene.linearize(psf, q, shape, order=2 if newton else 1),
+        lambda q: scene.model_image(psf, q, shape),
+        last(p0), last(data), last(var0), inv_gain, last(valid), last(free),
+        max_iter=max_iter, step_tol=step_tol, done0=done0, lam0=lam0, it0=it0, newton=newton,
+    )
+    return res._replace(p=res.p.T, cov=jnp.moveaxis(res.cov, -1, 0))
+
+
+@jax.jit
+def _model_chunk(psf, p, dummy):
+    return jnp.moveaxis(scene.model_image(psf, p.T, dummy.shape[1:]), -1, 0)
+
+
+def _bucket(n: int, chunk: int) -> int:
+    return min(chunk, max(_MIN_BUCKET, 1 << max(0, math.ceil(math.log2(max(n, 1))))))
+
+
+def _chunks(n: int, chunk: int):
+    """Yield (start, stop, padded_size) covering range(n)."""
+    start = 0
+    while start < n:
+        stop = min(n, start + chunk)
+        yield start, stop, _bucket(stop - start, chunk)
+        start = stop
+
+
+def _pad(a: np.ndarray, size: int, fill) -> np.ndarray:
+    if a.shape[0] == size:
+        return a
+    pad = np.full((size - a.shape[0],) + a.shape[1:], fill, dtype=a.dtype)
+    return np.concatenate([a, pad])
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Results of :func:`fit_cutouts`. Per-star arrays are (N, K); per-cutout arrays are (N,).
+
+    Positions are in each cutout's pixel frame, fluxes in the data's units times pixels (the
+    star's total intensity, see DESIGN conventions). ``bkg`` is the plane's value at the cutout
+    centre; ``bkg_x``, ``bkg_y`` its slopes per pixel.
+    """
+
+    x_init: np.ndarray
+    y_init: np.ndarray
+    flux_init: np.ndarray
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    flux_fit: np.ndarray
+    x_err: np.ndarray
+    y_err: np.ndarray
+    flux_err: np.ndarray
+    bkg: np.ndarray
+    bkg_x: np.ndarray
+    bkg_y: np.ndarray
+    bkg_err: np.ndarray
+    chi2: np.ndarray
+    dof: np.ndarray
+    n_iter: np.ndarray
+    flags: np.ndarray
+    active: np.ndarray
+    params: np.ndarray  # (N, P) packed solution, see jaxphot.scene
+    covariance: np.ndarray  # (N, P, P)
+    extra: dict = dataclasses.field(default_factory=dict)  # further (N, K) columns, e.g. CRLBs
+
+    @property
+    def n_stars(self) -> int:
+        return int(self.active.sum())
+
+    def to_table(self) -> Table:
+        """Astropy Table, one row per active star, in cutout order then star order."""
+        n, k = self.active.shape
+        cut, star = np.nonzero(self.active)
+        t = Table()
+        t["id"] = np.arange(1, cut.size + 1)
+        t["cutout_id"] = cut
+        if k > 1:
+            t["star_id"] = star
+        for name in ("x_init", "y_init", "flux_init", "x_fit", "y_fit", "flux_fit",
+                     "x_err", "y_err", "flux_err"):
+            t[name] = getattr(self, name)[cut, star]
+        for name, col in self.extra.items():
+            t[name] = np.asarray(col)[cut, star]
+        for name in ("bkg", "bkg_x", "bkg_y", "bkg_err", "chi2", "dof", "n_iter"):
+            t[name] = getattr(self, name)[cut]
+        t["flags"] = self.flags[cut, star]
+        t["x_fit"].unit = t["y_fit"].unit = t["x_err"].unit = t["y_err"].unit = "pix"
+        t.meta["flag_bits"] = {f.name: int(f.value) for f in FitFlag}
+        return t
+
+
+def _as_stars(name: str, value, n: int) -> np.ndarray:
+    a = np.asarray(value, dtype=np.float64)
+    if a.ndim == 0:
+        a = np.full((n, 1), float(a))
+    elif a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] != n:
+        raise ValueError(
+            f"{name} must have shape (N,) or (N, K) with N={n} cutouts, got {np.shape(value)}"
+        )
+    return a
+
+
+def _broadcast_pixels(name, value, shape, dtype):
+    try:
+        return np.broadcast_to(np.asarray(value, dtype=dtype), shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be broadcastable to the data shape {shape}, got {np.shape(value)}"
+        ) from None
+
+
+def _initial_background(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Median of the valid border pixels of each cutout (all valid pixels if the border has none)."""
+    border = np.zeros(data.shape[1:], bool)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    vals = np.where(valid & border, data, np.nan)
+    with np.errstate(all="ignore"), _quiet():
+        b = np.nanmedian(vals.reshape(len(data), -1), axis=1)
+        fallback = np.nanmedian(np.where(valid, data, np.nan).reshape(len(data), -1), axis=1)
+    b = np.where(np.isfinite(b), b, fallback)
+    return np.where(np.isfinite(b), b, 0.0)
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def fit_cutouts(
+    data,
+    psf,
+    x,
+    y,
+    flux=None,
+    *,
+    error=None,
+    mask=None,
+    background: str | None = "plane",
+    fixed: Iterable[str] = (),
+    max_iter: int = 50,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    bkg=None,
+    active=None,
+    step_tol: float = 1e-3,
+    scale_errors: bool = False,
+    chunk_size: int | None = None,
+    newton: bool = True,
+) -> FitResult:
+    """Fit a PSF model to a batch of cutouts at once (Levenberg-Marquardt, vmapped).
+
+    Each cutout is modelled as ``B0 + Bx (x - xc) + By (y - yc) + sum_k F_k PRF(x - x_k, y - y_k)``.
+
+    Parameters
+    ----------
+    data : (N, H, W) array
+        The cutouts, in counts (ADU, or electrons when ``gain`` is 1 or None). A single (H, W)
+        cutout is accepted as N = 1.
+    psf : PSF model
+        :class:`~jaxphot.GaussianPRF`, :class:`~jaxphot.MoffatPSF`, :class:`~jaxphot.DiscretePSF`...
+    x, y : (N,) or (N, K) arrays
+        Initial star positions in each cutout's pixel frame (pixel ``[j, i]`` is centred at
+        ``(i, j)``). K stars per cutout are fitted simultaneously.
+    flux : (N,) or (N, K) array, optional
+        Initial total fluxes (counts). Default: the background-subtracted cutout sum split evenly.
+    error : array broadcastable to (N, H, W), optional
+        1-sigma uncertainty of each pixel (counts). Pixels with a non-positive or non-finite error
+        are ignored and the row is flagged ``BAD_PIXELS``. When None, the noise model is
+        ``var = max(model, 0)/gain + (read_noise/gain)**2`` (Poisson on the *model* plus read noise,
+        ``read_noise`` in electrons, ``gain`` in electrons/ADU). When ``error``, ``gain`` and
+        ``read_noise`` are all None the fit is unweighted and errors are scaled by
+        ``sqrt(chi2/dof)``.
+    mask : bool array broadcastable to (N, H, W), optional
+        True for pixels to ignore.
+    background : {"plane", "constant", None}
+        Local background model. None fixes the background at ``bkg`` (default 0).
+    fixed : iterable of str
+        Parameters held at their initial values: any of "bkg", "bkg_x", "bkg_y", "flux", "x", "y"
+        (e.g. ``fixed=("x", "y")`` for forced photometry).
+    max_iter : int
+        Iteration cap per cutout; rows that hit it are flagged ``NOT_CONVERGED``.
+    gain, read_noise : float, optional
+        Detector gain (e-/ADU, default 1) and read noise (e-, default 0), used when ``error`` is None.
+    bkg : (N,) array, optional
+        Initial (or fixed) background level. Default: median of each cutout's border.
+    active : (N, K) bool array, optional
+        False marks unused star slots (padding of groups with fewer than K stars): their flux is
+        held at 0 and they produce no output row.
+    step_tol : float
+        Convergence threshold on the step, in units of each parameter's conditional error.
+    scale_errors : bool
+        Multiply the errors by ``sqrt(chi2/dof)`` (off by default: errors are the square roots of
+        the diagonal of the inverse undamped ``J^T W J``).
+    chunk_size : int, optional
+        Cutouts per compiled call (bounds memory). Default :func:`default_chunk_size`.
+    newton : bool
+        Use Newton steps (with the residual-curvature term) when they are safe; faster on faint
+        stars. False gives plain Levenberg-Marquardt (Gauss-Newton) steps.
+
+    Returns
+    -------
+    FitResult
+        Call ``.to_table()`` for an astropy Table with one row per star: ``x_fit, y_fit,
+        flux_fit, x_err, y_err, flux_err, bkg, bkg_x, bkg_y, chi2, dof, n_iter, flags`` ...
+        Every input star comes back; failed fits have NaN values and non-zero ``flags``
+        (see :class:`~jaxphot.FitFlag`).
+    """
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or min(data.shape) == 0:
+        raise ValueError(f"data must have shape (N, H, W), got {data.shape}")
+    if not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"data must be numeric, got dtype {data.dtype}")
+    n, h, w = data.shape
+    dtype = default_dtype(data)
+
+    xs, ys = _as_stars("x", x, n), _as_stars("y", y, n)
+    if xs.shape != ys.shape:
+        raise ValueError(f"x and y must have the same shape, got {xs.shape} and {ys.shape}")
+    k = xs.shape[1]
+    for name, a in (("x", xs), ("y", ys)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains non-finite initial positions")
+    act = np.ones((n, k), bool) if active is None else np.asarray(active, bool)
+    if act.shape != (n, k):
+        raise ValueError(f"active must have shape {(n, k)}, got {act.shape}")
+    if background not in _BACKGROUNDS:
+        raise ValueError(f"background must be one of {_BACKGROUNDS}, got {background!r}")
+    fixed = tuple(fixed)
+    bad = [f for f in fixed if f not in _FIXABLE]
+    if bad:
+        raise ValueError(f"fixed may contain only {_FIXABLE}, got {bad}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+
+    # Valid pixels and the noise model.
+    user_mask = (np.zeros(data.shape, bool) if mask is None
+                 else _broadcast_pixels("mask", mask, data.shape, bool))
+    finite = np.isfinite(data)
+    if error is not None:
+        err = _broadcast_pixels("error", error, data.shape, np.float64)
+        good_err = np.isfinite(err) & (err > 0)
+        var0 = np.where(good_err, err, 1.0) ** 2
+        inv_gain = 0.0
+    else:
+        good_err = np.ones(data.shape, bool)
+        g = 1.0 if gain is None else float(gain)
+        if not (math.isfinite(g) and g > 0):
+            raise ValueError(f"gain must be a positive number of electrons/ADU, got {gain!r}")
+        rn = 0.0 if read_noise is None else float(read_noise)
+        if not (math.isfinite(rn) and rn >= 0):
+            raise ValueError(f"read_noise must be a non-negative number of electrons, got {read_noise!r}")
+        unweighted = gain is None and read_noise is None
+        var0 = np.full(data.shape, 1.0 if unweighted else (rn / g) ** 2)
+        inv_gain = 0.0 if unweighted else 1.0 / g
+    valid = ~user_mask & finite & good_err
+    bad_pixels = np.any(~user_mask & ~(finite & good_err), axis=(1, 2))
+    clean = np.where(valid, data, 0.0)
+
+    # Starting values.
+    b0 = _initial_background(data, valid) if bkg is None else _as_stars("bkg", bkg, n)[:, 0]
+    if flux is None:
+        total = np.sum(np.where(valid, data - b0[:, None, None], 0.0), axis=(1, 2))
+        f0 = np.repeat(np.maximum(total, 1.0)[:, None] / np.maximum(act.sum(1), 1)[:, None], k, 1)
+    else:
+        f0 = _as_stars("flux", flux, n)
+        if f0.shape != xs.shape:
+            raise ValueError(f"flux must have the same shape as x, got {f0.shape} and {xs.shape}")
+        if not np.all(np.isfinite(f0[act])):
+            raise ValueError("flux contains non-finite initial fluxes")
+    f0 = np.where(act, f0, 0.0)
+    zeros = np.zeros(n)
+    p0 = np.concatenate([np.stack([b0, zeros, zeros], 1), f0, xs, ys], axis=1)
+
+    free = np.ones(p0.shape, bool)
+    if background is None:
+        free[:, :3] = False
+    elif background == "constant":
+        free[:, 1:3] = False
+    for name in fixed:
+        if name in ("bkg", "bkg_x", "bkg_y"):
+            free[:, _FIXABLE.index(name)] = False
+        else:
+            j = 3 + k * ("flux", "x", "y").index(name)
+            free[:, j : j + k] = False
+    inactive = ~np.concatenate([np.ones((n, 3), bool), act, act, act], axis=1)
+    free &= ~inactive
+    n_free = free.sum(1)
+    n_valid = valid.sum(axis=(1, 2))
+    too_few = n_valid < n_free + 1
+
+    chunk = int(chunk_size or default_chunk_size())
+    inputs = (clean.astype(dtype), var0.astype(dtype), valid, p0.astype(dtype), free, too_few)
+    res = _solve_all(psf, inputs, dtype(inv_gain), max_iter, dtype(step_tol), chunk, newton)
+    return _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels,
+                     (h, w), k, scale_errors or (error is None and gain is None and read_noise is None))
+
+
+def _run_chunks(psf, arrays, state, inv_gain, max_iter, step_tol, chunk, newton):
+    """Run all rows of ``arrays`` through the compiled solver in padded chunks, on threads."""
+    n = arrays[0].shape[0]
+    fills = (0.0, 1.0, False, 0.0, False, True)
+
+    def run(span):
+        start, stop, size = span
+        a = [_pad(x[start:stop], size, fill) for x, fill in zip(arrays, fills, strict=True)]
+        lam0 = _pad(state[0][start:stop], size, 1.0)
+        it0 = _pad(state[1][start:stop], size, 0)
+        r = _fit_chunk(psf, *a, lam0, it0, inv_gain, jnp.int32(max_iter), step_tol, newton=newton)
+        return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], r)
+
+    spans = list(_chunks(n, chunk))
+    if len(spans) > 1 and default_threads() > 1:
+        # XLA runs one CPU call on one core; JAX releases the GIL, so threads fill the others.
+        with ThreadPoolExecutor(default_threads()) as pool:
+            outs = list(pool.map(run, spans))
+    else:
+        outs = [run(s) for s in spans]
+    return jax.tree_util.tree_map(lambda *v: np.concatenate(v), *outs)
+
+
+def _solve_all(psf, arrays, inv_gain, max_iter, step_tol, chunk, newton):
+    """Solve every row: a first pass with a short iteration cap, then the stragglers together.
+
+    Under batching, a chunk runs as long as its slowest member; capping the first pass and
+    re-running the few unconverged rows as a compact batch keeps one hard star from holding
+    thousands of easy ones.
+    """
+    n = arrays[0].shape[0]
+    dtype = arrays[3].dtype
+    state = (np.full(n, LAMBDA0, dtype), np.zeros(n, np.int32))
+    first = min(max_iter, _FIRST_PASS_ITER)
+    res = _run_chunks(psf, arrays, state, inv_gain, first, step_tol, chunk, newton)
+    todo = ~res.converged & ~arrays[5] & (res.n_iter < max_iter)
+    if first < max_iter and np.any(todo):
+        idx = np.nonzero(todo)[0]
+        sub = list(x[idx] for x in arrays)
+        sub[3] = res.p[idx]
+        again = _run_chunks(psf, sub, (res.lam[idx], res.n_iter[idx]), inv_gain, max_iter,
+                            step_tol, chunk, newton)
+        res = jax.tree_util.tree_map(lambda full, part: _scatter(full, idx, part), res, again)
+    return res
+
+
+def _scatter(full, idx, part):
+    out = np.array(full, copy=True)
+    out[idx] = part
+    return out
+
+
+def _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels, shape, k, rescale):
+    p = res.p.astype(np.float64)
+    cov = np.asarray(res.cov, np.float64)
+    var = np.einsum("npp->np", cov)
+    err = np.sqrt(np.where(free, var, 0.0))
+    dof = (n_valid - n_free).astype(np.int64)
+    chi2 = np.asarray(res.chi2, np.float64)
+    if rescale:
+        err = err * np.sqrt(np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan))[:, None]
+
+    cut_flags = np.zeros(len(p), np.int64)
+    nonfinite = ~np.all(np.isfinite(p), axis=1) | ~np.isfinite(chi2)
+    cut_flags |= np.where(~res.converged & ~too_few & ~nonfinite, FitFlag.NOT_CONVERGED, 0)
+    cut_flags |= np.where(res.singular & ~too_few, FitFlag.SINGULAR_COVARIANCE, 0)
+    cut_flags |= np.where(nonfinite & ~too_few, FitFlag.NON_FINITE, 0)
+    cut_flags |= np.where(too_few, FitFlag.TOO_FEW_PIXELS, 0)
+    cut_flags |= np.where(bad_pixels, FitFlag.BAD_PIXELS, 0)
+    failed = too_few | nonfinite
+    p = np.where(failed[:, None], np.nan, p)
+    err = np.where((failed | res.singular)[:, None], np.nan, err)
+    err = np.where(free, err, np.where(np.isnan(err), np.nan, 0.0))
+    chi2 = np.where(too_few, np.nan, chi2)
+
+    _, fl, xf, yf = (a.T for a in scene.unpack(p.T))
+    _, fe, xe, ye = (a.T for a in scene.unpack(err.T))
+    _, f0, x0, y0 = (a.T for a in scene.unpack(p0.T))
+    h, w = shape
+    outside = (xf < -0.5) | (xf > w - 0.5) | (yf < -0.5) | (yf > h - 0.5)
+    flags = cut_flags[:, None] | np.where(outside, FitFlag.OUTSIDE_CUTOUT, 0)
+    return FitResult(
+        x_init=x0, y_init=y0, flux_init=f0, x_fit=xf, y_fit=yf, flux_fit=fl,
+        x_err=xe, y_err=ye, flux_err=fe,
+        bkg=p[:, 0], bkg_x=p[:, 1], bkg_y=p[:, 2], bkg_err=err[:, 0],
+        chi2=chi2, dof=dof, n_iter=np.asarray(res.n_iter), flags=flags.astype(np.int32),
+        active=act, params=p, covariance=cov,
+    )
+
+
+def model_cutouts(psf, params, shape, chunk_size: int | None = None) -> np.ndarray:
+    """Model images (N, H, W) for packed parameters ``params`` (N, 3+3K) (see :mod:`jaxphot.scene`)."""
+    params = np.asarray(params)
+    chunk = int(chunk_size or default_chunk_size())
+    dtype = default_dtype(params)
+    out = []
+    for start, stop, size in _chunks(len(params), chunk):
+        p = _pad(np.nan_to_num(params[start:stop]).astype(dtype), size, 0.0)
+        out.append(np.asarray(_model_chunk(psf, p, np.zeros((1,) + tuple(shape))))[: stop - start])
+    return np.concatenate(out) if out else np.zeros((0,) + tuple(shape))
