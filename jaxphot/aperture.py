@@ -118,7 +118,7 @@ def _gather(img, i0, j0, K, pad):
     lead = img.shape[:-2]
 
     def one(j, i):
-        start = (0,) * len(lead) + (j + pad, i + pad)
+        start = (jnp.int32(0),) * len(lead) + (j + pad, i + pad)
         return jax.lax.dynamic_slice(img, start, lead + (K, K))
 
     return jax.vmap(one)(j0, i0)

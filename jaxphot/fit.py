@@ -208,6 +208,7 @@ def fit_cutouts(
     scale_errors: bool = False,
     chunk_size: int | None = None,
     newton: bool = True,
+    origin=None,
 ) -> FitResult:
     """Fit a PSF model to a batch of cutouts at once (Levenberg-Marquardt, vmapped).
 
@@ -258,6 +259,10 @@ def fit_cutouts(
     newton : bool
         Use Newton steps (with the residual-curvature term) when they are safe; faster on faint
         stars. False gives plain Levenberg-Marquardt (Gauss-Newton) steps.
+    origin : (N, 2) array, optional
+        Image coordinates (x, y) of each cutout's pixel [0, 0]. Required by spatially varying
+        PSFs (objects with an ``at(x, y)`` method returning one PSF per cutout, whose leaves carry
+        a trailing batch axis of length N); each cutout then gets the PSF at its first star.
 
     Returns
     -------
@@ -352,6 +357,13 @@ def fit_cutouts(
     n_valid = valid.sum(axis=(1, 2))
     too_few = n_valid < n_free + 1
 
+    if hasattr(psf, "at"):
+        if origin is None:
+            raise ValueError("origin is required with a spatially varying psf (it has .at())")
+        org = np.asarray(origin, np.float64)
+        if org.shape != (n, 2):
+            raise ValueError(f"origin must have shape ({n}, 2), got {org.shape}")
+        psf = psf.at(org[:, 0] + xs[:, 0], org[:, 1] + ys[:, 0])
     chunk = int(chunk_size or default_chunk_size())
     inputs = (clean.astype(dtype), var0.astype(dtype), valid, p0.astype(dtype), free, too_few)
     res = _solve_all(psf, inputs, dtype(inv_gain), max_iter, dtype(step_tol), chunk, newton)
@@ -367,9 +379,10 @@ def _run_chunks(psf, arrays, state, inv_gain, max_iter, step_tol, chunk, newton)
     def run(span):
         start, stop, size = span
         a = [_pad(x[start:stop], size, fill) for x, fill in zip(arrays, fills, strict=True)]
+        p = _slice_psf(psf, start, stop, size)
         lam0 = _pad(state[0][start:stop], size, 1.0)
         it0 = _pad(state[1][start:stop], size, 0)
-        r = _fit_chunk(psf, *a, lam0, it0, inv_gain, jnp.int32(max_iter), step_tol, newton=newton)
+        r = _fit_chunk(p, *a, lam0, it0, inv_gain, jnp.int32(max_iter), step_tol, newton=newton)
         return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], r)
 
     spans = list(_chunks(n, chunk))
@@ -380,6 +393,31 @@ def _run_chunks(psf, arrays, state, inv_gain, max_iter, step_tol, chunk, newton)
     else:
         outs = [run(s) for s in spans]
     return jax.tree_util.tree_map(lambda *v: np.concatenate(v), *outs)
+
+
+def _psf_batch_size(psf) -> int | None:
+    """N for a per-cutout (batched) PSF, whose array leaves carry a trailing batch axis."""
+    return getattr(psf, "batch_size", None)
+
+
+def _slice_psf(psf, start, stop, size):
+    """Rows start:stop of a batched PSF, padded to ``size`` by repeating the last row."""
+    if _psf_batch_size(psf) is None:
+        return psf
+
+    def cut(leaf):
+        leaf = jnp.asarray(leaf)[..., start:stop]
+        reps = size - (stop - start)
+        return jnp.concatenate([leaf, jnp.repeat(leaf[..., -1:], reps, axis=-1)], -1) if reps else leaf
+
+    return jax.tree_util.tree_map(cut, psf)
+
+
+def _take_psf(psf, idx):
+    """Rows ``idx`` of a batched PSF (identity for an ordinary PSF)."""
+    if _psf_batch_size(psf) is None:
+        return psf
+    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[..., idx], psf)
 
 
 def _solve_all(psf, arrays, inv_gain, max_iter, step_tol, chunk, newton):
@@ -399,7 +437,7 @@ def _solve_all(psf, arrays, inv_gain, max_iter, step_tol, chunk, newton):
         idx = np.nonzero(todo)[0]
         sub = list(x[idx] for x in arrays)
         sub[3] = res.p[idx]
-        again = _run_chunks(psf, sub, (res.lam[idx], res.n_iter[idx]), inv_gain, max_iter,
+        again = _run_chunks(_take_psf(psf, idx), sub, (res.lam[idx], res.n_iter[idx]), inv_gain, max_iter,
                             step_tol, chunk, newton)
         res = jax.tree_util.tree_map(lambda full, part: _scatter(full, idx, part), res, again)
     return res

@@ -135,6 +135,10 @@ class GaussianPRF:
 
         return _integrate_over_pixels(density, x, y, shape, self.subsample, dtype)
 
+    def scaled(self, factor: int) -> GaussianPRF:
+        """The same PSF in units of 1/factor pixel (for sub-pixel detector models)."""
+        return self.replace(fwhm=self.fwhm * factor, fwhm_y=self.fwhm_y * factor)
+
     def __repr__(self):
         return f"GaussianPRF(fwhm={self.fwhm}, fwhm_y={self.fwhm_y}, theta={self.theta})"
 
@@ -174,6 +178,10 @@ class MoffatPSF:
             return (beta - 1.0) / (jnp.pi * alpha * alpha) * (1.0 + r2) ** (-beta)
 
         return _integrate_over_pixels(density, x, y, shape, self.subsample, dtype)
+
+    def scaled(self, factor: int) -> MoffatPSF:
+        """The same PSF in units of 1/factor pixel (for sub-pixel detector models)."""
+        return self.replace(fwhm=self.fwhm * factor)
 
     def __repr__(self):
         return f"MoffatPSF(fwhm={self.fwhm}, beta={self.beta})"
@@ -299,6 +307,19 @@ class DiscretePSF:
         # C @ Rx^T is one large matmul over all stars; the second contraction is per star.
         t = jnp.tensordot(c, rx, axes=([1], [1]), precision=_HIGHEST)  # (ny, W, ...)
         return jnp.sum(ry[:, :, None] * t[None], axis=1)  # (H, W, ...)
+
+    def scaled(self, factor: int) -> DiscretePSF:
+        """The same PSF in units of 1/factor pixel; ``oversampling`` must be divisible by it.
+
+        Only for ``integrated=False`` (a PSF, not a PRF: a PRF cannot be re-pixelated).
+        """
+        if self.integrated:
+            raise ValueError("an integrated (ePSF) DiscretePSF cannot be rescaled to sub-pixels")
+        if self.oversampling % factor:
+            raise ValueError(
+                f"oversampling {self.oversampling} is not divisible by the factor {factor}"
+            )
+        return self.replace(oversampling=self.oversampling // factor)
 
     def __repr__(self):
         return (
