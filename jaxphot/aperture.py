@@ -208,7 +208,8 @@ def _core(
             wa = jnp.where(ok, wa, 0.0)
             wflat = wa.reshape(wa.shape[0], 1, -1) if cube else flat(wa)
             wsum = jnp.sum(wflat, axis=-1)
-            level = jnp.sum(wflat * jnp.where(valid | True, vals, 0.0), axis=-1) / jnp.where(
+            # wa is 0 on masked/off-image pixels, whose values are NaN: zero them before weighting
+            level = jnp.sum(wflat * jnp.where(jnp.isfinite(vals), vals, 0.0), axis=-1) / jnp.where(
                 wsum > 0, wsum, 1.0
             )
             level = jnp.where(wsum > 0, level, jnp.nan)
