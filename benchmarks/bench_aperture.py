@@ -66,11 +66,11 @@ def main():
             ca, cn = CircularAperture(pos, r), CircularAnnulus(pos, rin, rout)
             if case == "sums":
 
-                def pu():
+                def pu(ca=ca, cn=cn):
                     return pu_phot(data, [ca, cn], method="exact")
             else:
 
-                def pu():
+                def pu(ca=ca, cn=cn):
                     pu_phot(data, ca, method="exact")
                     return ApertureStats(data, cn).median
 

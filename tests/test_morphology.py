@@ -47,7 +47,7 @@ def test_cutout_moments_and_ellipse_conversion():
     assert abs(m["x"][0] - 120.2) < 1e-4 and abs(m["y"][0] - 219.7) < 1e-4
     e = ellipse_from_moments(m["x2"], m["y2"], m["xy"])
     # the ellipse coefficients put the (a, b) ellipse at level 1
-    a, b, th = e["a"][0], e["b"][0], e["theta"][0]
+    a, th = e["a"][0], e["theta"][0]
     px, py = a * np.cos(th), a * np.sin(th)
     assert abs(e["cxx"][0] * px**2 + e["cyy"][0] * py**2 + e["cxy"][0] * px * py - 1) < 1e-10
 

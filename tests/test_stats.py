@@ -25,7 +25,7 @@ def skies():
 
 def _ref_rows(v, valid, fn):
     out = []
-    for row, ok in zip(v, valid):
+    for row, ok in zip(v, valid, strict=True):
         x = row[ok & np.isfinite(row)]
         out.append(fn(x))
     return np.array(out)
