@@ -1,0 +1,516 @@
+r"""How well can a star be measured? PRF shape quantities, MATPHOT's performance model, exact CRLBs.
+
+Three levels of answer, from the cheapest to the exact one:
+
+1. **PRF quantities** (:func:`prf_quantities`) of any PRF at any sub-pixel phase: the volume V,
+   the sharpness, the effective-background area beta and the critical-sampling scale length L.
+2. **MATPHOT's performance model** (Mighell 2005, section 2; :func:`photometric_variance`,
+   :func:`photometric_snr`, :func:`mag_error`, :func:`astrometric_rms`): closed forms in the
+   intensity E, sky B, read noise RON, V, beta, L and the number of fitted pixels N.
+3. **The exact Cramer-Rao lower bound** (:func:`fisher_crlb`, :func:`crlb`) from the Fisher matrix
+   of the model actually fitted (plane background, blended neighbours, pixelisation, detector
+   response) with Poisson plus read-noise variance.
+
+Definitions (DESIGN.md)
+-----------------------
+For a PRF ``P_i`` (pixel values of a unit-intensity star, summing to V over an infinite detector)
+and its normalised version ``Pn_i = P_i / V``::
+
+    sharpness = sum_i Pn_i^2                     (<= 1; 1/(4 pi) for a critically sampled Gaussian)
+    beta      = 1 / sum_i P_i^2 = 1 / (V^2 sharpness)                       [px^2]
+    L         = 1 / sqrt(4 pi sharpness)      (= sigma for a well-sampled Gaussian)  [px]
+
+Photometric model, derivation
+-----------------------------
+Model of one isolated star on a flat sky: ``m_i = B + E V Pn_i`` (E in photons, B in observed
+electrons per pixel). The least-squares error of E is ``[sum_i (dm_i/dE)^2 / sigma_i^2]^-1``
+with ``dm_i/dE = V Pn_i``:
+
+* bright star, ``sigma_i^2 = E V Pn_i``: ``sigma_E^2 = [sum_i V^2 Pn_i^2 / (E V Pn_i)]^-1 = E / V``;
+* faint star, ``sigma_i^2 = B + RON^2``: ``sigma_E^2 = (B + RON^2) / (V^2 sharpness)
+  = beta (B + RON^2)``;
+* the flat sky fitted on N pixels has ``sigma_B^2 = (B + RON^2) / N``. A sky offset dB changes
+  the fitted observed flux by ``dB / sharpness`` and hence E by ``dB / (V sharpness) = beta V dB``,
+  so it adds ``(beta V)^2 sigma_B^2`` to ``sigma_E^2``. (Inverting the 2x2 Fisher matrix of
+  (E, B) exactly gives ``beta sigma^2 / (1 - 1/(N sharpness))``, i.e. the same first-order term.)
+  MATPHOT writes ``beta^2 sigma_B^2``, which is the same for V = 1; the V factor matters for
+  inefficient detectors only when the sky term matters.
+
+So ``SNR = E / sqrt(E/V + beta (B + RON^2) + (beta V)^2 (B + RON^2)/N)`` and the magnitude error is
+``1.0857 / SNR`` (1.0857 = 2.5 / ln 10, Pogson).
+
+Astrometric model, derivation
+-----------------------------
+For an oversampled Gaussian PRF of width s, ``dm_i/dx = E V Pn_i (x_i - x)/s^2``:
+
+* bright star (``sigma_i^2 = E V Pn_i``):
+  ``sigma_x^2 = [E V sum Pn_i (x_i-x)^2 / s^4]^-1 = s^2/(E V)``;
+* faint star (``sigma_i^2 = B + RON^2``):
+  ``sigma_x^2 = (B+RON^2) s^4 / (E^2 V^2 sum Pn_i^2 (x_i-x)^2)
+  = 8 pi (B + RON^2) s^4 / (E V)^2``, since ``integral G^2 (x-x0)^2 = 1/(8 pi s^2)``.
+
+Replacing s by L, which is defined for any PRF, and adding the two variances
+as MATPHOT does::
+
+    sigma_x^2 = (L^2 / (E V)) * [1 + 8 pi (B + RON^2) L^2 / (E V)]     (same for y)
+
+This is the *photonic* limit (infinitely small pixels). For undersampled data (L < 1 px) the true
+bound with square pixels is larger; :func:`fisher_crlb` gives it.
+
+Exact CRLB
+----------
+``F = J^T diag(1/sigma_i^2) J`` over the free parameters, with ``J`` the autodiff Jacobian of the
+expected pixel values and ``sigma_i^2 = m_i/g + (RON/g)^2`` (ADU, gain g). The CRLB of parameter j
+is ``sqrt((F^-1)_jj)``; it is evaluated at whatever parameters are given (truth for planning, the
+fit for the ``*_crlb`` columns).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import scene
+from .solve import normal_matrix
+
+__all__ = [
+    "PRFQuantities",
+    "prf_quantities",
+    "photometric_variance",
+    "photometric_snr",
+    "mag_error",
+    "astrometric_rms",
+    "box_quantiles",
+    "mixture_median",
+    "fisher_crlb",
+    "crlb",
+    "POGSON",
+    "FWHM_CRITICAL",
+]
+
+POGSON = 2.5 / math.log(10.0)  # 1.0857: d(mag) = POGSON * dE / E
+FWHM_CRITICAL = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM of the critically sampled Gaussian
+_MAX_CHUNK = 512  # stars per compiled Fisher call (bounds memory for large PRFs)
+
+
+class PRFQuantities(NamedTuple):
+    """Shape quantities of a PRF at given sub-pixel phases; each array has the phase's shape."""
+
+    volume: np.ndarray  # V, sum of the PRF (dimensionless, <= 1)
+    sharpness: np.ndarray  # sum of the squared normalised PRF (dimensionless, <= 1)
+    beta: np.ndarray  # effective-background area 1/(V^2 sharpness), px^2
+    L: np.ndarray  # critical-sampling scale length 1/sqrt(4 pi sharpness), px
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _prf_sums(psf, x, y, shape):
+    prf = psf.evaluate(x, y, shape)  # (H, W) + batch
+    return jnp.sum(prf, axis=(0, 1)), jnp.sum(prf * prf, axis=(0, 1))
+
+
+def prf_quantities(psf, x=0.0, y=0.0, size: int = 65) -> PRFQuantities:
+    """V, sharpness, beta and L of a PRF for stars at sub-pixel phases (x, y).
+
+    Parameters
+    ----------
+    psf : PSF model
+        Anything with ``evaluate(x, y, shape)`` (batch axes last), e.g. a
+        :class:`~jaxphot.detector.DetectorPRF`.
+    x, y : float or array
+        Sub-pixel phases (px) of the star relative to the centre of a pixel, usually in
+        [-0.5, 0.5]; any shape (the outputs take it).
+    size : int
+        Side (px) of the square grid the PRF is summed over; it must contain the PRF's wings
+        (the default 65 px holds any PSF in this package's tests and benchmarks).
+
+    Returns
+    -------
+    PRFQuantities
+        ``volume, sharpness, beta (px^2), L (px)`` as float64 numpy arrays of ``x``'s shape.
+    """
+    x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    c = (size - 1) / 2.0
+    dtype = jnp.result_type(float)
+    v, s2 = _prf_sums(psf, jnp.asarray(x + c, dtype), jnp.asarray(y + c, dtype), (size, size))
+    v, s2 = np.asarray(v, np.float64), np.asarray(s2, np.float64)
+    sharp = s2 / (v * v)
+    return PRFQuantities(v, sharp, 1.0 / s2, 1.0 / np.sqrt(4.0 * np.pi * sharp))
+
+
+class PhotometricVariance(NamedTuple):
+    """Terms of MATPHOT's photometric error budget, photons^2 (arrays broadcast from inputs)."""
+
+    bright: np.ndarray  # E / V: photon noise of the star
+    faint: np.ndarray  # beta (B + RON^2): sky and read noise under the PRF
+    sky: np.ndarray  # (beta V)^2 (B + RON^2) / N: error of the fitted flat sky
+    total: np.ndarray
+
+
+def photometric_variance(intensity, sky, read_noise, volume, beta, n_pix=np.inf):
+    """MATPHOT's photometric error budget (Mighell 2005 eqs. for sigma_E, section 2.3).
+
+    Parameters
+    ----------
+    intensity : float or array
+        Measured stellar intensity E (photons above the detector).
+    sky : float or array
+        Observed sky B (electrons per pixel).
+    read_noise : float or array
+        RON (electrons rms per pixel).
+    volume : float or array
+        PRF volume V (quantum efficiency), <= 1.
+    beta : float or array
+        Effective-background area (px^2) of the PRF, ``1/(V^2 sharpness)``.
+    n_pix : float or array
+        Number of pixels over which the flat sky is fitted; ``inf`` drops the sky-error term.
+
+    Returns
+    -------
+    PhotometricVariance
+        ``bright, faint, sky, total`` variances of E (photons^2); see the module docstring for
+        the derivation (note the ``(beta V)^2`` factor of the sky term).
+    """
+    e, b, r = (np.asarray(a, np.float64) for a in (intensity, sky, read_noise))
+    v, beta, n = (np.asarray(a, np.float64) for a in (volume, beta, n_pix))
+    rms2 = b + r * r
+    bright = e / v
+    faint = beta * rms2
+    skyterm = (beta * v) ** 2 * rms2 / n
+    return PhotometricVariance(bright, faint, skyterm, bright + faint + skyterm)
+
+
+def photometric_snr(intensity, sky, read_noise, volume, beta, n_pix=np.inf):
+    """Upper limit of the photometric signal-to-noise ratio, ``E / sigma_E`` (dimensionless).
+
+    ``SNR = E / sqrt(E/V + beta (B + RON^2) + (beta V)^2 (B + RON^2)/N)``; arguments as in
+    :func:`photometric_variance`.
+    """
+    var = photometric_variance(intensity, sky, read_noise, volume, beta, n_pix).total
+    return np.asarray(intensity, np.float64) / np.sqrt(var)
+
+
+def mag_error(intensity, sky, read_noise, volume, beta, n_pix=np.inf):
+    """Lower limit of the magnitude error (mag rms): ``1.0857 / SNR`` (:func:`photometric_snr`)."""
+    return POGSON / photometric_snr(intensity, sky, read_noise, volume, beta, n_pix)
+
+
+def astrometric_rms(intensity, sky, read_noise, volume, L):
+    """MATPHOT's astrometric limit per axis (px rms), Mighell 2005 section 2.4.
+
+    ``sigma_x = sqrt(L^2/(E V) * [1 + 8 pi (B + RON^2) L^2 / (E V)])``: the photonic limit, exact
+    for well-sampled Gaussians; it underestimates the error of undersampled data (L < 1 px).
+
+    Parameters
+    ----------
+    intensity : photons; sky : electrons/pixel; read_noise : electrons; volume : V;
+    L : critical-sampling scale length (px). All broadcast together.
+    """
+    e, b, r, v, ll = (np.asarray(a, np.float64) for a in (intensity, sky, read_noise, volume, L))
+    bright = ll * ll / (e * v)
+    return np.sqrt(bright * (1.0 + 8.0 * np.pi * (b + r * r) * bright))
+
+
+# Normal-distribution tail of a 5-sigma outlier (two-sided), MATPHOT's dashed curve.
+_P5SIGMA = 1.0 - 5.733031e-7
+
+
+def box_quantiles(sigma, kind: str = "abs"):
+    """Theoretical box-plot curves (Mighell 2005, appendix) for errors of rms ``sigma`` per axis.
+
+    Parameters
+    ----------
+    sigma : array
+        rms error per axis (mag for photometry, px for astrometry).
+    kind : {"abs", "radial"}
+        ``"abs"``: |N(0, sigma)| (absolute magnitude errors, half-normal);
+        ``"radial"``: sqrt(dx^2 + dy^2) with dx, dy ~ N(0, sigma) (total astrometric error,
+        Rayleigh).
+
+    Returns
+    -------
+    dict
+        ``median, hinge (75 %), fence (upper hinge + 1.5 IQR), five_sigma`` arrays like sigma.
+        For "abs" these are 0.6745, 1.1503, 2.398 (98.35 %) and 5 sigma; for "radial" 1.1774,
+        1.6651, 3.025 (98.97 %) and 5.36 sigma.
+    """
+    from scipy import stats
+
+    sigma = np.asarray(sigma, np.float64)
+    if kind == "abs":
+        q = lambda p: stats.norm.ppf(0.5 + p / 2.0)  # noqa: E731
+    elif kind == "radial":
+        q = lambda p: np.sqrt(-2.0 * np.log1p(-p))  # noqa: E731
+    else:
+        raise ValueError(f"kind must be 'abs' or 'radial', got {kind!r}")
+    lo, med, hi = q(0.25), q(0.5), q(0.75)
+    return {
+        "median": med * sigma,
+        "hinge": hi * sigma,
+        "fence": (hi + 1.5 * (hi - lo)) * sigma,
+        "five_sigma": q(_P5SIGMA) * sigma,
+    }
+
+
+def mixture_median(sigma, kind: str = "abs", axis=None) -> np.ndarray:
+    """Median of |error| for a population of stars with different rms errors ``sigma``.
+
+    Solves ``mean_i CDF(t; sigma_i) = 1/2`` by bisection, where CDF is that of |N(0, sigma_i)|
+    (``kind="abs"``) or of the Rayleigh distribution (``kind="radial"``). For one sigma this is
+    0.6745 sigma or 1.1774 sigma; for a bin of stars it is the exact theoretical median of the
+    bin, which is what the measured median should be compared with.
+    """
+    from scipy import special
+
+    s = np.asarray(sigma, np.float64)
+    s = s[np.isfinite(s) & (s > 0)] if axis is None else s
+    if s.size == 0:
+        return np.nan
+    cdf = (
+        (lambda t: special.erf(t / (np.sqrt(2.0) * s)))
+        if kind == "abs"
+        else (lambda t: -np.expm1(-0.5 * (t / s) ** 2))
+    )
+    lo, hi = 0.0, 10.0 * float(np.max(s))
+    for _ in range(80):  # bisection on a monotone scalar function; 80 halvings reach 1e-24
+        mid = 0.5 * (lo + hi)
+        if np.mean(cdf(mid)) < 0.5:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact Cramer-Rao lower bound
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _fisher_chunk(psf, p, free, var0, inv_gain, extra, valid, shape):
+    """CRLB of every parameter, batch-first in and out: p, free (N, P); extra, valid (N, H, W)."""
+    last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
+    pl = last(p)  # (P, N): the scene model is batch-last
+    model, jac, _ = scene.linearize(psf, pl, shape, order=1)
+    var = var0 + inv_gain * (jnp.maximum(model, 0.0) + last(extra))
+    var = jnp.maximum(var, inv_gain * inv_gain + 1e-30)  # Poisson floor: one electron, as the fit
+    w = jnp.where(last(valid), 1.0 / var, 0.0)
+    fisher = jnp.moveaxis(normal_matrix(jac, w), -1, 0)  # (N, P, P)
+    both = free[:, :, None] & free[:, None, :]
+    eye = jnp.eye(p.shape[1], dtype=fisher.dtype)
+    # Fixed parameters are decoupled (unit diagonal); Jacobi scaling keeps float32 well posed.
+    f = jnp.where(both, fisher, 0.0) + eye * (~free[:, :, None])
+    d = jnp.diagonal(f, axis1=1, axis2=2)
+    scale = jnp.where(d > 0, 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 1.0)
+    fs = f * scale[:, :, None] * scale[:, None, :]
+    cov_s = jnp.linalg.inv(fs)
+    var_p = jnp.diagonal(cov_s, axis1=1, axis2=2) * scale * scale
+    ok = jnp.isfinite(var_p) & (var_p > 0)
+    return jnp.where(free, jnp.where(ok, jnp.sqrt(jnp.where(ok, var_p, 1.0)), jnp.nan), 0.0)
+
+
+def _slice_batched_psf(psf, start: int, stop: int, pad: int):
+    """Rows start:stop of a per-cutout PSF (trailing batch axis), padded by repeating the last."""
+
+    def cut(leaf):
+        leaf = jnp.asarray(leaf)
+        part = leaf[..., start:stop]
+        if pad:
+            part = jnp.concatenate([part, jnp.repeat(leaf[..., stop - 1 : stop], pad, -1)], -1)
+        return part
+
+    return jax.tree_util.tree_map(cut, psf)
+
+
+def fisher_crlb(
+    psf,
+    params,
+    shape,
+    free=None,
+    read_noise: float = 0.0,
+    gain: float = 1.0,
+    sky=None,
+    mask=None,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Exact Cramer-Rao lower bound of every packed parameter, from the Fisher information.
+
+    Parameters
+    ----------
+    psf : PSF model
+        The model that was (or will be) fitted, e.g. a :class:`~jaxphot.detector.DetectorPRF`.
+        A per-cutout PSF (array leaves with a trailing batch axis of length N, ``batch_size``
+        attribute) is sliced along with the parameters.
+    params : (N, P) array
+        Packed parameters ``[B0, Bx, By, F_1..F_K, x_1..x_K, y_1..y_K]`` (see
+        :mod:`jaxphot.scene`), in ADU, at which the bound is evaluated (truth for planning,
+        the fitted values for the catalogue columns). Rows with non-finite values give NaN.
+    shape : (H, W)
+        Cutout shape in pixels.
+    free : (N, P) or (P,) bool array, optional
+        Parameters that are (or would be) fitted; the bound accounts for their correlations
+        (plane, neighbours). Default: all free.
+    read_noise : float
+        Read noise (electrons rms).
+    gain : float
+        Electrons per ADU. Pixel variance (ADU^2): ``max(m, 0)/gain + (read_noise/gain)^2``,
+        floored at one electron, exactly the fit's noise model.
+    sky : float or array broadcastable to (N, H, W), optional
+        Counts (ADU) that add Poisson variance but are not in the model, e.g. a sky level
+        subtracted before fitting with ``background=None``. Default 0.
+    mask : bool array broadcastable to (N, H, W), optional
+        True for pixels left out of the fit (they carry no information).
+    chunk_size : int, optional
+        Rows per compiled call (bounds memory). Default 512.
+
+    Returns
+    -------
+    (N, P) float64 array
+        ``sqrt(diag(F^-1))`` for free parameters (ADU for fluxes and plane, px for positions),
+        0 for fixed ones, NaN where the Fisher matrix is singular or ``params`` is not finite.
+    """
+    from ._jaxsetup import default_dtype
+
+    params = np.asarray(params, np.float64)
+    if params.ndim == 1:
+        params = params[None]
+    n, n_par = params.shape
+    if (n_par - 3) % 3:
+        raise ValueError(f"params must have 3 + 3K columns, got {n_par}")
+    h, w = (int(a) for a in shape)
+    g = float(gain)
+    if not (math.isfinite(g) and g > 0):
+        raise ValueError(f"gain must be positive, got {gain!r}")
+    fr = (
+        np.ones((n, n_par), bool)
+        if free is None
+        else np.broadcast_to(np.asarray(free, bool), (n, n_par))
+    )
+    finite = np.all(np.isfinite(params), axis=1)
+    dtype = default_dtype(params)
+    extra = np.zeros((1, h, w)) if sky is None else np.asarray(sky, np.float64)
+    if extra.ndim == 1:
+        extra = extra[:, None, None]  # one level per cutout
+    extra = np.broadcast_to(extra, (n, h, w))
+    valid = (
+        np.ones((n, h, w), bool)
+        if mask is None
+        else ~np.broadcast_to(np.asarray(mask, bool), (n, h, w))
+    )
+    var0 = np.asarray((float(read_noise) / g) ** 2, dtype)
+    inv_gain = np.asarray(1.0 / g, dtype)
+    chunk = int(chunk_size or _MAX_CHUNK)
+    size = min(chunk, max(64, 1 << max(0, math.ceil(math.log2(max(n, 1))))))  # few compilations
+    out = np.empty((n, n_par))
+    batched = getattr(psf, "batch_size", None) is not None
+    for start in range(0, n, size):  # chunks of rows, not stars: each call is vectorised
+        stop = min(n, start + size)
+        pad = size - (stop - start)
+
+        def take(a, fill, start=start, stop=stop, pad=pad):
+            a = np.asarray(a[start:stop])
+            if pad:
+                a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
+            return a
+
+        p = take(np.where(finite[:, None], params, 0.0), 0.0)
+        sub_psf = _slice_batched_psf(psf, start, stop, pad) if batched else psf
+        res = _fisher_chunk(
+            sub_psf,
+            jnp.asarray(p, dtype),
+            jnp.asarray(take(fr, True)),
+            var0,
+            inv_gain,
+            jnp.asarray(take(extra, 0.0), dtype),
+            jnp.asarray(take(valid, True)),
+            (h, w),
+        )
+        out[start:stop] = np.asarray(res, np.float64)[: stop - start]
+    out[~finite] = np.nan
+    return out
+
+
+def crlb(
+    psf,
+    flux,
+    x,
+    y,
+    sky,
+    read_noise,
+    shape,
+    *,
+    gain: float = 1.0,
+    background: str | None = "plane",
+    fixed=(),
+    mask=None,
+) -> dict:
+    """How well could these stars be measured? The exact CRLB without any data.
+
+    Parameters
+    ----------
+    psf : PSF model
+        e.g. ``DetectorPRF(DiscretePSF(...), sensitivity=...)`` (then fluxes are photons).
+    flux, x, y : (N,) or (N, K) arrays
+        True intensities (ADU; photons above the detector with a DetectorPRF) and positions (px,
+        in the cutout frame, pixel [j, i] centred at (i, j)). K stars in one cutout are blended
+        neighbours: their correlations enter the bound.
+    sky : float or (N,) array
+        Observed sky level (ADU per pixel), the plane's B0.
+    read_noise : float
+        Read noise (electrons rms).
+    shape : (H, W)
+        Cutout (fitting box) shape in pixels.
+    gain : float
+        Electrons per ADU.
+    background : {"plane", "constant", None}
+        Background parameters that are fitted, as in :func:`~jaxphot.fit.fit_cutouts`.
+    fixed : iterable of str
+        Parameters held fixed: any of "bkg", "bkg_x", "bkg_y", "flux", "x", "y".
+    mask : bool array broadcastable to (N, H, W), optional
+        Pixels that would be ignored.
+
+    Returns
+    -------
+    dict
+        ``"flux", "x", "y"``: (N, K) CRLBs (ADU, px, px); ``"bkg"``: (N,) (ADU/pixel);
+        ``"snr"``: (N, K) flux / CRLB(flux); ``"mag"``: (N, K) 1.0857 / snr.
+    """
+    f = np.atleast_1d(np.asarray(flux, np.float64))
+    f = f[:, None] if f.ndim == 1 else f
+    xs = np.broadcast_to(np.asarray(x, np.float64).reshape(f.shape[0], -1), f.shape)
+    ys = np.broadcast_to(np.asarray(y, np.float64).reshape(f.shape[0], -1), f.shape)
+    n, k = f.shape
+    b0 = np.broadcast_to(np.asarray(sky, np.float64), (n,))
+    z = np.zeros(n)
+    params = np.concatenate([np.stack([b0, z, z], 1), f, xs, ys], axis=1)
+    free = np.ones(params.shape[1], bool)
+    if background is None:
+        free[:3] = False
+    elif background == "constant":
+        free[1:3] = False
+    elif background != "plane":
+        raise ValueError(f"background must be 'plane', 'constant' or None, got {background!r}")
+    names = ("bkg", "bkg_x", "bkg_y")
+    for name in fixed:
+        if name in names:
+            free[names.index(name)] = False
+        elif name in ("flux", "x", "y"):
+            j = 3 + k * ("flux", "x", "y").index(name)
+            free[j : j + k] = False
+        else:
+            raise ValueError(f"unknown parameter {name!r} in fixed")
+    c = fisher_crlb(psf, params, shape, free, read_noise=read_noise, gain=gain, mask=mask)
+    out = {
+        "flux": c[:, 3 : 3 + k],
+        "x": c[:, 3 + k : 3 + 2 * k],
+        "y": c[:, 3 + 2 * k :],
+        "bkg": c[:, 0],
+    }
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["snr"] = f / out["flux"]
+        out["mag"] = POGSON / out["snr"]
+    return out
