@@ -1,0 +1,857 @@
+"""Empirical PSFs (ePSFs) built from the stars of an image.
+
+:func:`build_epsf` fits a supersampled PRF (``DiscretePSF(integrated=True)``, Anderson & King's
+ePSF) jointly with every star's position and flux, by alternating two exact sub-problems. Each
+star's sky is the median of its cutout's 2-pixel rim, held fixed: a free local background would be
+exactly degenerate with a pedestal under the ePSF, so (as in DAOPHOT and Anderson & King) the ePSF
+is what lies above the rim level within the cutout.
+
+(a) **stars**: with the ePSF fixed, every star's ``(x, y, flux)`` is fitted at once with the
+    batched Levenberg-Marquardt of :func:`jaxphot.fit.fit_cutouts`;
+(b) **ePSF**: with the stars fixed, the model is *linear* in the ePSF's spline coefficients, so the
+    update is a regularised weighted linear least-squares problem. It is solved by Jacobi-
+    preconditioned conjugate gradients (warm-started from the previous ePSF) on the normal
+    equations, whose operator is applied matrix-free: each pixel depends on 4 x 4 coefficients, so
+    the forward model is a gather and its transpose (``jax.linear_transpose``) a scatter-add.
+    A second-difference penalty (``smoothness``) keeps the coefficients that the data barely
+    constrain (the array's rim, sparse sub-pixel phases) well behaved.
+
+Two degeneracies of the joint problem are pinned after every ePSF update: the ePSF is rescaled so
+that its samples sum to s^2 (fluxes absorb the scale) and resampled so that its centroid (first
+moment inside a radius of ~1 FWHM) sits at the array centre (positions absorb the shift).
+Outliers are rejected at every iteration, non-cumulatively: pixels whose normalised residual
+exceeds ``clip_sigma`` and stars whose reduced chi^2 is far above the others' (blends, cosmic rays,
+galaxies) are left out of the next ePSF update.
+
+With ``degree = 1`` or ``2`` the ePSF coefficients are a polynomial in the detector position
+(:class:`~jaxphot.psf_grid.PolynomialPSF`): the model is still linear in all the polynomial terms,
+and the star step goes through ``fit_cutouts``' spatially varying PSF hook.
+
+The noise model is ``var = sky_var + max(model, 0) / gain`` per pixel, where ``sky_var`` is each
+star's border variance and ``1/gain`` is estimated from the residuals when ``gain`` is not given
+(unless ``error`` is given, which is used as is).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.table import Table
+
+from .fit import fit_cutouts
+from .kernels import bspline_prefilter
+from .psf import DiscretePSF
+from .psf_grid import PolynomialPSF, _poly_scale, _samples, poly_terms
+
+__all__ = ["build_epsf", "select_stars", "build_epsf_from_image", "EPSFStars", "EPSFWarning"]
+
+_TAPS = np.arange(-1, 3)  # the 4 B-spline taps around floor(q)
+
+
+class EPSFWarning(UserWarning):
+    """Warnings about PSF stars that were dropped or a model that was simplified."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The linear ePSF sub-problem
+
+
+def _bspline3(t):
+    at = jnp.abs(t)
+    near = 2.0 / 3.0 - at * at + 0.5 * at * at * at
+    far = (2.0 - at) ** 3 / 6.0
+    return jnp.where(at <= 1.0, near, jnp.where(at < 2.0, far, 0.0))
+
+
+def _axis_taps(pos, n_pix: int, n_arr: int, s: int):
+    """Indices (N, n_pix, 4) and weights of the array samples that make each pixel's value.
+
+    Follows :class:`~jaxphot.psf.DiscretePSF` (integrated): pixel p of a star at ``pos`` takes the
+    spline at fractional array index ``q = s (p - pos) + (n_arr - 1)/2``. Taps outside the array
+    get weight 0 (coefficients beyond the edge are 0, as in ``DiscretePSF.evaluate``).
+    """
+    q = s * (jnp.arange(n_pix, dtype=pos.dtype)[None, :] - pos[:, None]) + (n_arr - 1) / 2.0
+    j = jnp.floor(q)[..., None] + _TAPS
+    w = _bspline3(q[..., None] - j)
+    inside = (j >= 0) & (j < n_arr)
+    return jnp.clip(j, 0, n_arr - 1).astype(jnp.int32), jnp.where(inside, w, 0.0)
+
+
+def _stencil(x, y, shape, n: int, s: int):
+    """Flat coefficient indices and weights (N, H*W, 16) of every pixel of every cutout."""
+    h, w = shape
+    jx, wx = _axis_taps(x, w, n, s)  # (N, W, 4)
+    jy, wy = _axis_taps(y, h, n, s)  # (N, H, 4)
+    idx = jy[:, :, None, :, None] * n + jx[:, None, :, None, :]
+    wt = wy[:, :, None, :, None] * wx[:, None, :, None, :]
+    return idx.reshape(len(x), h * w, 16), wt.reshape(len(x), h * w, 16)
+
+
+def _forward(c, idx, wt, amp):
+    """Model pixels (N, H*W) for coefficients c (T, n*n): ``sum_t amp[t, n] * (spline_t)``."""
+    g = c[:, idx]  # (T, N, P, 16)
+    return jnp.einsum("tnpk,npk,tn->np", g, wt, amp)
+
+
+def _second_diff_penalty(c, n):
+    c = c.reshape(c.shape[0], n, n)
+    dx = c[:, :, 2:] - 2.0 * c[:, :, 1:-1] + c[:, :, :-2]
+    dy = c[:, 2:, :] - 2.0 * c[:, 1:-1, :] + c[:, :-2, :]
+    return 0.5 * (jnp.sum(dx * dx) + jnp.sum(dy * dy))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "s", "shape", "max_cg"))
+def _solve_coeffs(c0, target, wgt, x, y, amp, smoothness, *, n, s, shape, max_cg, cg_tol):
+    """Regularised weighted least squares for the coefficients, by Jacobi-preconditioned CG.
+
+    Minimises ``sum wgt (target - A c)^2 + lam |D2 c|^2 + ridge |c|^2`` with ``lam = smoothness *
+    median(diag(A^T W A))``: dimensionless, so the same ``smoothness`` works at any flux scale.
+    """
+    idx, wt = _stencil(x, y, shape, n, s)
+    fwd = lambda c: _forward(c, idx, wt, amp)  # noqa: E731
+    adj = jax.linear_transpose(fwd, c0)
+    rhs = adj(wgt * target)[0]
+    # diag(A^T W A): scatter of wgt * (amp * w)^2
+    contrib = wgt[None, :, :, None] * (amp[:, :, None, None] * wt[None]) ** 2
+    diag = jnp.zeros_like(c0).at[:, idx].add(contrib)
+    d0 = diag[0]
+    scale = jnp.nanmedian(jnp.where(d0 > 0, d0, jnp.nan))
+    lam = smoothness * scale
+    ridge = 1e-7 * scale
+    pen_grad = jax.grad(lambda c: _second_diff_penalty(c, n))
+
+    def op(c):
+        return adj(wgt * fwd(c))[0] + lam * pen_grad(c) + ridge * c
+
+    precond = 1.0 / (diag + 12.0 * lam + ridge)
+    r = rhs - op(c0)
+    z = precond * r
+    p = z
+    rz = jnp.vdot(r, z)
+    bnorm = jnp.sqrt(jnp.vdot(rhs, rhs))
+
+    def cond(state):
+        i, _, r, _, _ = state
+        return (i < max_cg) & (jnp.sqrt(jnp.vdot(r, r)) > cg_tol * bnorm)
+
+    def body(state):
+        i, c, r, p, rz = state
+        q = op(p)
+        alpha = rz / jnp.vdot(p, q)
+        c = c + alpha * p
+        r = r - alpha * q
+        z = precond * r
+        rz_new = jnp.vdot(r, z)
+        p = z + (rz_new / rz) * p
+        return i + 1, c, r, p, rz_new
+
+    i, c, r, _, _ = jax.lax.while_loop(cond, body, (0, c0, r, p, rz))
+    return c, i
+
+
+@functools.partial(jax.jit, static_argnames=("n", "s", "shape"))
+def _model_pixels(c, x, y, amp, *, n, s, shape):
+    idx, wt = _stencil(x, y, shape, n, s)
+    return _forward(c, idx, wt, amp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pinning the normalisation and the centroid
+
+
+def _kernel_matrix(n: int, shift: float) -> np.ndarray:
+    """(n, n) matrix evaluating a cubic spline (coefficients) at indices ``a + shift``."""
+    a = np.arange(n)[:, None] + shift
+    t = np.abs(a - np.arange(n)[None, :])
+    return np.where(t <= 1, 2 / 3 - t**2 + 0.5 * t**3, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
+
+
+def _centroid(samples: np.ndarray, radius: float) -> tuple[float, float]:
+    """First moment (in array units, relative to the centre) inside a circle of ``radius``."""
+    n_y, n_x = samples.shape
+    yy, xx = np.mgrid[0:n_y, 0:n_x]
+    u, v = xx - (n_x - 1) / 2.0, yy - (n_y - 1) / 2.0
+    inside = u * u + v * v <= radius * radius
+    w = np.where(inside, samples, 0.0)
+    tot = w.sum()
+    if not tot > 0:
+        return 0.0, 0.0
+    return float((w * u).sum() / tot), float((w * v).sum() / tot)
+
+
+def _fwhm_samples(samples: np.ndarray) -> float:
+    """FWHM (array units) from the area above half maximum."""
+    peak = samples.max()
+    area = np.count_nonzero(samples >= 0.5 * peak)
+    return 2.0 * math.sqrt(area / math.pi)
+
+
+def _pin(coeffs: np.ndarray, s: int, n: int, centre: bool) -> tuple[np.ndarray, float]:
+    """Rescale to sum s^2 (term 0) and recentre all terms on term 0's centroid.
+
+    Terms t > 0 are made sum-free (``C_t -= (sum_t / sum_0) C_0``) so that the PSF's sum is s^2
+    everywhere, to first order (``PolynomialPSF.at`` renormalises exactly). Returns the
+    coefficients and the FWHM in detector pixels.
+    """
+    c = coeffs.reshape(-1, n, n).astype(np.float64)
+    s0 = _samples(c[0], "bspline3")
+    fwhm = _fwhm_samples(s0)
+    if centre:
+        radius = max(1.2 * fwhm, 1.5 * s)
+        for _ in range(3):
+            mx, my = _centroid(_samples(c[0], "bspline3"), radius)
+            if max(abs(mx), abs(my)) < 1e-4:
+                break
+            kx, ky = _kernel_matrix(n, mx), _kernel_matrix(n, my)
+            c = np.stack([bspline_prefilter(ky @ t @ kx.T) for t in c])
+    sums = np.array([_samples(t, "bspline3").sum() for t in c])
+    if not sums[0] > 0:
+        raise ValueError("the ePSF update has a non-positive sum: the PSF stars carry no signal")
+    c[1:] -= (sums[1:] / sums[0])[:, None, None] * c[0][None]
+    c *= s * s / sums[0]
+    return c.reshape(len(c), n * n), fwhm / s
+
+
+# ----------------------------------------------------------------------------------------------
+# Star cutouts
+
+
+class EPSFStars(Table):
+    """Table of candidate PSF stars with what became of them (column ``status``).
+
+    ``status`` is ``"used"`` or the reason a star was left out: ``"edge"``, ``"bad core"`` (NaN or
+    masked pixels near its centre), ``"saturated"``, ``"rejected"`` (outlier fit). Fitted columns
+    ``x_fit, y_fit, flux_fit, chi2_red`` are in image coordinates / data units.
+    """
+
+
+def _as_positions(positions) -> np.ndarray:
+    if isinstance(positions, Table):
+        for xn, yn in (
+            ("x_centroid", "y_centroid"),
+            ("x", "y"),
+            ("xcentroid", "ycentroid"),
+            ("x_fit", "y_fit"),
+            ("x_0", "y_0"),
+        ):
+            if xn in positions.colnames and yn in positions.colnames:
+                return np.stack(
+                    [np.asarray(positions[xn], float), np.asarray(positions[yn], float)], 1
+                )
+        raise ValueError(f"positions table has no x/y columns: {positions.colnames}")
+    p = np.asarray(positions, np.float64)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"positions must have shape (N, 2) as (x, y) pairs, got {p.shape}")
+    return p
+
+
+def _odd_shape(shape) -> tuple[int, int]:
+    h, w = (shape, shape) if np.ndim(shape) == 0 else tuple(shape)
+    h, w = int(h), int(w)
+    if h < 5 or w < 5 or h % 2 == 0 or w % 2 == 0:
+        raise ValueError(f"shape must be odd and >= 5 pixels, got {(h, w)}")
+    return h, w
+
+
+def _robust_std(a, axis):
+    med = np.nanmedian(a, axis=axis, keepdims=True)
+    return 1.4826 * np.nanmedian(np.abs(a - med), axis=axis)
+
+
+def build_epsf(
+    image,
+    positions,
+    *,
+    oversampling: int = 4,
+    shape=15,
+    error=None,
+    mask=None,
+    gain: float | None = None,
+    saturation: float | None = None,
+    degree: int = 0,
+    smoothness: float = 3e-4,
+    maxiters: int = 20,
+    tol: float = 5e-4,
+    clip_sigma: float = 5.0,
+    min_stars: int = 5,
+    relax: float = 1.5,
+    return_stars: bool = False,
+):
+    """Build an ePSF (supersampled PRF) from the stars at ``positions`` in ``image``.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        Image in counts (any linear unit). NaNs are ignored (masked). The background need not be
+        subtracted: each star's sky is the median of its cutout's rim.
+    positions : (N, 2) array or Table
+        Approximate (x, y) of the PSF stars (pixels, 0-based; pixel ``[j, i]`` centred at
+        ``(i, j)``), e.g. ``x_centroid, y_centroid`` of :func:`jaxphot.detection.find_stars`.
+        Within ~0.5 px is enough.
+    oversampling : int
+        ePSF samples per pixel (s). The ePSF array has ``s * shape + 1`` samples per axis.
+    shape : int or (int, int)
+        Odd size (pixels) of the cutout fitted around each star; the ePSF covers it.
+    error : (H, W) array, optional
+        1-sigma uncertainty of each pixel (image units). Default: the noise model in the module
+        docstring.
+    mask : (H, W) bool array, optional
+        True for pixels to ignore.
+    gain : float, optional
+        Electrons per image unit, for the Poisson part of the noise model; estimated from the
+        residuals when None.
+    saturation : float, optional
+        Stars with any cutout pixel at or above this level are dropped.
+    degree : {0, 1, 2}
+        Degree of the polynomial variation of the ePSF with detector position. Lowered, with an
+        :class:`EPSFWarning`, when there are fewer than ``8 * n_terms`` usable stars.
+    smoothness : float
+        Weight of the second-difference penalty on the spline coefficients, relative to the
+        median data weight of one coefficient (dimensionless).
+    maxiters : int
+        Maximum number of (star fit, ePSF update) iterations.
+    tol : float
+        Stop when no ePSF sample changes by more than ``tol`` times the peak.
+    clip_sigma : float
+        Pixels with ``|data - model| > clip_sigma * sigma`` are left out of the next update.
+    min_stars : int
+        Fewest usable stars accepted; fewer raise a ValueError naming why stars were dropped.
+    return_stars : bool
+        Also return an :class:`EPSFStars` table.
+
+    Returns
+    -------
+    psf : DiscretePSF or PolynomialPSF
+        ``DiscretePSF(integrated=True)`` with samples summing to s^2 and origin at the array
+        centre (DESIGN.md) for ``degree = 0``; a :class:`~jaxphot.psf_grid.PolynomialPSF`
+        otherwise.
+    stars : EPSFStars
+        Only with ``return_stars=True``.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes or arguments, or fewer than ``min_stars`` usable stars (the message counts the
+        stars dropped at the edge, with bad cores, saturated).
+    """
+    img = np.asarray(image, np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    pos = _as_positions(positions)
+    if len(pos) == 0:
+        raise ValueError("no PSF star positions given")
+    if degree not in (0, 1, 2):
+        raise ValueError(f"degree must be 0, 1 or 2, got {degree!r}")
+    s = int(oversampling)
+    if s < 1 or s != oversampling:
+        raise ValueError(f"oversampling must be a positive integer, got {oversampling!r}")
+    h, w = _odd_shape(shape)
+    if smoothness < 0:
+        raise ValueError(f"smoothness must be >= 0, got {smoothness}")
+    H, W = img.shape
+    bad_img = ~np.isfinite(img)
+    if mask is not None:
+        m = np.asarray(mask, bool)
+        if m.shape != img.shape:
+            raise ValueError(f"mask must have the image's shape {img.shape}, got {m.shape}")
+        bad_img |= m
+    err_img = None
+    if error is not None:
+        err_img = np.broadcast_to(np.asarray(error, np.float64), img.shape)
+        bad_img = bad_img | ~(np.isfinite(err_img) & (err_img > 0))
+
+    # --- cutouts (vectorised) and the reasons stars are unusable
+    status = np.full(len(pos), "used", dtype=object)
+    finite = np.all(np.isfinite(pos), axis=1)
+    status[~finite] = "non-finite position"
+    p = np.where(finite[:, None], pos, 0.0)
+    ox = np.rint(p[:, 0]).astype(int) - w // 2
+    oy = np.rint(p[:, 1]).astype(int) - h // 2
+    edge = (ox < 0) | (oy < 0) | (ox + w > W) | (oy + h > H)
+    status[finite & edge] = "edge"
+    rows = np.clip(oy[:, None] + np.arange(h), 0, H - 1)
+    cols = np.clip(ox[:, None] + np.arange(w), 0, W - 1)
+    data = img[rows[:, :, None], cols[:, None, :]]
+    bad = bad_img[rows[:, :, None], cols[:, None, :]]
+    cy, cx = h // 2, w // 2
+    core_bad = bad[:, cy - 1 : cy + 2, cx - 1 : cx + 2].any(axis=(1, 2))
+    status[(status == "used") & core_bad] = "bad core"
+    if saturation is not None:
+        sat = np.nanmax(np.where(bad, -np.inf, data), axis=(1, 2)) >= saturation
+        status[(status == "used") & sat] = "saturated"
+    use = status == "used"
+    n_use = int(use.sum())
+    counts = {r: int(np.sum(status == r)) for r in set(status) if r != "used"}
+    if counts:
+        warnings.warn(
+            f"{sum(counts.values())} of {len(pos)} PSF stars dropped: "
+            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+            EPSFWarning,
+            stacklevel=2,
+        )
+    if n_use < min_stars:
+        why = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none dropped"
+        raise ValueError(
+            f"too few usable PSF stars: {n_use} of {len(pos)} (need >= {min_stars}); dropped: {why}"
+        )
+    n_terms = len(poly_terms(degree))
+    while degree > 0 and n_use < 8 * len(poly_terms(degree)):
+        new = degree - 1
+        warnings.warn(
+            f"only {n_use} usable PSF stars: spatial variation degree lowered from {degree} to "
+            f"{new} (degree {degree} needs >= {8 * len(poly_terms(degree))})",
+            EPSFWarning,
+            stacklevel=2,
+        )
+        degree = new
+    n_terms = len(poly_terms(degree))
+
+    idx_use = np.nonzero(use)[0]
+    data = data[idx_use]
+    valid = ~bad[idx_use]
+    org = np.stack([ox[idx_use], oy[idx_use]], 1).astype(np.float64)
+    xl = p[idx_use, 0] - org[:, 0]
+    yl = p[idx_use, 1] - org[:, 1]
+    n_st = len(idx_use)
+    err_cut = None
+    if err_img is not None:
+        e = err_img[rows[:, :, None], cols[:, None, :]][idx_use]
+        err_cut = np.where(valid, e, 1.0)
+
+    # --- sky: median and MAD of each cutout's 2-pixel rim, held fixed. A free local background
+    # would be exactly degenerate with a pedestal under the ePSF (F_i * eps is absorbed by each
+    # star's own sky), so, as in DAOPHOT and Anderson & King, the sky comes from outside the
+    # PSF's core and the ePSF is whatever remains above it within the cutout.
+    border = np.zeros((h, w), bool)
+    border[:2], border[-2:], border[:, :2], border[:, -2:] = True, True, True, True
+    bvals = np.where(valid & border, data, np.nan).reshape(n_st, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sky = np.nanmedian(bvals, axis=1)
+        sky_var = _robust_std(bvals, axis=1) ** 2
+    sky = np.where(np.isfinite(sky), sky, 0.0)
+    pos_var = sky_var[np.isfinite(sky_var) & (sky_var > 0)]
+    floor = np.median(pos_var) if pos_var.size else 1.0
+    sky_var = np.where(np.isfinite(sky_var) & (sky_var > 0), sky_var, floor)
+    flux = np.sum(np.where(valid, data - sky[:, None, None], 0.0), axis=(1, 2))
+    flux = np.maximum(flux, 1e-3 * np.max(np.abs(flux)) + 1e-30)
+    plane = np.stack([sky, np.zeros(n_st), np.zeros(n_st)], 1)
+    inv_gain = None if gain is None else 1.0 / float(gain)
+
+    n = s * max(h, w) + 1
+    if h != w:
+        raise ValueError(f"shape must be square for now, got {(h, w)}")
+    center, scale = _poly_scale(img.shape)
+    gx_img, gy_img = org[:, 0] + xl, org[:, 1] + yl
+    yy, xx = np.mgrid[0:h, 0:w]
+    basis = np.stack([np.ones((h, w)), xx - (w - 1) / 2.0, yy - (h - 1) / 2.0])
+    coeffs = np.zeros((n_terms, n * n), np.float32)
+    star_ok = np.ones(n_st, bool)
+    pix_ok = valid.copy()
+    prev = None
+    chi2_red = np.full(n_st, np.nan)
+    template = DiscretePSF(np.ones((n, n)), s, integrated=True)
+    fwhm_px = None
+    it_done = 0
+    if err_cut is not None:
+        var = err_cut**2
+    else:
+        g0 = 0.0 if inv_gain is None else inv_gain
+        var = sky_var[:, None, None] + g0 * np.maximum(data - sky[:, None, None], 0.0)
+    for it in range(maxiters):
+        it_done = it + 1
+        # ---- (b) ePSF update with the stars fixed
+        model_bkg = np.einsum("nk,khw->nhw", plane, basis)
+        wgt = np.where(pix_ok & star_ok[:, None, None], 1.0 / var, 0.0)
+        target = np.where(valid, data - model_bkg, 0.0)
+        u = (gx_img - center[0]) / scale[0]
+        v = (gy_img - center[1]) / scale[1]
+        amp = np.stack([flux * u**a * v**b for a, b in poly_terms(degree)])
+        c_new, n_cg = _solve_coeffs(
+            jnp.asarray(coeffs, jnp.float32),
+            jnp.asarray(target.reshape(n_st, -1), jnp.float32),
+            jnp.asarray(wgt.reshape(n_st, -1), jnp.float32),
+            jnp.asarray(xl, jnp.float32),
+            jnp.asarray(yl, jnp.float32),
+            jnp.asarray(amp, jnp.float32),
+            jnp.float32(smoothness),
+            n=n,
+            s=s,
+            shape=(h, w),
+            max_cg=400 if it == 0 else 150,
+            cg_tol=jnp.float32(1e-5),
+        )
+        coeffs, fwhm_px = _pin(np.asarray(c_new), s, n, centre=True)
+        coeffs = coeffs.astype(np.float32)
+        s0 = _samples(coeffs[0].reshape(n, n), "bspline3")
+        change = np.inf if prev is None else np.max(np.abs(s0 - prev)) / s0.max()
+        prev = s0
+        if change < tol:
+            break
+        # ---- (a) star fits with the ePSF fixed
+        if degree == 0:
+            psf = template.replace(coeffs=jnp.asarray(coeffs[0].reshape(n, n)))
+            kw = {}
+        else:
+            psf = PolynomialPSF(
+                np.stack([_samples(t.reshape(n, n), "bspline3") for t in coeffs]),
+                s,
+                degree,
+                center,
+                scale,
+            )
+            kw = {"origin": org}
+        fit_err = np.sqrt(var)
+        res = fit_cutouts(
+            data,
+            psf,
+            xl,
+            yl,
+            flux,
+            error=fit_err,
+            mask=~valid,
+            background=None,
+            max_iter=30,
+            bkg=sky,
+            **kw,
+        )
+        xf, yf, ff = res.x_fit[:, 0], res.y_fit[:, 0], res.flux_fit[:, 0]
+        good = (
+            np.isfinite(xf)
+            & np.isfinite(yf)
+            & np.isfinite(ff)
+            & (ff > 0)
+            & (np.abs(xf - (w - 1) / 2.0) < 1.5)
+            & (np.abs(yf - (h - 1) / 2.0) < 1.5)
+        )
+        # Over-relaxed position update. Undersampled data leave the ePSF's sharpness nearly
+        # degenerate with pixel-phase-dependent position errors (Anderson & King 2000), and plain
+        # alternation crawls along that valley; stepping past the fitted positions (omega < 2,
+        # still convergent) roughly halves the number of iterations.
+        om = 1.0 if it == 0 else relax
+        xl = np.where(good, xl + om * (xf - xl), xl)
+        yl = np.where(good, yl + om * (yf - yl), yl)
+        flux = np.where(good, ff, flux)
+        gx_img, gy_img = org[:, 0] + xl, org[:, 1] + yl
+
+        # ---- noise model, outlier pixels and stars, from the residuals
+        u = (gx_img - center[0]) / scale[0]
+        v = (gy_img - center[1]) / scale[1]
+        amp = np.stack([flux * u**a * v**b for a, b in poly_terms(degree)])
+        stars_model = np.asarray(
+            _model_pixels(
+                jnp.asarray(coeffs),
+                jnp.asarray(xl, jnp.float32),
+                jnp.asarray(yl, jnp.float32),
+                jnp.asarray(amp, jnp.float32),
+                n=n,
+                s=s,
+                shape=(h, w),
+            )
+        ).reshape(n_st, h, w)
+        model = np.einsum("nk,khw->nhw", plane, basis) + stars_model
+        resid = np.where(valid, data - model, 0.0)
+        if err_cut is None:
+            g_inv = inv_gain
+            if g_inv is None:
+                # var - sky_var ~ model / gain: least squares on the pixels with signal
+                sel = valid & (stars_model > 3.0 * np.sqrt(sky_var)[:, None, None])
+                sel &= star_ok[:, None, None]
+                excess = resid**2 - sky_var[:, None, None]
+                num = np.sum(np.where(sel, excess * stars_model, 0.0))
+                den = np.sum(np.where(sel, stars_model**2, 0.0))
+                g_inv = max(num / den, 0.0) if den > 0 else 0.0
+            var = sky_var[:, None, None] + g_inv * np.maximum(stars_model, 0.0)
+        zres = resid / np.sqrt(var)
+        pix_ok = valid & (np.abs(zres) <= clip_sigma)
+        dof = np.maximum(pix_ok.sum(axis=(1, 2)) - 6, 1)
+        chi2_red = np.sum(np.where(pix_ok, zres**2, 0.0), axis=(1, 2)) / dof
+        med = np.median(chi2_red[good])
+        spread = _robust_std(chi2_red[good], axis=0)
+        star_ok = good & (chi2_red <= max(med + 5.0 * spread, 1.5 * med))
+        if star_ok.sum() < min_stars:
+            star_ok = good
+    else:
+        it_done = maxiters
+
+    # ---- result
+    arrays = np.stack([_samples(t.reshape(n, n).astype(np.float64), "bspline3") for t in coeffs])
+    if degree == 0:
+        out = DiscretePSF(arrays[0], s, integrated=True)
+    else:
+        out = PolynomialPSF(arrays, s, degree, center, scale)
+    if not return_stars:
+        return out
+    tab = EPSFStars()
+    tab["x"], tab["y"] = pos[:, 0], pos[:, 1]
+    st = status.copy()
+    full = lambda a: np.full(len(pos), np.nan) if a is None else a  # noqa: E731
+    xo, yo, fo, co = (full(None) for _ in range(4))
+    xo[idx_use], yo[idx_use] = gx_img, gy_img
+    fo[idx_use], co[idx_use] = flux, chi2_red
+    st[idx_use[~star_ok]] = "rejected"
+    tab["x_fit"], tab["y_fit"], tab["flux_fit"], tab["chi2_red"] = xo, yo, fo, co
+    tab["status"] = st.astype(str)
+    tab.meta.update(iterations=it_done, degree=degree, fwhm=fwhm_px, oversampling=s)
+    return out, tab
+
+
+# ----------------------------------------------------------------------------------------------
+# Star selection
+
+
+def _catalog_xy_flux(catalog):
+    t = catalog
+    for xn, yn in (
+        ("x_centroid", "y_centroid"),
+        ("x", "y"),
+        ("xcentroid", "ycentroid"),
+        ("x_fit", "y_fit"),
+    ):
+        if xn in t.colnames and yn in t.colnames:
+            x, y = np.asarray(t[xn], float), np.asarray(t[yn], float)
+            break
+    else:
+        raise ValueError(f"catalog has no x/y columns (x_centroid/y_centroid): {t.colnames}")
+    for fn in ("flux", "flux_fit", "peak"):
+        if fn in t.colnames:
+            return x, y, np.asarray(t[fn], float)
+    raise ValueError(f"catalog has no flux column: {t.colnames}")
+
+
+def select_stars(
+    image,
+    catalog,
+    *,
+    shape=15,
+    n_max: int = 200,
+    min_snr: float = 20.0,
+    saturation: float | None = None,
+    mask=None,
+    isolation: float | None = None,
+    neighbour_ratio: float = 0.01,
+    cells: int = 4,
+) -> Table:
+    """Choose bright, unsaturated, isolated PSF stars spread over the field.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        The image (for NaN/saturation checks near each star).
+    catalog : Table
+        Sources with ``x_centroid, y_centroid`` (or ``x, y``), ``flux`` and optionally ``snr``
+        (e.g. from :func:`jaxphot.detection.find_stars`).
+    shape : int
+        Cutout size (pixels) the stars will be fitted in; stars closer than ``shape // 2`` to an
+        edge are dropped.
+    n_max : int
+        Most stars returned.
+    min_snr : float
+        Minimum ``snr`` (ignored when the catalog has no ``snr`` column).
+    saturation : float, optional
+        Stars with a pixel >= this within 2 px are dropped.
+    mask : (H, W) bool array, optional
+        Pixels to avoid (like NaNs): a star with any within 1 px is dropped.
+    isolation : float, optional
+        Radius (pixels) within which a neighbour brighter than ``neighbour_ratio`` times the star
+        disqualifies it. Default: ``shape / 2 * sqrt(2)`` (the cutout's corner). Any *brighter*
+        neighbour within twice that radius also disqualifies it.
+    neighbour_ratio : float
+        See ``isolation``.
+    cells : int
+        The field is divided into ``cells x cells`` cells, and stars are taken round-robin from
+        them, brightest first, so that spatial variations are constrained everywhere.
+
+    Returns
+    -------
+    Table
+        The selected rows of ``catalog`` (brightest first within each round), with an added
+        ``psf_rank`` column.
+    """
+    img = np.asarray(image, np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    x, y, f = _catalog_xy_flux(catalog)
+    H, W = img.shape
+    h, w = _odd_shape(shape)
+    r_iso = float(isolation) if isolation is not None else max(h, w) / 2.0 * math.sqrt(2.0)
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(f) & (f > 0)
+    xi, yi = np.rint(np.where(ok, x, 0)).astype(int), np.rint(np.where(ok, y, 0)).astype(int)
+    ok &= (xi - w // 2 >= 0) & (yi - h // 2 >= 0) & (xi + w // 2 < W) & (yi + h // 2 < H)
+    if "snr" in catalog.colnames:
+        ok &= np.asarray(catalog["snr"], float) >= min_snr
+    bad_img = ~np.isfinite(img)
+    if mask is not None:
+        bad_img |= np.asarray(mask, bool)
+    d = np.arange(-2, 3)
+    rr = np.clip(yi[:, None, None] + d[None, :, None], 0, H - 1)
+    cc = np.clip(xi[:, None, None] + d[None, None, :], 0, W - 1)
+    near = bad_img[rr, cc][:, 1:4, 1:4].any(axis=(1, 2))
+    ok &= ~near
+    if saturation is not None:
+        ok &= ~(np.nan_to_num(img[rr, cc], nan=-np.inf) >= saturation).any(axis=(1, 2))
+    # isolation: pairwise distances (chunked to bound memory; no Python loop over stars)
+    fin = np.isfinite(x) & np.isfinite(y) & np.isfinite(f)
+    xs, ys, fs = x[fin], y[fin], f[fin]
+    crowded = np.zeros(len(x), bool)
+    idx = np.nonzero(ok)[0]
+    step = max(1, 4_000_000 // max(len(xs), 1))
+    for start in range(0, len(idx), step):
+        sub = idx[start : start + step]
+        d2 = (x[sub, None] - xs[None]) ** 2 + (y[sub, None] - ys[None]) ** 2
+        self_ = d2 < 1e-6
+        close = (d2 < r_iso**2) & (fs[None] > neighbour_ratio * f[sub, None]) & ~self_
+        bright = (d2 < (2 * r_iso) ** 2) & (fs[None] > f[sub, None]) & ~self_
+        crowded[sub] = close.any(1) | bright.any(1)
+    ok &= ~crowded
+    sel = np.nonzero(ok)[0]
+    if sel.size == 0:
+        return catalog[sel]
+    cell = np.clip((x[sel] / W * cells).astype(int), 0, cells - 1) * cells + np.clip(
+        (y[sel] / H * cells).astype(int), 0, cells - 1
+    )
+    order = np.lexsort((-f[sel], cell))  # by cell, brightest first
+    sc = cell[order]
+    first = np.searchsorted(sc, sc, side="left")
+    rank = np.arange(sc.size) - first  # rank of each star within its cell
+    pick = order[np.lexsort((-f[sel][order], rank))][:n_max]
+    out = catalog[sel[pick]]
+    out["psf_rank"] = np.arange(len(out))
+    return out
+
+
+def build_epsf_from_image(
+    image,
+    *,
+    fwhm_guess: float | None = None,
+    oversampling: int = 4,
+    shape=None,
+    threshold: float = 10.0,
+    n_max: int = 200,
+    degree: int = 0,
+    error=None,
+    mask=None,
+    gain: float | None = None,
+    saturation: float | None = None,
+    min_snr: float = 20.0,
+    return_stars: bool = False,
+    **build_kwargs,
+):
+    """Detection -> star selection -> :func:`build_epsf`, for ``jaxphot epsf`` and ``--psf auto``.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        The image; NaNs are masked.
+    fwhm_guess : float, optional
+        FWHM (pixels) for detection. When None, the image is searched with a 2.5 px kernel and
+        the median FWHM of the brightest isolated stars (from their second moments) is used.
+    oversampling : int
+        ePSF oversampling.
+    shape : int, optional
+        Cutout size (odd pixels); default ``max(11, 2 * ceil(2.5 * fwhm) + 1)``.
+    threshold : float
+        Detection threshold in sigma.
+    n_max : int
+        Most PSF stars used.
+    degree : {0, 1, 2}
+        Spatial variation (see :func:`build_epsf`).
+    error, mask, gain, saturation
+        As for :func:`build_epsf`.
+    min_snr : float
+        Minimum detection S/N of PSF stars.
+    return_stars : bool
+        Also return the :class:`EPSFStars` table.
+    **build_kwargs
+        Passed to :func:`build_epsf` (``smoothness``, ``maxiters``, ...).
+
+    Returns
+    -------
+    DiscretePSF or PolynomialPSF (and EPSFStars)
+    """
+    from .background import estimate_background
+    from .detection import find_stars
+
+    img = np.asarray(image, np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    bad = ~np.isfinite(img) if mask is None else (~np.isfinite(img) | np.asarray(mask, bool))
+    box = int(min(64, max(16, min(img.shape) // 8)))
+    bkg = estimate_background(np.where(bad, np.nan, img), box_size=box)
+    level, rms = np.asarray(bkg.level), np.asarray(bkg.rms)
+    sub = img - level
+    if fwhm_guess is None:
+        fwhm_guess = _estimate_fwhm(sub, rms, bad)
+    fwhm = float(fwhm_guess)
+    if not fwhm > 0:
+        raise ValueError(f"fwhm_guess must be a positive number of pixels, got {fwhm_guess!r}")
+    if shape is None:
+        shape = max(11, 2 * math.ceil(2.5 * fwhm) + 1)
+    cat = find_stars(np.where(bad, np.nan, sub), fwhm, threshold=threshold, rms=rms, mask=bad)
+    if len(cat) == 0:
+        raise ValueError("no stars detected in the image: cannot build an ePSF")
+    chosen = select_stars(
+        sub,
+        cat,
+        shape=shape,
+        n_max=n_max,
+        min_snr=min_snr,
+        mask=bad,
+        saturation=None if saturation is None else saturation - np.nanmedian(level),
+    )
+    if len(chosen) < build_kwargs.get("min_stars", 5):
+        raise ValueError(
+            f"too few isolated, unsaturated PSF stars: {len(chosen)} selected out of "
+            f"{len(cat)} detections (need >= {build_kwargs.get('min_stars', 5)})"
+        )
+    pos = np.stack([np.asarray(chosen["x_centroid"]), np.asarray(chosen["y_centroid"])], 1)
+    return build_epsf(
+        img,
+        pos,
+        oversampling=oversampling,
+        shape=shape,
+        error=error,
+        mask=bad,
+        gain=gain,
+        saturation=saturation,
+        degree=degree,
+        return_stars=return_stars,
+        **build_kwargs,
+    )
+
+
+def _estimate_fwhm(sub, rms, bad) -> float:
+    """Median second-moment FWHM of the brightest isolated detections (pixels)."""
+    from .detection import find_stars
+
+    cat = find_stars(np.where(bad, np.nan, sub), 2.5, threshold=10.0, rms=rms, mask=bad)
+    if len(cat) < 3:
+        raise ValueError("fewer than 3 stars detected: give fwhm_guess")
+    chosen = select_stars(sub, cat, shape=11, n_max=50, min_snr=20.0, mask=bad)
+    if len(chosen) < 3:
+        chosen = cat[np.argsort(-np.asarray(cat["flux"]))[:20]]
+    x = np.rint(np.asarray(chosen["x_centroid"])).astype(int)
+    y = np.rint(np.asarray(chosen["y_centroid"])).astype(int)
+    H, W = sub.shape
+    d = np.arange(-4, 5)
+    rr = np.clip(y[:, None, None] + d[None, :, None], 0, H - 1)
+    cc = np.clip(x[:, None, None] + d[None, None, :], 0, W - 1)
+    c = np.nan_to_num(sub[rr, cc]) * ~bad[rr, cc]
+    c = np.clip(c, 0, None)
+    tot = c.sum(axis=(1, 2))
+    xx, yy = np.meshgrid(d, d)
+    mx = (c * xx).sum((1, 2)) / tot
+    my = (c * yy).sum((1, 2)) / tot
+    var = (
+        (c * ((xx - mx[:, None, None]) ** 2 + (yy - my[:, None, None]) ** 2)).sum((1, 2))
+        / tot
+        / 2.0
+    )
+    # Moments of a pixelated Gaussian include the pixel's own 1/12 px^2 variance.
+    sig = np.sqrt(np.clip(var - 1.0 / 12.0, 0.09, None))
+    return float(np.median(sig) * 2.3548)
