@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import scene
-from .solve import normal_matrix
+from .solve import cholesky_solve, normal_matrix
 
 __all__ = [
     "PRFQuantities",
@@ -299,18 +299,21 @@ def _fisher_chunk(psf, p, free, var0, inv_gain, extra, valid, shape):
     var = var0 + inv_gain * (jnp.maximum(model, 0.0) + last(extra))
     var = jnp.maximum(var, inv_gain * inv_gain + 1e-30)  # Poisson floor: one electron, as the fit
     w = jnp.where(last(valid), 1.0 / var, 0.0)
-    fisher = jnp.moveaxis(normal_matrix(jac, w), -1, 0)  # (N, P, P)
-    both = free[:, :, None] & free[:, None, :]
-    eye = jnp.eye(p.shape[1], dtype=fisher.dtype)
+    fisher = normal_matrix(jac, w)  # (P, P, N)
+    fr = last(free)  # (P, N)
+    n_par = p.shape[1]
+    eye = jnp.eye(n_par, dtype=fisher.dtype).reshape(n_par, n_par, 1)
     # Fixed parameters are decoupled (unit diagonal); Jacobi scaling keeps float32 well posed.
-    f = jnp.where(both, fisher, 0.0) + eye * (~free[:, :, None])
-    d = jnp.diagonal(f, axis1=1, axis2=2)
+    f = jnp.where(fr[:, None] & fr[None, :], fisher, 0.0) + eye * (~fr[None, :])
+    d = jnp.moveaxis(jnp.diagonal(f, axis1=0, axis2=1), -1, 0)  # (P, N)
     scale = jnp.where(d > 0, 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 1.0)
-    fs = f * scale[:, :, None] * scale[:, None, :]
-    cov_s = jnp.linalg.inv(fs)
-    var_p = jnp.diagonal(cov_s, axis1=1, axis2=2) * scale * scale
-    ok = jnp.isfinite(var_p) & (var_p > 0)
-    return jnp.where(free, jnp.where(ok, jnp.sqrt(jnp.where(ok, var_p, 1.0)), jnp.nan), 0.0)
+    # Unrolled batch-last Cholesky (as the solver): no LAPACK custom call, which can deadlock
+    # when fit_cutouts runs XLA calls from several threads.
+    cov_s, pd = cholesky_solve(f * scale[:, None] * scale[None, :], jnp.broadcast_to(eye, f.shape))
+    var_p = jnp.moveaxis(jnp.diagonal(cov_s, axis1=0, axis2=1), -1, 0) * scale * scale  # (P, N)
+    ok = pd[None, :] & jnp.isfinite(var_p) & (var_p > 0)
+    out = jnp.where(fr, jnp.where(ok, jnp.sqrt(jnp.where(ok, var_p, 1.0)), jnp.nan), 0.0)
+    return out.T  # (N, P)
 
 
 def _slice_batched_psf(psf, start: int, stop: int, pad: int):
