@@ -32,6 +32,7 @@ enable_compilation_cache()
 _BACKGROUNDS = ("plane", "constant", None)
 _FIXABLE = ("bkg", "bkg_x", "bkg_y", "flux", "x", "y")
 _MIN_BUCKET = 64
+_MAX_SHIFT = 1.0  # px per iteration
 _FIRST_PASS_ITER = 10  # most problems converge by then; the rest are re-run together
 
 
@@ -51,11 +52,15 @@ def _fit_chunk(psf, data, var0, valid, p0, free, done0, lam0, it0, inv_gain, max
     """One compiled batch: inputs batch-first (N, ...), solved batch-last, outputs batch-first."""
     shape = data.shape[1:]
     last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
+    k = scene.n_stars(p0.T)
+    # At most one pixel of motion per iteration for positions; fluxes and the plane are free.
+    max_step = jnp.concatenate([jnp.full(3 + k, jnp.inf), jnp.full(2 * k, _MAX_SHIFT)])
     res = levenberg_marquardt(
         lambda q: scene.linearize(psf, q, shape, order=2 if newton else 1),
         lambda q: scene.model_image(psf, q, shape),
         last(p0), last(data), last(var0), inv_gain, last(valid), last(free),
         max_iter=max_iter, step_tol=step_tol, done0=done0, lam0=lam0, it0=it0, newton=newton,
+        max_step=max_step.astype(p0.dtype)[:, None],
     )
     return res._replace(p=res.p.T, cov=jnp.moveaxis(res.cov, -1, 0))
 
@@ -371,7 +376,7 @@ def fit_cutouts(
                      (h, w), k, scale_errors or (error is None and gain is None and read_noise is None))
 
 
-def _run_chunks(psf, arrays, state, inv_gain, max_iter, step_tol, chunk, newton):
+def _run_chunks(psf, arrays, state, inv_gain, max_iter, step_tol, chunk, newton, min_bucket=0):
     """Run all rows of ``arrays`` through the compiled solver in padded chunks, on threads."""
     n = arrays[0].shape[0]
     fills = (0.0, 1.0, False, 0.0, False, True)
@@ -385,7 +390,7 @@ def _run_chunks(psf, arrays, state, inv_gain, max_iter, step_tol, chunk, newton)
         r = _fit_chunk(p, *a, lam0, it0, inv_gain, jnp.int32(max_iter), step_tol, newton=newton)
         return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], r)
 
-    spans = list(_chunks(n, chunk))
+    spans = [(a, b, max(size, min_bucket)) for a, b, size in _chunks(n, chunk)]
     if len(spans) > 1 and default_threads() > 1:
         # XLA runs one CPU call on one core; JAX releases the GIL, so threads fill the others.
         with ThreadPoolExecutor(default_threads()) as pool:
@@ -423,22 +428,23 @@ def _take_psf(psf, idx):
 def _solve_all(psf, arrays, inv_gain, max_iter, step_tol, chunk, newton):
     """Solve every row: a first pass with a short iteration cap, then the stragglers together.
 
-    Under batching, a chunk runs as long as its slowest member; capping the first pass and
-    re-running the few unconverged rows as a compact batch keeps one hard star from holding
-    thousands of easy ones.
+    Under batching, a chunk runs as long as its slowest member; for batches larger than one
+    chunk, capping the first pass and re-running the few unconverged rows as a compact batch keeps
+    one hard star from holding thousands of easy ones. The re-run uses the same chunk size, so it
+    needs no new compilation. Batches of at most one chunk run in a single pass.
     """
     n = arrays[0].shape[0]
     dtype = arrays[3].dtype
     state = (np.full(n, LAMBDA0, dtype), np.zeros(n, np.int32))
-    first = min(max_iter, _FIRST_PASS_ITER)
+    first = min(max_iter, _FIRST_PASS_ITER) if n > chunk else max_iter
     res = _run_chunks(psf, arrays, state, inv_gain, first, step_tol, chunk, newton)
     todo = ~res.converged & ~arrays[5] & (res.n_iter < max_iter)
     if first < max_iter and np.any(todo):
         idx = np.nonzero(todo)[0]
         sub = list(x[idx] for x in arrays)
         sub[3] = res.p[idx]
-        again = _run_chunks(_take_psf(psf, idx), sub, (res.lam[idx], res.n_iter[idx]), inv_gain, max_iter,
-                            step_tol, chunk, newton)
+        again = _run_chunks(_take_psf(psf, idx), sub, (res.lam[idx], res.n_iter[idx]), inv_gain,
+                            max_iter, step_tol, chunk, newton, min_bucket=chunk)
         res = jax.tree_util.tree_map(lambda full, part: _scatter(full, idx, part), res, again)
     return res
 

@@ -124,7 +124,7 @@ def _scale(a):
 
 def levenberg_marquardt(
     linearize, model_fn, p0, data, var0, inv_gain, valid, free, *, max_iter, step_tol,
-    done0, lam0=None, it0=None, newton=True,
+    done0, lam0=None, it0=None, newton=True, max_step=None,
 ) -> LMResult:
     """Minimise chi^2 for a batch of problems at once.
 
@@ -156,6 +156,10 @@ def levenberg_marquardt(
         Damping and iteration count to continue from (used to re-run stragglers).
     newton : bool
         Use Newton's Hessian when it is positive definite (see module docstring).
+    max_step : (P, N) array, optional
+        Largest change of each parameter in one iteration (e.g. 1 px for positions, as in
+        DAOPHOT); longer steps are shortened along their direction. Keeps stars in a blend from
+        wandering onto their neighbours early in the fit.
     """
     n_par = p0.shape[0]
     eye = jnp.eye(n_par, dtype=p0.dtype).reshape((n_par, n_par) + (1,) * (p0.ndim - 1))
@@ -174,7 +178,12 @@ def levenberg_marquardt(
         if newton:
             step_nt, pd = cholesky_solve(h * ss + lam * eye, gs)
             step_s = jnp.where(pd, step_nt, step_s)
-        p_try = p + step_s * scale
+        step = step_s * scale
+        if max_step is not None:
+            over = jnp.max(jnp.abs(step) / max_step, axis=0)
+            shrink = 1.0 / jnp.maximum(over, 1.0)
+            step, step_s = step * shrink, step_s * shrink
+        p_try = p + step
         r_try = jnp.where(valid, data - model_fn(p_try), 0.0)
         chi2_try = jnp.sum(w * r_try * r_try, axis=(0, 1))
         # Converged when the step is below tolerance, or when the chi^2 decrease it promises is
