@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 
@@ -161,6 +162,7 @@ def _as_stars(name: str, value, n: int) -> np.ndarray:
 
 
 def _broadcast_pixels(name, value, shape, dtype):
+    """A read-only broadcast view of ``value`` with the data's shape (no copy)."""
     try:
         return np.broadcast_to(np.asarray(value, dtype=dtype), shape)
     except ValueError:
@@ -169,28 +171,65 @@ def _broadcast_pixels(name, value, shape, dtype):
         ) from None
 
 
-def _initial_background(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Median of the valid border pixels of each cutout (all valid pixels if the border has none)."""
-    border = np.zeros(data.shape[1:], bool)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    vals = np.where(valid & border, data, np.nan)
-    with np.errstate(all="ignore"), _quiet():
-        b = np.nanmedian(vals.reshape(len(data), -1), axis=1)
-        fallback = np.nanmedian(np.where(valid, data, np.nan).reshape(len(data), -1), axis=1)
-    b = np.where(np.isfinite(b), b, fallback)
-    return np.where(np.isfinite(b), b, 0.0)
+@dataclasses.dataclass
+class _Pixels:
+    """The per-pixel inputs of a fit, materialised one chunk at a time.
+
+    ``error`` and ``mask`` may be broadcast views (a scalar error costs no memory). A pixel is
+    valid when it is not masked, its datum is finite and its error is positive and finite.
+    """
+
+    data: np.ndarray
+    error: np.ndarray | None
+    mask: np.ndarray | None
+    var_const: float | None
+    dtype: type
+
+    def _valid(self, sel):
+        d = self.data[sel]
+        good = np.isfinite(d)
+        if self.error is not None:
+            e = self.error[sel]
+            good &= np.isfinite(e) & (e > 0)
+        user = np.zeros(d.shape, bool) if self.mask is None else self.mask[sel]
+        return d, good & ~user, np.any(~user & ~good, axis=(1, 2))
+
+    def chunk(self, sel):
+        """``(data, var0, valid)`` for rows ``sel``, in the working dtype; invalid data zeroed."""
+        d, valid, _ = self._valid(sel)
+        clean = np.where(valid, d, 0).astype(self.dtype)
+        if self.error is None:
+            var0 = np.full(d.shape, self.var_const, self.dtype)
+        else:
+            e = np.asarray(self.error[sel], np.float64)
+            var0 = np.where(valid, e, 1.0).astype(self.dtype) ** 2
+        return clean, var0, valid
+
+    def row_stats(self, block: int = 65536):
+        """Per row: valid-pixel count, bad-pixel flag, border median and valid sum (one pass)."""
+        n = self.data.shape[0]
+        border = np.zeros(self.data.shape[1:], bool)
+        border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+        out = [np.empty(n, np.int64), np.empty(n, bool), np.empty(n), np.empty(n)]
+        for start in range(0, n, block):
+            sel = slice(start, min(n, start + block))
+            d, valid, bad = self._valid(sel)
+            out[0][sel] = valid.sum(axis=(1, 2))
+            out[1][sel] = bad
+            out[2][sel] = _masked_median(d, valid & border, valid)
+            out[3][sel] = np.sum(np.where(valid, d, 0.0), axis=(1, 2), dtype=np.float64)
+        return out
 
 
-class _quiet:
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+def _masked_median(d, first, fallback):
+    """Median of ``d`` over ``first`` pixels per row, else over ``fallback``, else 0."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
+        rows = len(d)
+        b = np.nanmedian(np.where(first, d, np.nan).reshape(rows, -1), axis=1)
+        alt = np.nanmedian(np.where(fallback, d, np.nan).reshape(rows, -1), axis=1)
+    b = np.where(np.isfinite(b), b, alt)
+    return np.where(np.isfinite(b), b, 0.0)
 
 
 def fit_cutouts(
@@ -306,34 +345,31 @@ def fit_cutouts(
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
 
-    # Valid pixels and the noise model.
-    user_mask = (np.zeros(data.shape, bool) if mask is None
-                 else _broadcast_pixels("mask", mask, data.shape, bool))
-    finite = np.isfinite(data)
+    # Valid pixels and the noise model, built chunk by chunk (bounded memory for any N).
     if error is not None:
-        err = _broadcast_pixels("error", error, data.shape, np.float64)
-        good_err = np.isfinite(err) & (err > 0)
-        var0 = np.where(good_err, err, 1.0) ** 2
-        inv_gain = 0.0
+        error = _broadcast_pixels("error", error, data.shape, None)
+        inv_gain, var_const = 0.0, None
     else:
-        good_err = np.ones(data.shape, bool)
         g = 1.0 if gain is None else float(gain)
         if not (math.isfinite(g) and g > 0):
             raise ValueError(f"gain must be a positive number of electrons/ADU, got {gain!r}")
         rn = 0.0 if read_noise is None else float(read_noise)
         if not (math.isfinite(rn) and rn >= 0):
-            raise ValueError(f"read_noise must be a non-negative number of electrons, got {read_noise!r}")
+            raise ValueError(
+                f"read_noise must be a non-negative number of electrons, got {read_noise!r}"
+            )
         unweighted = gain is None and read_noise is None
-        var0 = np.full(data.shape, 1.0 if unweighted else (rn / g) ** 2)
+        var_const = 1.0 if unweighted else (rn / g) ** 2
         inv_gain = 0.0 if unweighted else 1.0 / g
-    valid = ~user_mask & finite & good_err
-    bad_pixels = np.any(~user_mask & ~(finite & good_err), axis=(1, 2))
-    clean = np.where(valid, data, 0.0)
+    if mask is not None:
+        mask = _broadcast_pixels("mask", mask, data.shape, bool)
+    pix = _Pixels(data, error, mask, var_const, dtype)
+    n_valid, bad_pixels, b_med, total = pix.row_stats()
 
     # Starting values.
-    b0 = _initial_background(data, valid) if bkg is None else _as_stars("bkg", bkg, n)[:, 0]
+    b0 = b_med if bkg is None else _as_stars("bkg", bkg, n)[:, 0]
     if flux is None:
-        total = np.sum(np.where(valid, data - b0[:, None, None], 0.0), axis=(1, 2))
+        total = total - b0 * n_valid  # background-subtracted sum of the valid pixels
         f0 = np.repeat(np.maximum(total, 1.0)[:, None] / np.maximum(act.sum(1), 1)[:, None], k, 1)
     else:
         f0 = _as_stars("flux", flux, n)
@@ -359,7 +395,6 @@ def fit_cutouts(
     inactive = ~np.concatenate([np.ones((n, 3), bool), act, act, act], axis=1)
     free &= ~inactive
     n_free = free.sum(1)
-    n_valid = valid.sum(axis=(1, 2))
     too_few = n_valid < n_free + 1
 
     if hasattr(psf, "at"):
@@ -370,23 +405,27 @@ def fit_cutouts(
             raise ValueError(f"origin must have shape ({n}, 2), got {org.shape}")
         psf = psf.at(org[:, 0] + xs[:, 0], org[:, 1] + ys[:, 0])
     chunk = int(chunk_size or default_chunk_size())
-    inputs = (clean.astype(dtype), var0.astype(dtype), valid, p0.astype(dtype), free, too_few)
-    res = _solve_all(psf, inputs, dtype(inv_gain), max_iter, dtype(step_tol), chunk, newton)
+    rows = (p0.astype(dtype), free, too_few)
+    res = _solve_all(psf, pix, rows, dtype(inv_gain), max_iter, dtype(step_tol), chunk, newton)
     return _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels,
                      (h, w), k, scale_errors or (error is None and gain is None and read_noise is None))
 
 
-def _run_chunks(psf, arrays, state, inv_gain, max_iter, step_tol, chunk, newton, min_bucket=0):
-    """Run all rows of ``arrays`` through the compiled solver in padded chunks, on threads."""
-    n = arrays[0].shape[0]
-    fills = (0.0, 1.0, False, 0.0, False, True)
+def _run_chunks(psf, pix, rows, state, inv_gain, max_iter, step_tol, chunk, newton,
+                index=None, min_bucket=0):
+    """Run rows (all, or ``index``) through the compiled solver in padded chunks, on threads."""
+    n = rows[0].shape[0]
 
     def run(span):
         start, stop, size = span
-        a = [_pad(x[start:stop], size, fill) for x, fill in zip(arrays, fills, strict=True)]
-        p = _slice_psf(psf, start, stop, size)
+        sel = slice(start, stop) if index is None else index[start:stop]
+        pixels = pix.chunk(sel)
+        a = [_pad(x, size, fill) for x, fill in zip(pixels, (0.0, 1.0, False), strict=True)]
+        a += [_pad(x[start:stop], size, fill) for x, fill in zip(rows, (0.0, False, True),
+                                                                 strict=True)]
         lam0 = _pad(state[0][start:stop], size, 1.0)
         it0 = _pad(state[1][start:stop], size, 0)
+        p = _slice_psf(psf, start, stop, size)
         r = _fit_chunk(p, *a, lam0, it0, inv_gain, jnp.int32(max_iter), step_tol, newton=newton)
         return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], r)
 
@@ -425,7 +464,7 @@ def _take_psf(psf, idx):
     return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[..., idx], psf)
 
 
-def _solve_all(psf, arrays, inv_gain, max_iter, step_tol, chunk, newton):
+def _solve_all(psf, pix, rows, inv_gain, max_iter, step_tol, chunk, newton):
     """Solve every row: a first pass with a short iteration cap, then the stragglers together.
 
     Under batching, a chunk runs as long as its slowest member; for batches larger than one
@@ -433,18 +472,17 @@ def _solve_all(psf, arrays, inv_gain, max_iter, step_tol, chunk, newton):
     one hard star from holding thousands of easy ones. The re-run uses the same chunk size, so it
     needs no new compilation. Batches of at most one chunk run in a single pass.
     """
-    n = arrays[0].shape[0]
-    dtype = arrays[3].dtype
-    state = (np.full(n, LAMBDA0, dtype), np.zeros(n, np.int32))
+    n = rows[0].shape[0]
+    state = (np.full(n, LAMBDA0, rows[0].dtype), np.zeros(n, np.int32))
     first = min(max_iter, _FIRST_PASS_ITER) if n > chunk else max_iter
-    res = _run_chunks(psf, arrays, state, inv_gain, first, step_tol, chunk, newton)
-    todo = ~res.converged & ~arrays[5] & (res.n_iter < max_iter)
+    res = _run_chunks(psf, pix, rows, state, inv_gain, first, step_tol, chunk, newton)
+    todo = ~res.converged & ~rows[2] & (res.n_iter < max_iter)
     if first < max_iter and np.any(todo):
         idx = np.nonzero(todo)[0]
-        sub = list(x[idx] for x in arrays)
-        sub[3] = res.p[idx]
-        again = _run_chunks(_take_psf(psf, idx), sub, (res.lam[idx], res.n_iter[idx]), inv_gain,
-                            max_iter, step_tol, chunk, newton, min_bucket=chunk)
+        sub = (res.p[idx], rows[1][idx], rows[2][idx])
+        again = _run_chunks(_take_psf(psf, idx), pix, sub, (res.lam[idx], res.n_iter[idx]),
+                            inv_gain, max_iter, step_tol, chunk, newton, index=idx,
+                            min_bucket=chunk)
         res = jax.tree_util.tree_map(lambda full, part: _scatter(full, idx, part), res, again)
     return res
 
