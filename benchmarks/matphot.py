@@ -394,9 +394,12 @@ def run_experiment(number: int, n: int, seed: int, plots: bool = True) -> dict:
             plot(exp, fit, sim, res, crlb, q, r, RESULTS / f"{name}.png")
     if number == 1:
         a, d = keep["analytic"], keep["discrete"]
+        both = (a.flags[:, 0] == 0) & (d.flags[:, 0] == 0)  # stars both fits converged on
         rel = {
-            k: np.abs(getattr(d, f"{k}_fit") - getattr(a, f"{k}_fit"))[:, 0]
-            / getattr(a, f"{k}_err")[:, 0]
+            k: (
+                np.abs(getattr(d, f"{k}_fit") - getattr(a, f"{k}_fit"))[:, 0]
+                / getattr(a, f"{k}_err")[:, 0]
+            )[both]
             for k in ("x", "y", "flux")
         }
         out["discrete_minus_analytic"] = {

@@ -95,6 +95,7 @@ __all__ = [
 
 POGSON = 2.5 / math.log(10.0)  # 1.0857: d(mag) = POGSON * dE / E
 FWHM_CRITICAL = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM of the critically sampled Gaussian
+_PRF_CHUNK = 256  # phases per prf_quantities call
 _MAX_CHUNK = 512  # stars per compiled Fisher call (bounds memory for large PRFs)
 
 
@@ -136,8 +137,19 @@ def prf_quantities(psf, x=0.0, y=0.0, size: int = 65) -> PRFQuantities:
     x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
     c = (size - 1) / 2.0
     dtype = jnp.result_type(float)
-    v, s2 = _prf_sums(psf, jnp.asarray(x + c, dtype), jnp.asarray(y + c, dtype), (size, size))
-    v, s2 = np.asarray(v, np.float64), np.asarray(s2, np.float64)
+    xf, yf = (x + c).ravel(), (y + c).ravel()
+    v, s2 = np.empty(xf.size), np.empty(xf.size)
+    # Small fixed chunks: bounded memory, and jax 0.10.2's CPU backend mis-evaluates
+    # DetectorPRF(DiscretePSF) on a 65x65 grid for >~1000 stars at once (returns zeros).
+    for i in range(0, xf.size, _PRF_CHUNK):
+        a, b = _prf_sums(
+            psf,
+            jnp.asarray(xf[i : i + _PRF_CHUNK], dtype),
+            jnp.asarray(yf[i : i + _PRF_CHUNK], dtype),
+            (size, size),
+        )
+        v[i : i + _PRF_CHUNK], s2[i : i + _PRF_CHUNK] = np.asarray(a), np.asarray(b)
+    v, s2 = v.reshape(x.shape), s2.reshape(x.shape)
     sharp = s2 / (v * v)
     return PRFQuantities(v, sharp, 1.0 / s2, 1.0 / np.sqrt(4.0 * np.pi * sharp))
 
