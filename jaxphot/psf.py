@@ -61,6 +61,31 @@ def _pixel_edges_profile(x0, sigma, n, dtype):
     return jnp.where(edges[:-1] + edges[1:] > 0, right, left)
 
 
+def _axis_derivatives(f, x0, order: int):
+    """``f(x0)`` and its first ``order`` (1 or 2) derivatives in ``x0``, by forward-mode AD.
+
+    ``f`` maps positions to 1-D profiles or interpolation matrices; the derivatives come from
+    differentiating the kernel itself (never from finite differences).
+    """
+    one = jnp.ones_like(x0)
+    if order == 1:
+        return jax.jvp(f, (x0,), (one,))
+    (v, d1), (_, d2) = jax.jvp(lambda z: jax.jvp(f, (z,), (one,)), (x0,), (one,))
+    return v, d1, d2
+
+
+def _separable_derivatives(ax, ay, combine, order: int):
+    """PRF and its position derivatives from 1-D factors: ``combine(Y, X)`` builds an image.
+
+    ``ax`` and ``ay`` are tuples of the x and y factors and their derivatives. Returns
+    ``(prf, d/dx, d/dy)`` and, for ``order=2``, ``(d2/dx2, d2/dxdy, d2/dy2)`` as well.
+    """
+    out = [combine(ay[0], ax[0]), combine(ay[0], ax[1]), combine(ay[1], ax[0])]
+    if order == 2:
+        out += [combine(ay[0], ax[2]), combine(ay[1], ax[1]), combine(ay[2], ax[0])]
+    return tuple(out)
+
+
 def _gauss_legendre(n: int):
     """Nodes in [-1/2, 1/2] and weights summing to 1 for n-point Gauss-Legendre integration."""
     nodes, weights = np.polynomial.legendre.leggauss(n)
@@ -134,6 +159,18 @@ class GaussianPRF:
             return jnp.exp(-0.5 * (u * u + v * v)) / (2.0 * jnp.pi * sx * sy)
 
         return _integrate_over_pixels(density, x, y, shape, self.subsample, dtype)
+
+    def evaluate_derivatives(self, x, y, shape, order: int = 1):
+        """PRF and its derivatives in the star position (see :func:`jaxphot.scene.linearize`)."""
+        if self.rotated:
+            return None  # not separable: the scene falls back to generic autodiff
+        dtype = _dtype_of(x, y)
+        x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+        sx = jnp.asarray(self.fwhm, dtype) * FWHM_TO_SIGMA
+        sy = jnp.asarray(self.fwhm_y, dtype) * FWHM_TO_SIGMA
+        ax = _axis_derivatives(lambda a: _pixel_edges_profile(a, sx, shape[1], dtype), x, order)
+        ay = _axis_derivatives(lambda b: _pixel_edges_profile(b, sy, shape[0], dtype), y, order)
+        return _separable_derivatives(ax, ay, lambda gy, gx: gy[:, None] * gx[None, :], order)
 
     def scaled(self, factor: int) -> GaussianPRF:
         """The same PSF in units of 1/factor pixel (for sub-pixel detector models)."""
@@ -299,14 +336,39 @@ class DiscretePSF:
 
     def evaluate(self, x, y, shape):
         """Pixel-integrated PRF of unit-flux stars at (x, y) on an (H, W) grid: (H, W) + x.shape."""
+        return self.evaluate_derivatives(x, y, shape, order=0)[0]
+
+    def evaluate_derivatives(self, x, y, shape, order: int = 1):
+        """PRF and its derivatives in the star position (see :func:`jaxphot.scene.linearize`).
+
+        With ``Rx, Rx', Rx''`` the interpolation matrix and its derivatives (autodiff of the
+        kernel), every image is ``Ry^(i) @ C @ Rx^(j)T``: three large matmuls ``C @ Rx^(j)T``
+        shared by all stars, then small per-star contractions.
+        """
         dtype = _dtype_of(x, y)
         x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
         c = self.coeffs.astype(dtype)
-        rx = self._axis_matrix(x, shape[1], c.shape[1], dtype)  # (W, nx, ...)
-        ry = self._axis_matrix(y, shape[0], c.shape[0], dtype)  # (H, ny, ...)
-        # C @ Rx^T is one large matmul over all stars; the second contraction is per star.
-        t = jnp.tensordot(c, rx, axes=([1], [1]), precision=_HIGHEST)  # (ny, W, ...)
-        return jnp.sum(ry[:, :, None] * t[None], axis=1)  # (H, W, ...)
+
+        def rx(a):
+            return self._axis_matrix(a, shape[1], c.shape[1], dtype)  # (W, nx, ...)
+
+        def ry(b):
+            return self._axis_matrix(b, shape[0], c.shape[0], dtype)  # (H, ny, ...)
+
+        if order == 0:
+            ax, ay = (rx(x),), (ry(y),)
+        else:
+            ax, ay = _axis_derivatives(rx, x, order), _axis_derivatives(ry, y, order)
+        # C @ Rx^T is one large matmul over all stars: (ny, W, ...).
+        ct = [jnp.tensordot(c, a, axes=([1], [1]), precision=_HIGHEST) for a in ax]
+
+        def combine(ryk, j):
+            # Per-star contraction over the array rows: a batched matmul, no big intermediate.
+            return jnp.einsum("am...,mb...->ab...", ryk, ct[j], precision=_HIGHEST)
+
+        if order == 0:
+            return (combine(ay[0], 0),)
+        return _separable_derivatives(range(len(ax)), ay, lambda yk, j: combine(yk, j), order)
 
     def scaled(self, factor: int) -> DiscretePSF:
         """The same PSF in units of 1/factor pixel; ``oversampling`` must be divisible by it.
