@@ -104,8 +104,9 @@ def linearize(psf, p, shape, order: int = 2):
     Returns
     -------
     model : (H, W) + batch
-    jac : (P, H, W) + batch
-        d model / d p.
+    jac : tuple of P arrays
+        d model / d p, one row per parameter, each (H, W) + batch; the three plane rows are
+        (H, W) + (1,)*len(batch) (they are the same for every cutout and are never copied).
     curvature : callable or None
         ``curvature(wr)`` maps the weighted residual image ``wr = w * (data - model)`` to the
         (P, P) + batch matrix ``sum_i wr_i d2 m_i / dp dp``. Newton's Hessian of chi^2/2 is
@@ -120,8 +121,7 @@ def linearize(psf, p, shape, order: int = 2):
     prf, dprf_dx, dprf_dy = derivs[:3]
     fl = flux[:, None, None]
     model = jnp.sum(plane[:, None, None] * basis, 0) + jnp.sum(fl * prf, 0)
-    basis = jnp.broadcast_to(basis, (3,) + model.shape)
-    jac = jnp.concatenate([basis, prf, fl * dprf_dx, fl * dprf_dy], axis=0)
+    jac = (*basis, *prf, *(fl * dprf_dx), *(fl * dprf_dy))
     if order == 1:
         return model, jac, None
     dxx, dxy, dyy = derivs[3:]

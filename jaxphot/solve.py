@@ -78,18 +78,20 @@ def cholesky_solve(a, b):
 
 
 def normal_matrix(jac, w):
-    """``J^T W J`` as (P, P, ...) from ``jac`` (P, H, W, ...) and weights ``w`` (H, W, ...).
+    """``J^T W J`` as (P, P, ...) from Jacobian rows ``jac`` (P of (H, W, ...)) and weights ``w``.
+
+    Rows may be broadcastable (the plane rows are (H, W, 1)).
 
     Written as explicit symmetric products summed over pixels: with the batch axis innermost
     these are wide vector operations, far faster than batches of tiny matmuls on CPUs, and they
     are exact float32 arithmetic on GPUs (no TF32).
     """
-    n = jac.shape[0]
-    jw = jac * w
+    n = len(jac)
     entries = {}
     for i in range(n):
+        wi = jac[i] * w
         for j in range(i, n):
-            entries[i, j] = jnp.sum(jw[i] * jac[j], axis=(0, 1))
+            entries[i, j] = jnp.sum(wi * jac[j], axis=(0, 1))
     return jnp.stack(
         [jnp.stack([entries[min(i, j), max(i, j)] for j in range(n)]) for i in range(n)]
     )
@@ -103,8 +105,9 @@ def _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton):
     w = jnp.where(valid, 1.0 / var, 0.0)
     r = jnp.where(valid, data - model, 0.0)
     a = normal_matrix(jac, w)
-    g = jnp.sum(jac * (w * r), axis=(1, 2))
-    h = a - curvature(w * r) if newton else a
+    wr = w * r
+    g = jnp.stack([jnp.sum(row * wr, axis=(0, 1)) for row in jac])
+    h = a - curvature(wr) if newton else a
     # Fixed parameters: decouple them (unit diagonal, zero gradient) so their step is exactly 0.
     both = free[:, None] & free[None, :]
     unit = jnp.where(jnp.eye(p.shape[0], dtype=bool).reshape(both.shape[:2] + (1,) * (p.ndim - 1))
@@ -131,7 +134,7 @@ def levenberg_marquardt(
     Parameters
     ----------
     linearize : callable
-        ``p -> (model (H, W, N), jac (P, H, W, N), curvature)``, see :func:`jaxphot.scene.linearize`.
+        ``p -> (model (H, W, N), jac rows, curvature)``, see :func:`jaxphot.scene.linearize`.
     model_fn : callable
         ``p -> model (H, W, N)`` (cheaper, used for trial steps).
     p0 : (P, N) array

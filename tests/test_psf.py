@@ -83,7 +83,8 @@ def test_scene_jacobian_and_curvature_match_finite_differences():
         c = curvature(wr)
 
         def jt_wr(q):
-            return jnp.sum(scene.linearize(psf, q, SHAPE, order=1)[1] * wr, axis=(1, 2))
+            rows = scene.linearize(psf, q, SHAPE, order=1)[1]
+            return jnp.stack([jnp.sum(r * wr) for r in rows])
 
         for j in range(p.size):
             e = jnp.zeros_like(p).at[j].set(1.0)
