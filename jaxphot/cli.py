@@ -1,0 +1,298 @@
+"""The ``jaxphot`` command: ``jaxphot photometry``, ``jaxphot demo``, ``jaxphot epsf``.
+
+Bad input (unreadable files, missing HDUs, unusable images or PSFs) ends with a one-line
+``jaxphot: error: ...`` message on stderr and exit status 2, never a traceback. Exit 0 on
+success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "parse_psf_spec"]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def parse_psf_spec(spec: str, oversampling: int | None = None):
+    """Build a PSF from a command-line spec.
+
+    ``gaussian:fwhm=3``, ``moffat:fwhm=3,beta=2.5``, a FITS file (with ``oversampling`` or the
+    header's OVERSAMP; ``--integrated`` style ePSFs carry ``EPSF=T`` or ``INTEGRAT=T``), or
+    ``auto`` (an ePSF built from the image; the caller handles it).
+    """
+    from .psf import DiscretePSF, GaussianPRF, MoffatPSF
+
+    s = spec.strip()
+    low = s.lower()
+    if low.startswith(("gaussian", "moffat")):
+        kind, _, rest = s.partition(":")
+        kw = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            k, eq, v = item.partition("=")
+            if not eq:
+                raise CLIError(f"--psf {spec!r}: expected key=value, got {item!r}")
+            try:
+                kw[k.strip().lower()] = float(v)
+            except ValueError:
+                raise CLIError(f"--psf {spec!r}: {k.strip()} must be a number, got {v!r}") from None
+        allowed = {"gaussian": {"fwhm"}, "moffat": {"fwhm", "beta"}}[kind.lower()]
+        extra = set(kw) - allowed
+        if extra:
+            raise CLIError(
+                f"--psf {spec!r}: unknown parameter(s) {sorted(extra)}; "
+                f"{kind.lower()} takes {sorted(allowed)}"
+            )
+        if "fwhm" not in kw:
+            raise CLIError(f"--psf {spec!r}: fwhm is required, e.g. {kind.lower()}:fwhm=3")
+        try:
+            if kind.lower() == "gaussian":
+                return GaussianPRF(kw["fwhm"])
+            return MoffatPSF(kw["fwhm"], kw.get("beta", 2.5))
+        except ValueError as exc:
+            raise CLIError(f"--psf {spec!r}: {exc}") from None
+    path = Path(s)
+    if not path.exists():
+        raise CLIError(
+            f"--psf {spec!r}: not gaussian:fwhm=..., moffat:fwhm=...,beta=..., "
+            "auto, or an existing FITS file"
+        )
+    from .io import read_image
+
+    try:
+        img = read_image(path, what="PSF")
+        over = oversampling
+        if over is None:
+            over = int(img.header.get("OVERSAMP", 1))
+        integrated = bool(img.header.get("EPSF", False) or img.header.get("INTEGRAT", False))
+        return DiscretePSF(img.data, oversampling=over, integrated=integrated)
+    except ValueError as exc:
+        raise CLIError(f"PSF {str(path)!r}: {exc}") from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="jaxphot", description="Batched stellar PSF photometry in JAX."
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "photometry",
+        help="PSF photometry of a whole FITS image",
+        description="Detect, group and fit every star of an image; write a "
+        "catalog (ECSV or FITS) and optionally the residual image.",
+    )
+    p.add_argument("image", help="FITS image")
+    p.add_argument("--hdu", default=None, help="HDU index or EXTNAME (default: first image)")
+    p.add_argument("--error", help="FITS image of 1-sigma errors (same units as the image)")
+    p.add_argument("--mask", help="FITS mask, non-zero = bad pixel")
+    p.add_argument(
+        "--psf",
+        default="gaussian:fwhm=3",
+        help="gaussian:fwhm=F | moffat:fwhm=F,beta=B | PSF.fits | auto (default gaussian:fwhm=3)",
+    )
+    p.add_argument(
+        "--oversampling",
+        type=int,
+        default=None,
+        help="oversampling of a PSF FITS file (default: header OVERSAMP or 1)",
+    )
+    p.add_argument(
+        "--gain", type=float, default=None, help="e-/image unit (default: header GAIN, else none)"
+    )
+    p.add_argument(
+        "--read-noise", type=float, default=None, help="read noise in e- (default: header RDNOISE)"
+    )
+    p.add_argument("--threshold", type=float, default=4.5, help="detection threshold (sigma)")
+    p.add_argument("--maxiters", type=int, default=4, help="fit/detect cycles")
+    p.add_argument("--background-box", type=int, default=64, help="mesh box size (px)")
+    p.add_argument("--zeropoint", type=float, default=0.0, help="magnitude zero point")
+    p.add_argument("-o", "--output", required=True, help="catalog: .ecsv, .fits or .csv")
+    p.add_argument("--residual", help="write the residual image to this FITS file")
+    p.add_argument("--model", help="write the model image (stars only) to this FITS file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    d = sub.add_parser(
+        "demo",
+        help="the whole pipeline on a simulated crowded cluster",
+        description="Simulate a crowded cluster field, run photometry, print "
+        "completeness and accuracy against the truth, write the catalog and a "
+        "diagnostic PNG. No files or network needed.",
+    )
+    d.add_argument("-o", "--outdir", default="jaxphot_demo", help="output directory")
+    d.add_argument("--size", type=int, default=512, help="image side in pixels")
+    d.add_argument("--nstars", type=int, default=400, help="number of stars")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-png", action="store_true", help="skip the diagnostic PNG")
+
+    e = sub.add_parser(
+        "epsf",
+        help="build an ePSF from the stars of an image",
+        description="Build an oversampled effective PSF from the bright isolated "
+        "stars of an image and write it as FITS (usable with --psf).",
+    )
+    e.add_argument("image", help="FITS image")
+    e.add_argument("--hdu", default=None)
+    e.add_argument("--oversampling", type=int, default=4)
+    e.add_argument("--fwhm", type=float, default=None, help="FWHM guess in pixels")
+    e.add_argument("-o", "--output", required=True, help="output FITS file")
+    return ap
+
+
+def _read_aux(path, hdu, shape, what):
+    from .io import read_image
+
+    img = read_image(path, hdu, what=what)
+    if img.data.shape != shape:
+        raise CLIError(f"{what} {str(path)!r} has shape {img.data.shape}, the image has {shape}")
+    return img.data
+
+
+def _auto_psf(data, mask, oversampling):
+    try:
+        from .epsf import build_epsf_from_image
+    except ImportError:
+        raise CLIError(
+            "--psf auto needs the ePSF builder (jaxphot.epsf), which is not "
+            "available in this installation"
+        ) from None
+    import numpy as np
+
+    d = np.where(mask, np.nan, data) if mask is not None else data
+    try:
+        return build_epsf_from_image(d, oversampling=oversampling or 4)
+    except ValueError as exc:
+        raise CLIError(f"--psf auto: cannot build an ePSF from this image: {exc}") from None
+
+
+def _cmd_photometry(a) -> int:
+    import numpy as np
+
+    from .io import read_image, write_catalog, write_image
+    from .photometry import photometry
+
+    img = read_image(a.image, a.hdu)
+    shape = img.data.shape
+    error = _read_aux(a.error, None, shape, "error map") if a.error else None
+    mask = _read_aux(a.mask, None, shape, "mask") != 0 if a.mask else None
+    out = Path(a.output)
+    if out.suffix.lower() not in (".ecsv", ".fits", ".fit", ".fts", ".csv"):
+        raise CLIError(f"-o {a.output!r}: the catalog must end in .ecsv, .fits or .csv")
+    if a.psf.strip().lower() == "auto":
+        psf = _auto_psf(img.data, mask, a.oversampling)
+    else:
+        psf = parse_psf_spec(a.psf, a.oversampling)
+    gain = a.gain if a.gain is not None else img.gain
+    rn = a.read_noise if a.read_noise is not None else img.read_noise
+    if rn is not None and gain is None and error is None:
+        rn = None  # read noise alone (without a gain) cannot be turned into image units
+    msgs = [f"image {a.image} {shape[1]}x{shape[0]}", f"psf {psf!r}"]
+    if gain is not None:
+        msgs.append(f"gain {gain:g} e-/unit")
+    if rn is not None:
+        msgs.append(f"read noise {rn:g} e-")
+    if img.bunit:
+        msgs.append(f"BUNIT {img.bunit}")
+    print("jaxphot: " + ", ".join(msgs), file=sys.stderr)
+    res = photometry(
+        img.data,
+        psf,
+        error=error,
+        mask=mask,
+        gain=gain,
+        read_noise=rn,
+        threshold=a.threshold,
+        maxiters=a.maxiters,
+        background_box=a.background_box,
+        zeropoint=a.zeropoint,
+        wcs=img.wcs,
+        progress=not a.no_progress and sys.stderr.isatty(),
+        return_images=True,
+    )
+    t = res.table
+    if img.bunit:
+        t["flux_fit"].unit = t["flux_err"].unit = t["flux_init"].unit = f"{img.bunit} pix"
+        t.meta["bunit"] = img.bunit
+    t.meta["image"] = str(a.image)
+    t.meta["hdu"] = str(img.hdu)
+    t.meta["psf"] = repr(psf)
+    write_catalog(t, out)
+    n_flag = int(np.count_nonzero(t["flags"]))
+    print(
+        f"jaxphot: {len(t)} stars ({n_flag} flagged), {t.meta['n_iterations']} iterations, "
+        f"{t.meta['elapsed_s']:.1f} s -> {out}",
+        file=sys.stderr,
+    )
+    if a.residual:
+        write_image(a.residual, res.residual, img.header)
+        print(f"jaxphot: residual image -> {a.residual}", file=sys.stderr)
+    if a.model:
+        write_image(a.model, res.model, img.header)
+        print(f"jaxphot: model image -> {a.model}", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    if a.size < 64 or a.nstars < 1:
+        raise CLIError("--size must be >= 64 and --nstars >= 1")
+    run_demo(a.outdir, shape=(a.size, a.size), n_stars=a.nstars, seed=a.seed, png=not a.no_png)
+    return 0
+
+
+def _cmd_epsf(a) -> int:
+    from astropy.io import fits
+
+    from .io import read_image
+
+    img = read_image(a.image, a.hdu)
+    try:
+        from .epsf import build_epsf_from_image
+    except ImportError:
+        raise CLIError("the ePSF builder (jaxphot.epsf) is not available") from None
+    try:
+        psf = build_epsf_from_image(img.data, fwhm_guess=a.fwhm, oversampling=a.oversampling)
+    except ValueError as exc:
+        raise CLIError(f"cannot build an ePSF from {a.image!r}: {exc}") from None
+    hdr = fits.Header()
+    hdr["OVERSAMP"] = (int(psf.oversampling), "samples per detector pixel")
+    hdr["EPSF"] = (bool(psf.integrated), "array samples the PRF (ePSF convention)")
+    try:
+        fits.PrimaryHDU(psf.array, header=hdr).writeto(a.output, overwrite=True)
+    except OSError as exc:
+        raise CLIError(f"cannot write {a.output!r}: {exc}") from None
+    print(f"jaxphot: ePSF {psf.array.shape} at {psf.oversampling}x -> {a.output}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``jaxphot`` command. Returns the exit status."""
+    ap = _build_parser()
+    try:
+        a = ap.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return int(exc.code or 0)
+    if a.command is None:
+        ap.print_help()
+        return 2
+    try:
+        return {"photometry": _cmd_photometry, "demo": _cmd_demo, "epsf": _cmd_epsf}[a.command](a)
+    except (CLIError, ValueError, FileNotFoundError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"jaxphot: error: {msg}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("jaxphot: error: out of memory (try a smaller image)", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("jaxphot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

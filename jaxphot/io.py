@@ -1,0 +1,301 @@
+"""FITS input with clear errors, detector keywords, WCS -> (ra, dec), and catalog output.
+
+Every reader raises :class:`ValueError` with a one-line message that names the file and the
+problem (unreadable file, missing HDU, no image data...), so that the command line can print
+it without a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+__all__ = [
+    "FitsImage",
+    "read_image",
+    "header_gain",
+    "header_read_noise",
+    "celestial_wcs",
+    "pixel_to_radec",
+    "write_catalog",
+    "write_image",
+]
+
+_GAIN_KEYS = ("GAIN", "CCDGAIN", "EGAIN", "ATODGAIN")
+_RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
+_CATALOG_FORMATS = {
+    ".ecsv": "ascii.ecsv",
+    ".fits": "fits",
+    ".fit": "fits",
+    ".fts": "fits",
+    ".csv": "ascii.csv",
+}
+
+
+@dataclasses.dataclass
+class FitsImage:
+    """An image read by :func:`read_image`.
+
+    Attributes
+    ----------
+    data : (H, W) float64 ndarray
+        Pixel values (BSCALE/BZERO applied).
+    header : astropy.io.fits.Header
+        The HDU's header.
+    wcs : astropy.wcs.WCS or None
+        Celestial WCS of the image when the header has one.
+    path : Path
+    hdu : int or str
+        The HDU that was read.
+    """
+
+    data: np.ndarray
+    header: object
+    wcs: object
+    path: Path
+    hdu: int | str
+
+    @property
+    def gain(self) -> float | None:
+        """Electrons per image unit from the header (see :func:`header_gain`)."""
+        return header_gain(self.header)
+
+    @property
+    def read_noise(self) -> float | None:
+        return header_read_noise(self.header)
+
+    @property
+    def bunit(self) -> str | None:
+        v = self.header.get("BUNIT") if self.header is not None else None
+        return str(v).strip() if v else None
+
+
+def _hdu_key(hdu):
+    if isinstance(hdu, str) and hdu.lstrip("-").isdigit():
+        return int(hdu)
+    return hdu
+
+
+def read_image(path, hdu: int | str | None = None, *, what: str = "image") -> FitsImage:
+    """Read a 2-D image from a FITS file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The FITS file.
+    hdu : int or str, optional
+        HDU index or EXTNAME. Default: the first HDU with 2-D image data.
+    what : str
+        Word used in error messages ("image", "error map", "mask"...).
+
+    Returns
+    -------
+    FitsImage
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or not FITS, the HDU does not exist, or it holds no 2-D
+        image (a 3-D cube with one plane is accepted).
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{what} file {str(path)!r} does not exist")
+    try:
+        hdul = fits.open(path, memmap=False)
+        hdul.verify("silentfix")
+    except Exception as exc:  # astropy raises OSError, TypeError, ValueError... on junk
+        raise ValueError(f"cannot read {what} {str(path)!r} as FITS: {exc}") from None
+    with hdul:
+        if hdu is None:
+            idx = next(
+                (
+                    i
+                    for i, h in enumerate(hdul)
+                    if getattr(h, "data", None) is not None and np.ndim(h.data) >= 2
+                ),
+                None,
+            )
+            if idx is None:
+                raise ValueError(f"{what} {str(path)!r} has no HDU with 2-D image data")
+        else:
+            idx = _hdu_key(hdu)
+            try:
+                hdul[idx]
+            except (KeyError, IndexError):
+                raise ValueError(
+                    f"{what} {str(path)!r} has no HDU {hdu!r} (it has {len(hdul)} HDU"
+                    f"{'s' if len(hdul) != 1 else ''}: "
+                    f"{', '.join(str(i) + ':' + (h.name or '?') for i, h in enumerate(hdul))})"
+                ) from None
+        h = hdul[idx]
+        try:
+            data = h.data
+        except Exception as exc:
+            raise ValueError(
+                f"cannot read the data of HDU {idx!r} of {str(path)!r}: {exc}"
+            ) from None
+        if data is None:
+            raise ValueError(f"HDU {idx!r} of {what} {str(path)!r} holds no image data")
+        data = np.asarray(data)
+        if data.ndim > 2 and all(s == 1 for s in data.shape[:-2]):
+            data = data.reshape(data.shape[-2:])
+        if data.ndim != 2 or data.dtype.kind not in "fiub":
+            raise ValueError(
+                f"HDU {idx!r} of {what} {str(path)!r} is not a 2-D image "
+                f"(shape {data.shape}, dtype {data.dtype})"
+            )
+        header = h.header.copy()
+        return FitsImage(np.asarray(data, np.float64), header, celestial_wcs(header), path, idx)
+
+
+def _header_float(header, keys) -> float | None:
+    if header is None:
+        return None
+    for k in keys:
+        if k in header:
+            try:
+                v = float(header[k])
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(v) and v > 0:
+                return v
+    return None
+
+
+def header_gain(header) -> float | None:
+    """Electrons per image unit from the header; None if it has no gain keyword.
+
+    GAIN (or CCDGAIN, EGAIN, ATODGAIN) is in electrons per DN. When the image is
+    flux-calibrated (BUNIT in MJy/sr, as Spitzer mosaics) and the header gives FLUXCONV
+    (MJy/sr per DN/s) and EXPTIME (s), the gain per image unit is
+    ``GAIN * EXPTIME / FLUXCONV``; a calibrated image without those keywords gets None
+    (its GAIN does not apply to its units).
+    """
+    g = _header_float(header, _GAIN_KEYS)
+    if g is None:
+        return None
+    bunit = str(header.get("BUNIT", "")).strip().lower().replace(" ", "")
+    if "jy" in bunit:
+        conv = _header_float(header, ("FLUXCONV",))
+        t = _header_float(header, ("EXPTIME", "ETIMEAVE"))
+        return g * t / conv if conv and t else None
+    return g
+
+
+def header_read_noise(header) -> float | None:
+    """Read noise in electrons from RDNOISE (or READNOIS, RON, READNOISE); None if absent."""
+    return _header_float(header, _RDNOISE_KEYS)
+
+
+def celestial_wcs(header):
+    """The celestial part of a header's WCS, or None when it has none (or it is broken)."""
+    if header is None:
+        return None
+    try:
+        from astropy.wcs import WCS, FITSFixedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            w = WCS(header, naxis=2)
+        if not w.has_celestial:
+            return None
+        return w.celestial
+    except Exception:  # a malformed WCS must not stop photometry
+        return None
+
+
+def pixel_to_radec(wcs, x, y):
+    """ICRS (ra, dec) in degrees for 0-based pixel positions; None when ``wcs`` is unusable.
+
+    Works for any celestial frame (e.g. Galactic GLON-CAR mosaics), which is converted to
+    ICRS. Non-finite positions give NaN.
+    """
+    if wcs is None:
+        return None
+    try:
+        from astropy.coordinates import SkyCoord
+        from astropy.wcs.utils import pixel_to_skycoord
+
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        ra = np.full(x.shape, np.nan)
+        dec = np.full(x.shape, np.nan)
+        if ok.any():
+            c = pixel_to_skycoord(x[ok], y[ok], wcs, origin=0)
+            c = SkyCoord(c).icrs
+            ra[ok], dec[ok] = c.ra.deg, c.dec.deg
+        return ra, dec
+    except Exception:
+        return None
+
+
+def write_catalog(table: Table, path, *, overwrite: bool = True) -> Path:
+    """Write a catalog as ECSV (``.ecsv``), FITS (``.fits``/``.fit``/``.fts``) or CSV.
+
+    Raises
+    ------
+    ValueError
+        For another extension or a path that cannot be written.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _CATALOG_FORMATS:
+        raise ValueError(
+            f"catalog {str(path)!r}: unknown format {suffix or '(no extension)'}; use .ecsv, "
+            ".fits or .csv"
+        )
+    t = table.copy(copy_data=False)
+    fmt = _CATALOG_FORMATS[suffix]
+    if fmt == "fits":
+        # FITS headers hold only scalars: keep the simple meta, drop nested structures.
+        t.meta = {
+            k[:8].upper(): v
+            for k, v in t.meta.items()
+            if isinstance(v, (int, float, str, bool, np.integer, np.floating))
+        }
+    try:
+        t.write(path, format=fmt, overwrite=overwrite)
+    except OSError as exc:
+        raise ValueError(f"cannot write catalog {str(path)!r}: {exc}") from None
+    return path
+
+
+def write_image(path, data, header=None, *, overwrite: bool = True) -> Path:
+    """Write an image (e.g. the residual) as a FITS primary HDU, keeping ``header``'s WCS."""
+    from astropy.io import fits
+
+    path = Path(path)
+    hdr = fits.Header()
+    if header is not None:
+        for card in header.cards:
+            if card.keyword in (
+                "SIMPLE",
+                "BITPIX",
+                "NAXIS",
+                "NAXIS1",
+                "NAXIS2",
+                "EXTEND",
+                "BSCALE",
+                "BZERO",
+                "XTENSION",
+                "PCOUNT",
+                "GCOUNT",
+            ):
+                continue
+            try:
+                hdr.append(card)
+            except Exception:  # skip cards astropy refuses to copy
+                continue
+    try:
+        fits.PrimaryHDU(np.asarray(data, np.float32), header=hdr).writeto(path, overwrite=overwrite)
+    except OSError as exc:
+        raise ValueError(f"cannot write image {str(path)!r}: {exc}") from None
+    return path
