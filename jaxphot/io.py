@@ -130,7 +130,7 @@ def read_image(path, hdu: int | str | None = None, *, what: str = "image") -> Fi
                 hdul[idx]
             except (KeyError, IndexError):
                 raise ValueError(
-                    f"{what} {str(path)!r} has no HDU {hdu!r} (it has {len(hdul)} HDU"
+                    f"{what} {str(path)!r} has no HDU {idx!r} (it has {len(hdul)} HDU"
                     f"{'s' if len(hdul) != 1 else ''}: "
                     f"{', '.join(str(i) + ':' + (h.name or '?') for i, h in enumerate(hdul))})"
                 ) from None
