@@ -56,17 +56,40 @@ def discrete_gaussian(fwhm: float, s: int, kernel: str = "sinc") -> DiscretePSF:
     return DiscretePSF(arr, oversampling=s, kernel=kernel)
 
 
-def hst_psf(index: int = 0, size: int = 69) -> DiscretePSF:
-    """The HST WFC3/UVIS F814W empirical PSF (4x supersampled), renormalised to unit sum.
+def hst_psf(index: int = 0, size: int | None = None, binning: int = 2) -> DiscretePSF:
+    """The HST WFC3/UVIS F814W empirical PSF (4x supersampled) on ``binning``x larger pixels.
 
-    The central ``size`` x ``size`` samples are kept (69: +-8.5 px, 97.9 % of the light of the
-    101 x 101 matrix): the same truncated PSF makes and fits the data, and it makes the
-    ugly-detector model (a 4x sub-pixel grid) 2x cheaper on a 2-core CPU.
+    On WFC3/UVIS's own 0.04" pixels this PSF is *not* undersampled: the STScI matrix already
+    includes one pixel convolution, and the model integrates over the pixel again, giving
+    beta = 21.1 px^2 and L = 1.30 px (as well sampled as experiment 1), and its optical
+    transfer function vanishes beyond D/lambda = 0.57 cycles/pixel, so an intrapixel
+    sensitivity map (period 1 px) cannot make the detected light depend on where the star
+    falls (the ugly detector loses 43.7-43.8 % everywhere). MATPHOT's experiments use an
+    *undersampled* ugly PSF, so by default the same optics are put on 2x larger pixels
+    (0.08", like WFPC2/WF): every second sample of the matrix, still 4 samples per (new)
+    pixel. This decimation does not alias: the samples are 0.02" apart, Nyquist 25 cycles/",
+    above the optical cut-off D/lambda = 14.3 cycles/". Result: beta = 7.1 px^2, L = 0.75 px
+    (undersampled, beta < 21) and a 42-45 % light loss on the ugly detector that depends on
+    the phase, as in MATPHOT section 5.4.
+
+    Parameters
+    ----------
+    index : int
+        Which of the 56 detector positions of the grid.
+    size : int, optional
+        Keep the central ``size`` x ``size`` samples (odd). Default: all (51 x 51 for
+        binning 2: +-6.4 px, the whole 101 x 101 matrix).
+    binning : int
+        Detector pixel size in units of WFC3/UVIS pixels (1 or 2; 1 is the native scale).
     """
     d = find_data_dir("hst_wfc3_psf")
     arr = np.load(d / "emp_psf_f814w_4x.npy")[index].astype(np.float64)
-    c, h = arr.shape[0] // 2, size // 2
-    arr = np.clip(arr[c - h : c + h + 1, c - h : c + h + 1], 0.0, None)
+    c = arr.shape[0] // 2  # 50: the centre sample, so the decimated grid stays centred
+    arr = arr[c % binning :: binning, c % binning :: binning]
+    if size is not None:
+        c, h = arr.shape[0] // 2, size // 2
+        arr = arr[c - h : c + h + 1, c - h : c + h + 1]
+    arr = np.clip(arr, 0.0, None)  # the grid had its per-position minimum subtracted
     return DiscretePSF(arr / arr.sum(), oversampling=4)
 
 
@@ -160,12 +183,12 @@ def build(number: int) -> Experiment:
         h = hst_psf()
         return Experiment(
             5,
-            "Ugly PSF: HST WFC3/UVIS F814W (4x supersampled)",
+            'Ugly PSF: HST WFC3/UVIS F814W, 4x supersampled, on 0.08" pixels (undersampled)',
             h,
-            [Fit("HST ePSF 4x", h)],
+            [Fit("HST 4x, 0.08as px", h)],
             100.0,
             5.0,
-            (21, 21),
+            (15, 15),
             undersampled=True,
         )
     if number == 6:
@@ -178,113 +201,182 @@ def build(number: int) -> Experiment:
             [Fit("HST on ugly detector", d)],
             100.0 * 9 / 16,
             5.0,
-            (21, 21),
+            (15, 15),
             undersampled=True,
             fixed_flux=1e6,
         )
     raise ValueError(f"no experiment {number}")
 
 
+class Lite:
+    """The FitResult columns the analysis uses (so that a run can be cached and re-analysed)."""
+
+    KEYS = ("flux_fit", "flux_err", "x_fit", "y_fit", "x_err", "y_err", "flags", "chi2", "dof")
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+CACHE: Path | None = None  # --cache DIR: keep each fit's columns, re-analyse without refitting
+
+
 def run_fit(exp: Experiment, fit: Fit, sim, seed: int):
     """Fit, then the CRLB at the fitted parameters and the model's predictions at the truth."""
-    rng = np.random.default_rng(seed + 1000)
-    n = sim.data.shape[0]
+    n = sim.flux.shape[0]
     h, w = exp.shape
-    x0 = sim.x[:, 0] + rng.uniform(-0.2, 0.2, n)  # a detection-quality start
-    y0 = sim.y[:, 0] + rng.uniform(-0.2, 0.2, n)
-    t0 = time.perf_counter()
-    res = fit_cutouts(
-        sim.data, fit.psf, x0, y0, background="constant", gain=1.0, read_noise=exp.read_noise
-    )
-    t_fit = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    crlb = theory.fisher_crlb(fit.psf, res.params, exp.shape, FREE, read_noise=exp.read_noise)
-    t_crlb = time.perf_counter() - t0
-    # Model inputs at each star's true sub-pixel phase.
-    q = theory.prf_quantities(fit.psf, sim.x[:, 0] - (w - 1) / 2, sim.y[:, 0] - (h - 1) / 2)
+    key = "".join(ch if ch.isalnum() else "_" for ch in f"exp{exp.number}_{fit.label}_{n}_{seed}")
+    path = None if CACHE is None else CACHE / f"{key}.npz"
+    if path is not None and path.exists():
+        z = np.load(path)
+        res = Lite(**{k: z[k] for k in Lite.KEYS})
+        crlb = z["crlb"]
+        q = theory.PRFQuantities(z["volume"], z["sharpness"], z["beta"], z["L"])
+        t_fit, t_crlb = float(z["t_fit"]), 0.0
+    else:
+        rng = np.random.default_rng(seed + 1000)
+        x0 = sim.x[:, 0] + rng.uniform(-0.2, 0.2, n)  # a detection-quality start
+        y0 = sim.y[:, 0] + rng.uniform(-0.2, 0.2, n)
+        t0 = time.perf_counter()
+        full = fit_cutouts(
+            sim.data, fit.psf, x0, y0, background="constant", gain=1.0, read_noise=exp.read_noise
+        )
+        t_fit = time.perf_counter() - t0
+        res = Lite(**{k: np.asarray(getattr(full, k)) for k in Lite.KEYS})
+        # The CRLB columns of fit_cutouts: the Fisher bound of the fitted model at the fitted
+        # parameters (Poisson on the model + read noise), packed like fisher_crlb's output.
+        t_crlb = 0.0
+        crlb = np.full(full.params.shape, np.nan)
+        for j, k in ((3, "flux_crlb"), (4, "x_crlb"), (5, "y_crlb")):
+            crlb[:, j] = full.extra[k][:, 0]
+        # Model inputs at each star's true sub-pixel phase.
+        q = theory.prf_quantities(fit.psf, sim.x[:, 0] - (w - 1) / 2, sim.y[:, 0] - (h - 1) / 2)
+        if path is not None:
+            CACHE.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                path,
+                crlb=crlb,
+                t_fit=t_fit,
+                **q._asdict(),
+                **{k: getattr(res, k) for k in Lite.KEYS},
+            )
     e = sim.flux[:, 0]
     sig_m = theory.mag_error(e, exp.sky, exp.read_noise, q.volume, q.beta, h * w)
     sig_x = theory.astrometric_rms(e, exp.sky, exp.read_noise, q.volume, q.L)
     return res, crlb, q, sig_m, sig_x, t_fit, t_crlb
 
 
+SNR_MIN = 5.0  # below this model SNR a fit is outside the theory's (asymptotic) assumptions
+
+
+def _bin_stats(sel, e, ff, fe, dx, dy, dm, r, crlb, sig_m, sig_x, res, ok) -> dict:
+    """Measured vs predicted figures for the stars ``sel`` (bool mask)."""
+    c_f, c_x, c_y = crlb[:, 3], crlb[:, 4], crlb[:, 5]
+    s_ok = sel & ok
+    b = {"n": int(sel.sum()), "n_flagged": int((sel & ~ok).sum())}
+    # Medians over every star of the bin, flagged ones included (a failed fit is an error too).
+    b["dm_med"] = float(np.median(dm[sel]))
+    b["dm_theory"] = float(theory.mixture_median(sig_m[sel], "abs"))
+    b["dm_ratio"] = b["dm_med"] / b["dm_theory"]
+    # The same median predicted from the exact CRLB (in mag) of each converged star.
+    b["dm_crlb_ratio"] = b["dm_med"] / float(
+        theory.mixture_median(theory.POGSON * c_f[s_ok] / e[s_ok], "abs")
+    )
+    b["r_med"] = float(np.median(r[sel]))
+    b["r_theory"] = float(theory.mixture_median(sig_x[sel], "radial"))
+    b["r_ratio"] = b["r_med"] / b["r_theory"]
+    sig_c = np.sqrt(0.5 * (c_x[s_ok] ** 2 + c_y[s_ok] ** 2))
+    b["r_crlb_ratio"] = b["r_med"] / float(theory.mixture_median(sig_c, "radial"))
+    b["flux_pull_std"] = float(np.std((ff - e)[s_ok] / fe[s_ok]))
+    b["x_pull_std"] = float(np.std(dx[s_ok] / res.x_err[s_ok, 0]))
+    # Scatter over the CRLB. Criterion: star by star, std(dF / CRLB_F) (a bin spans a factor
+    # 3.16 in intensity, so a single median CRLB cannot describe it); the literal
+    # std(dF/F) / median(CRLB_F/F) is reported too (it exceeds 1 by the spread within the bin).
+    b["flux_crlb_ratio"] = float(np.std((ff - e)[s_ok] / c_f[s_ok]))
+    b["flux_crlb_ratio_median"] = float(np.std((ff / e - 1)[s_ok]) / np.median(c_f[s_ok] / e[s_ok]))
+    b["x_crlb_ratio"] = float(np.std(dx[s_ok] / c_x[s_ok]))
+    # How optimistic MATPHOT's astrometric formula is compared with the exact bound.
+    b["model_x_over_crlb"] = float(np.median(sig_x[s_ok] / c_x[s_ok]))
+    b["model_m_over_crlb"] = float(np.median(sig_m[s_ok] / (theory.POGSON * c_f[s_ok] / e[s_ok])))
+    return b
+
+
 def analyse(exp: Experiment, fit: Fit, sim, res, crlb, q, sig_m, sig_x) -> dict:
-    """Per-bin figures and pass/fail flags."""
+    """Per-bin figures; bins whose faintest star has model SNR < 5 are the small-signal regime.
+
+    MATPHOT's model and the CRLB are asymptotic (Gaussian errors, linearisable model). At
+    SNR < 5 the least-squares estimate is visibly non-Gaussian (position errors have heavy tails,
+    some fits wander off), so those bins are reported separately (``"regime": "small-signal"``)
+    and kept out of the pass/fail criteria; MATPHOT's section 5 plots start where its fits are
+    meaningful too.
+    """
     e = sim.flux[:, 0]
+    h, w = exp.shape
     ff, fe = res.flux_fit[:, 0], res.flux_err[:, 0]
     dx, dy = res.x_fit[:, 0] - sim.x[:, 0], res.y_fit[:, 0] - sim.y[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         dm = np.abs(-2.5 * np.log10(ff / e))
     dm = np.where(np.isfinite(dm), dm, 10.0)  # a non-positive flux counts as a huge error
     r = np.hypot(dx, dy)
-    c_f, c_x, c_y = crlb[:, 3], crlb[:, 4], crlb[:, 5]
     ok = (res.flags[:, 0] == 0) & np.isfinite(ff)
+    v_med, b_med = float(np.median(q.volume)), float(np.median(q.beta))
+    args = (e, ff, fe, dx, dy, dm, r, crlb, sig_m, sig_x, res, ok)
     bins = []
+    asym = np.zeros(e.size, bool)
     for lo, hi in zip(EDGES[:-1], EDGES[1:], strict=True):
         sel = (e >= lo) & (e < hi)
-        s_ok = sel & ok
         if sel.sum() < 10:
             continue
-        b = {"lo": lo, "hi": hi, "n": int(sel.sum()), "n_flagged": int((sel & ~ok).sum())}
-        b["dm_med"] = float(np.median(dm[sel]))
-        b["dm_theory"] = float(theory.mixture_median(sig_m[sel], "abs"))
-        b["dm_ratio"] = b["dm_med"] / b["dm_theory"]
-        b["r_med"] = float(np.median(r[sel]))
-        b["r_theory"] = float(theory.mixture_median(sig_x[sel], "radial"))
-        b["r_ratio"] = b["r_med"] / b["r_theory"]
-        sig_c = np.sqrt(0.5 * (c_x[s_ok] ** 2 + c_y[s_ok] ** 2))
-        b["r_crlb_ratio"] = b["r_med"] / float(theory.mixture_median(sig_c, "radial"))
-        b["flux_pull_std"] = float(np.std((ff - e)[s_ok] / fe[s_ok]))
-        b["x_pull_std"] = float(np.std(dx[s_ok] / res.x_err[s_ok, 0]))
-        # Scatter over the CRLB: star by star (the bin spans a factor 3 in intensity), and the
-        # literal std(dF/F) / median(CRLB/F).
-        b["flux_crlb_ratio"] = float(np.std((ff - e)[s_ok] / c_f[s_ok]))
-        b["flux_crlb_ratio_median"] = float(
-            np.std((ff / e - 1)[s_ok]) / np.median(c_f[s_ok] / e[s_ok])
-        )
-        b["x_crlb_ratio"] = float(np.std(dx[s_ok] / c_x[s_ok]))
-        b["model_x_over_crlb"] = float(np.median(sig_x[s_ok] / c_x[s_ok]))
+        snr_lo = float(theory.photometric_snr(lo, exp.sky, exp.read_noise, v_med, b_med, h * w))
+        b = {"lo": lo, "hi": hi, "snr_lo": snr_lo}
+        b["regime"] = "asymptotic" if snr_lo >= SNR_MIN else "small-signal"
+        b.update(_bin_stats(sel, *args))
+        if b["regime"] == "asymptotic":
+            asym |= sel
         bins.append(b)
+    a_ok = asym & ok
     dof = int(np.median(res.dof))
-    chi2 = res.chi2[ok]
-    ks = stats.kstest(chi2, stats.chi2(dof).cdf)
-    out = {
+    ks = stats.kstest(res.chi2[a_ok], stats.chi2(dof).cdf)
+    return {
         "fit": fit.label,
         "theory_holds": fit.theory_holds,
         "note": fit.note,
         "n": int(len(e)),
+        "n_asymptotic": int(asym.sum()),
         "n_flagged": int((~ok).sum()),
-        "beta_median": float(np.median(q.beta)),
+        "n_flagged_asymptotic": int((asym & ~ok).sum()),
+        "beta_median": b_med,
         "L_median": float(np.median(q.L)),
-        "V_median": float(np.median(q.volume)),
+        "V_median": v_med,
         "V_min": float(q.volume.min()),
         "V_max": float(q.volume.max()),
-        "flux_pull_std": float(np.std(((ff - e) / fe)[ok])),
-        "x_pull_std": float(np.std((dx / res.x_err[:, 0])[ok])),
-        "y_pull_std": float(np.std((dy / res.y_err[:, 0])[ok])),
-        "flux_crlb_pull_std": float(np.std(((ff - e) / c_f)[ok])),
-        "x_crlb_pull_std": float(np.std((dx / c_x)[ok])),
+        # Pulls over the asymptotic bins (the criteria), and over every star for reference.
+        "flux_pull_std": float(np.std(((ff - e) / fe)[a_ok])),
+        "x_pull_std": float(np.std((dx / res.x_err[:, 0])[a_ok])),
+        "y_pull_std": float(np.std((dy / res.y_err[:, 0])[a_ok])),
+        "flux_pull_std_all": float(np.std(((ff - e) / fe)[ok])),
+        "x_pull_std_all": float(np.std((dx / res.x_err[:, 0])[ok])),
+        "flux_crlb_pull_std": float(np.std(((ff - e) / crlb[:, 3])[a_ok])),
+        "x_crlb_pull_std": float(np.std((dx / crlb[:, 4])[a_ok])),
         "chi2_dof": dof,
-        "chi2_mean": float(np.mean(chi2)),
+        "chi2_mean": float(np.mean(res.chi2[a_ok])),
         "chi2_ks_p": float(ks.pvalue),
         "bins": bins,
     }
-    return out
 
 
 def criteria(exp: Experiment, r: dict) -> dict:
-    """Pass/fail of the issue's claims for one fit."""
-    bins = r["bins"]
+    """Pass/fail of the issue's claims for one fit, over the asymptotic (SNR >= 5) bins."""
+    bins = [b for b in r["bins"] if b["regime"] == "asymptotic"]
+    within = lambda key, tol=0.1: all(abs(b[key] - 1) <= tol for b in bins)  # noqa: E731
     c = {
-        "dm_median_10pct": all(abs(b["dm_ratio"] - 1) <= 0.1 for b in bins),
+        "dm_median_10pct": within("dm_ratio"),
+        "r_median_10pct": within("r_ratio"),
+        "r_crlb_10pct": within("r_crlb_ratio"),
         "flux_pull_std": abs(r["flux_pull_std"] - 1) <= 0.05,
         "x_pull_std": abs(r["x_pull_std"] - 1) <= 0.05,
-        "flux_crlb_1pm0.1": all(abs(b["flux_crlb_ratio"] - 1) <= 0.1 for b in bins),
-        "r_crlb_10pct": all(abs(b["r_crlb_ratio"] - 1) <= 0.1 for b in bins),
+        "flux_crlb_1pm0.1": within("flux_crlb_ratio"),
         "chi2_ks_p>0.01": r["chi2_ks_p"] > 0.01,
     }
-    if not exp.undersampled:
-        c["r_median_10pct"] = all(abs(b["r_ratio"] - 1) <= 0.1 for b in bins)
     return c
 
 
@@ -336,7 +428,10 @@ def plot(exp: Experiment, fit: Fit, sim, res, crlb, q, r: dict, path: Path):
     axes[1].plot(
         np.log10(e[order]), 1.1774 * cx[order], color="C1", lw=0.6, alpha=0.6, label="CRLB median"
     )
+    small = [b["hi"] for b in r["bins"] if b["regime"] == "small-signal"]
     for ax in axes:
+        if small:  # outside the asymptotic theory: reported, not judged
+            ax.axvspan(2.0, np.log10(max(small)), color="C0", alpha=0.08, label="SNR < 5")
         ax.legend(fontsize=7, loc="lower left")
     axes[0].set_title(f"Exp. {exp.number}: {exp.title}\nfit: {fit.label}", fontsize=9)
     fig.tight_layout()
@@ -356,6 +451,30 @@ def plot(exp: Experiment, fit: Fit, sim, res, crlb, q, r: dict, path: Path):
         ax.set_title(f"std {np.std(v):.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path.with_name(path.stem + "_pulls.png"), dpi=110)
+    plt.close(fig)
+
+
+def _plot_fixed(exp, sim, dm_obs, dm_fit, ok, path):
+    """Observed and measured magnitude errors against the star's phase (MATPHOT figs. 19-20)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = exp.shape
+    phase = sim.x[:, 0] - (w - 1) / 2  # sub-pixel x; the dead column is at -3/8
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].scatter(phase, dm_obs, s=2, c=sim.y[:, 0] - (h - 1) / 2, cmap="viridis")
+    axes[0].set_ylabel("observed − true (mag)")
+    axes[1].scatter(phase[ok], dm_fit, s=2, color="k")
+    axes[1].axhline(0, color="0.5")
+    axes[1].set_ylabel("measured − true (mag)")
+    for ax in axes:
+        ax.set_xlabel("x phase within the pixel (px)")
+    axes[0].set_title("light loss on the ugly detector (colour: y phase)", fontsize=9)
+    axes[1].set_title(f"fit: mean {np.mean(dm_fit):+.5f}, rms {np.std(dm_fit):.5f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -443,6 +562,9 @@ def run_experiment(number: int, n: int, seed: int, plots: bool = True) -> dict:
             ),
         }
         f = out["fixed"]
+        f["rms_crlb"] = float(np.sqrt(np.mean((theory.POGSON * crlb[ok, 3] / exp.fixed_flux) ** 2)))
+        if plots:
+            _plot_fixed(exp, sim2, m_obs - m_true, m_fit - m_true, ok, RESULTS / "exp6_fixed.png")
         f["pass_mean_0.002"] = abs(f["mean_dmag"]) < 0.002
         f["pass_rms_10pct"] = abs(f["rms_dmag"] / f["rms_theory"] - 1) <= 0.1
     return out
@@ -461,20 +583,25 @@ def print_table(number: int, out: dict):
             + (f"   ({r['note']})" if r["note"] else "")
         )
         print(
-            "   bin(photons)      n   |dm|med  /theory   r med  /theory  /crlb  "
-            "pullF  pullX  dF/crlb  dF/medcrlb  dx/crlb  model/crlb(x)"
+            "   bin(photons)     n  flg   SNRlo  |dm|med  /model  /crlb    r med  /model  /crlb"
+            "  pullF  pullX  dF/crlb  (dF/F)/med  dx/crlb  model/crlb: x    m"
         )
         for b in r["bins"]:
+            tag = "" if b["regime"] == "asymptotic" else "  <- small-signal (SNR<5), no criteria"
             print(
-                f"   {b['lo']:8.0f}-{b['hi']:<8.0f}{b['n']:5d}  {b['dm_med']:.5f}  "
-                f"{b['dm_ratio']:6.3f}  {b['r_med']:.5f}  {b['r_ratio']:6.3f} "
-                f"{b['r_crlb_ratio']:6.3f}  {b['flux_pull_std']:5.3f}  {b['x_pull_std']:5.3f}  "
-                f"{b['flux_crlb_ratio']:6.3f}  {b['flux_crlb_ratio_median']:8.3f}  "
-                f"{b['x_crlb_ratio']:6.3f}  {b['model_x_over_crlb']:6.3f}"
+                f"   {b['lo']:7.0f}-{b['hi']:<7.0f}{b['n']:5d} {b['n_flagged']:4d} "
+                f"{b['snr_lo']:6.1f}"
+                f"  {b['dm_med']:.5f}  {b['dm_ratio']:6.3f} {b['dm_crlb_ratio']:6.3f}  "
+                f"{b['r_med']:.5f}  {b['r_ratio']:6.3f} {b['r_crlb_ratio']:6.3f}  "
+                f"{b['flux_pull_std']:5.3f}  {b['x_pull_std']:5.3f}  {b['flux_crlb_ratio']:6.3f}"
+                f"  {b['flux_crlb_ratio_median']:8.3f}  {b['x_crlb_ratio']:7.3f}  "
+                f"{b['model_x_over_crlb']:10.3f} {b['model_m_over_crlb']:6.3f}{tag}"
             )
         print(
-            f"   pulls: flux {r['flux_pull_std']:.3f}  x {r['x_pull_std']:.3f}  y "
-            f"{r['y_pull_std']:.3f};  /CRLB: flux {r['flux_crlb_pull_std']:.3f} x "
+            f"   SNR>=5 bins (N={r['n_asymptotic']}, {r['n_flagged_asymptotic']} flagged): pulls: "
+            f"flux {r['flux_pull_std']:.3f}  x {r['x_pull_std']:.3f}  y {r['y_pull_std']:.3f} "
+            f"(all stars: {r['flux_pull_std_all']:.3f}, {r['x_pull_std_all']:.3f});  "
+            f"/CRLB: flux {r['flux_crlb_pull_std']:.3f} x "
             f"{r['x_crlb_pull_std']:.3f};  chi2 mean {r['chi2_mean']:.1f} (dof {r['chi2_dof']}),"
             f" KS p = {r['chi2_ks_p']:.3g}"
         )
@@ -496,7 +623,7 @@ def print_table(number: int, out: dict):
             f"{100 * f['loss_max']:.1f} %, observed dm {f['mean_observed_dmag']:+.4f} "
             f"(rms {f['rms_observed_dmag']:.4f}); measured dm {f['mean_dmag']:+.5f} rms "
             f"{f['rms_dmag']:.5f} vs theory {f['rms_theory']:.5f} (reported "
-            f"{f['mean_reported_err']:.5f});  mean<0.002: "
+            f"{f['mean_reported_err']:.5f}, CRLB {f['rms_crlb']:.5f});  mean<0.002: "
             f"{'PASS' if f['pass_mean_0.002'] else 'FAIL'}, rms 10%: "
             f"{'PASS' if f['pass_rms_10pct'] else 'FAIL'}"
         )
@@ -509,9 +636,20 @@ def main(argv=None):
     ap.add_argument("--experiment", type=int, action="append", help="run only these (1-6)")
     ap.add_argument("--seed", type=int, default=2005)
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(
+        "--n-for",
+        action="append",
+        default=[],
+        metavar="EXP=N",
+        help="stars for one experiment (CPU budget), e.g. --n-for 6=2000",
+    )
+    ap.add_argument("--cache", type=Path, default=None, help="keep/reuse fit columns here")
     args = ap.parse_args(argv)
+    global CACHE
+    CACHE = args.cache
     n = args.n or (2000 if args.quick else 20000)
     todo = args.experiment or [1, 2, 3, 4, 5, 6]
+    n_for = {int(a.split("=")[0]): int(a.split("=")[1]) for a in args.n_for}
     summary = {
         "benchmark": "matphot",
         "n": n,
@@ -523,7 +661,9 @@ def main(argv=None):
     for number in todo:
         t0 = time.perf_counter()
         try:
-            out = run_experiment(number, n, args.seed + number, plots=not args.no_plots)
+            out = run_experiment(
+                number, n_for.get(number, n), args.seed + number, plots=not args.no_plots
+            )
         except DataNotFoundError as exc:
             print(f"experiment {number} skipped: {exc}")
             summary["experiments"][str(number)] = {"skipped": str(exc)}

@@ -78,3 +78,23 @@ def test_ugly_detector_recovers_true_magnitudes():
     assert np.std(dm / (1.0857 * res.flux_err[ok, 0] / res.flux_fit[ok, 0])) == pytest.approx(
         1.0, abs=0.08
     )
+
+
+@pytest.mark.parametrize("size", [65, pytest.param(60, marks=pytest.mark.slow)])
+def test_jitted_detector_prf_matches_eager_at_large_batch(size):
+    # Regression for the reported "JAX bug" (jitted DetectorPRF evaluation wrong at >= 1,024
+    # stars on 65x65 grids): 2,048 stars at once under jit must equal the op-by-op result and
+    # keep the PRF volume (1/9 here) for every star. The cause was int32 overflow of a giant
+    # broadcast intermediate in DiscretePSF.evaluate, since replaced by batched contractions.
+    import jax
+
+    arr = np.asarray(GaussianPRF(3.0).evaluate(24.0, 24.0, (49, 49)), np.float64)
+    d = DetectorPRF(DiscretePSF(arr / arr.sum(), oversampling=1), volume=1 / 9)
+    rng = np.random.default_rng(7)
+    n, c = 2048, (size - 1) / 2
+    x, y = c + rng.uniform(-0.5, 0.5, n), c + rng.uniform(-0.5, 0.5, n)
+    jitted = np.asarray(jax.jit(lambda x, y: d.evaluate(x, y, (size, size)))(x, y))
+    with jax.disable_jit():
+        eager = np.asarray(d.evaluate(x[:64], y[:64], (size, size)))
+    np.testing.assert_allclose(jitted[..., :64], eager, atol=1e-7)
+    np.testing.assert_allclose(jitted.sum(axis=(0, 1)), 1 / 9, rtol=1e-4)
