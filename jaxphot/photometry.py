@@ -582,6 +582,10 @@ def photometry(
     fwhm = psf_fwhm(psf)
     half_s = _support_half(psf, fwhm)
     _check_psf(psf, half_s)
+    # Effective background area (px^2) of the PRF, 1 / sum(PRF^2) (DESIGN: beta).
+    _c = float(half_s)
+    _prf = np.asarray(psf.evaluate(_c, _c, (2 * half_s + 1, 2 * half_s + 1)), float)
+    beta = 1.0 / float(np.sum(_prf**2) / np.sum(_prf) ** 2)
     fh = int(fit_half) if fit_half is not None else max(3, int(math.ceil(1.5 * fwhm)))
     box = 2 * fh + 1
     if min(img.shape) < box:
@@ -685,7 +689,8 @@ def photometry(
 
         prog(f"iteration {it}: grouping {len(idx)} stars", (it - 1 + 0.1) / maxiters)
         gid_live, buckets = _group_buckets(xs[idx], ys[idx], csep, int(max_group_size), fh)
-        group_id = np.zeros(len(xs), np.int64)
+        # Removed stars keep the group of their last fit.
+        group_id = np.r_[group_id, np.zeros(len(xs) - len(group_id), np.int64)]
         group_id[idx] = gid_live
         res_cols = _fit_buckets(
             psf,
@@ -729,7 +734,11 @@ def photometry(
         # Faded: fitted S/N below fade_snr (or non-positive flux).
         with np.errstate(invalid="ignore", divide="ignore"):
             snr = res_cols["flux_fit"] / res_cols["flux_err"]
-        faded = ok & ((res_cols["flux_fit"] <= 0) | (np.isfinite(snr) & (snr < fade_snr)))
+        # A degenerate blend can give a bright star a huge (correlated) error: only stars
+        # that are also faint against the sky noise of an isolated fit may fade.
+        sky_err = np.sqrt(beta * np.median(sigma_img[good]) ** 2)
+        faint = res_cols["flux_fit"] < fade_snr * sky_err
+        faded = ok & ((res_cols["flux_fit"] <= 0) | (np.isfinite(snr) & (snr < fade_snr) & faint))
         flags[idx[faded]] |= int(FitFlag.FADED)
         # Merged: within merge_sep of a brighter surviving star.
         n_merged = _flag_merged(xs, ys, fs, flags, msep)
