@@ -460,12 +460,15 @@ def _run_chunks(psf, pix, rows, state, inv_gain, max_iter, step_tol, chunk, newt
         return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], r)
 
     spans = [(a, b, max(size, min_bucket)) for a, b, size in _chunks(n, chunk)]
-    if len(spans) > 1 and default_threads() > 1:
+    # The first chunk runs alone: it compiles (or loads from the cache) the solver once, so that
+    # threads never race to compile the same function.
+    outs = [run(spans[0])]
+    if len(spans) > 2 and default_threads() > 1:
         # XLA runs one CPU call on one core; JAX releases the GIL, so threads fill the others.
         with ThreadPoolExecutor(default_threads()) as pool:
-            outs = list(pool.map(run, spans))
+            outs += list(pool.map(run, spans[1:]))
     else:
-        outs = [run(s) for s in spans]
+        outs += [run(s) for s in spans[1:]]
     return jax.tree_util.tree_map(lambda *v: np.concatenate(v), *outs)
 
 

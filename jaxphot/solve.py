@@ -44,13 +44,33 @@ class LMResult(NamedTuple):
     lam: jax.Array  # (N,) final damping, to continue a run
 
 
+_UNROLL_MAX = 12  # parameters; above this (blends of 4+ stars) loops keep compilation short
+
+
 def cholesky_solve(a, b):
-    """Solve ``a x = b`` for small SPD matrices ``a`` (P, P, ...) with an unrolled Cholesky.
+    """Solve ``a x = b`` for small SPD matrices ``a`` (P, P, ...) by Cholesky factorisation.
 
     ``b`` is (P, ...) or (P, M, ...), broadcasting against the trailing batch axes of ``a``.
     Returns ``(x, positive_definite)``; a non-positive pivot is reported rather than raised (the
     solution is then garbage and must be discarded by the caller).
+
+    The batch axes stay innermost, so every step is a wide vector operation across problems
+    (batched LAPACK calls on tiny matrices are slow on CPUs, and can deadlock when XLA calls run
+    on several threads). Up to ``_UNROLL_MAX`` parameters the factorisation is unrolled; above,
+    it runs as ``fori_loop``s so that compile time does not grow as P^3.
     """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    p = a.shape[0]
+    vec = b.ndim == a.ndim - 1
+    b2 = b[:, None] if vec else b
+    if p <= _UNROLL_MAX:
+        x, ok = _cholesky_unrolled(a, b2)
+    else:
+        x, ok = _cholesky_looped(a, b2)
+    return (x[:, 0] if vec else x), ok
+
+
+def _cholesky_unrolled(a, b):
     p = a.shape[0]
     rows = jnp.arange(p).reshape((p,) + (1,) * (a.ndim - 2))
     cols, pivots = [], []
@@ -78,16 +98,63 @@ def cholesky_solve(a, b):
     return jnp.stack(x, axis=0), ok
 
 
+def _cholesky_looped(a, b):
+    p = a.shape[0]
+    b = jnp.broadcast_to(b, b.shape[: b.ndim - (a.ndim - 2)] + a.shape[2:])  # full batch
+    idx = jnp.arange(p)
+    bshape = (1,) * (a.ndim - 2)
+
+    def factor(j, state):
+        low, ok = state
+        lj = low[j]  # row j: (P, ...)
+        earlier = (idx < j).reshape((p,) + bshape)
+        v = a[:, j] - jnp.sum(low * jnp.where(earlier, lj, 0.0)[None], axis=1)
+        piv = v[j]
+        d = jnp.sqrt(jnp.maximum(piv, 1e-30))
+        col = jnp.where((idx >= j).reshape((p,) + bshape), v / d, 0.0)
+        return low.at[:, j].set(col), ok & (piv > 0)
+
+    low, ok = jax.lax.fori_loop(
+        0, p, factor, (jnp.zeros_like(a), jnp.ones(a.shape[2:], bool))
+    )
+    diag = jnp.moveaxis(jnp.diagonal(low, axis1=0, axis2=1), -1, 0)  # (P, ...)
+    ext = (1,) * (b.ndim - a.ndim + 1)  # b's extra axes (M) after P
+
+    def fwd(i, z):
+        li = low[i].reshape((p,) + ext + low.shape[2:])
+        acc = b[i] - jnp.sum(li * z, axis=0)
+        return z.at[i].set(acc / diag[i].reshape(ext[1:] + diag.shape[1:]))
+
+    z = jax.lax.fori_loop(0, p, fwd, jnp.zeros_like(b))
+
+    def back(k, x):
+        i = p - 1 - k
+        li = low[:, i].reshape((p,) + ext + low.shape[2:])
+        acc = z[i] - jnp.sum(li * x, axis=0)
+        return x.at[i].set(acc / diag[i].reshape(ext[1:] + diag.shape[1:]))
+
+    x = jax.lax.fori_loop(0, p, back, jnp.zeros_like(b))
+    return x, ok
+
+
 def normal_matrix(jac, w):
     """``J^T W J`` as (P, P, ...) from Jacobian rows ``jac`` (P of (H, W, ...)) and weights ``w``.
 
-    Rows may be broadcastable (the plane rows are (H, W, 1)).
-
-    Written as explicit symmetric products summed over pixels: with the batch axis innermost
-    these are wide vector operations, far faster than batches of tiny matmuls on CPUs, and they
-    are exact float32 arithmetic on GPUs (no TF32).
+    Rows may be broadcastable (the plane rows are (H, W, 1)). Written as explicit symmetric
+    products summed over pixels: with the batch axis innermost these are wide vector operations,
+    far faster than batches of tiny matmuls on CPUs, and they are exact float32 arithmetic on
+    GPUs (no TF32). Above ``_UNROLL_MAX`` rows, one row of the matrix is formed per loop step.
     """
     n = len(jac)
+    if n > _UNROLL_MAX:
+        shape = jnp.broadcast_shapes(*(r.shape for r in jac), w.shape)
+        stacked = jnp.stack([jnp.broadcast_to(r, shape) for r in jac])  # (P, H, W, ...)
+
+        def row(i, out):
+            return out.at[i].set(jnp.sum(stacked[i] * w * stacked, axis=(1, 2)))
+
+        init = jnp.zeros((n, n) + shape[2:], stacked.dtype)
+        return jax.lax.fori_loop(0, n, row, init)
     entries = {}
     for i in range(n):
         wi = jac[i] * w
