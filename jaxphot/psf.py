@@ -7,9 +7,10 @@ Every model is an immutable JAX pytree with one method that matters::
 for stars at ``(x, y)`` (pixels, in the frame of an ``(H, W)`` cutout whose pixel ``[j, i]`` is
 centred at ``(i, j)``). ``x`` and ``y`` may be scalars or arrays of any shape; the batch axes come
 *last* in the result. Keeping the batch axis innermost lets XLA vectorise across stars (SIMD on
-CPUs, coalesced loads on GPUs), which is several times faster than vmapping over stars. The PRF sums to the PSF's volume over an infinite detector: 1 for a perfect
-detector. Parameters stored as leaves (``fwhm``, ``beta``, the PSF matrix) can be differentiated,
-vmapped or fitted; configuration (oversampling, kernel) is static.
+CPUs, coalesced loads on GPUs), which is several times faster than vmapping over stars. The
+PRF sums to the PSF's volume over an infinite detector: 1 for a perfect detector. Parameters
+stored as leaves (``fwhm``, ``beta``, the PSF matrix) can be differentiated, vmapped or fitted;
+configuration (oversampling, kernel) is static.
 
 Models
 ------

@@ -76,7 +76,7 @@ def test_scene_jacobian_and_curvature_match_finite_differences():
         model, jac, curvature = scene.linearize(psf, p, SHAPE, order=2)
         for j in range(p.size):
             e = jnp.zeros_like(p).at[j].set(1.0)
-            fd = central_difference(lambda t: scene.model_image(psf, p + t * e, SHAPE), 0.0, 1e-5)
+            fd = central_difference(lambda t, e=e: scene.model_image(psf, p + t * e, SHAPE), 0.0, 1e-5)
             assert float(jnp.max(jnp.abs(jac[j] - fd)) / jnp.max(jnp.abs(fd))) < 1e-6, j
         # curvature(wr) = sum_i wr_i d2m_i/dp dp: check against a finite difference of J^T wr.
         wr = jnp.asarray(np.random.default_rng(0).normal(size=SHAPE))
@@ -88,7 +88,7 @@ def test_scene_jacobian_and_curvature_match_finite_differences():
 
         for j in range(p.size):
             e = jnp.zeros_like(p).at[j].set(1.0)
-            fd = central_difference(lambda t: jt_wr(p + t * e), 0.0, 1e-5)
+            fd = central_difference(lambda t, e=e: jt_wr(p + t * e), 0.0, 1e-5)
             assert np.allclose(c[:, j], fd, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(c))))
 
 
