@@ -143,8 +143,11 @@ def child_latency(t_start: float) -> dict:
     )
 
 
+_ENV0 = dict(os.environ)  # LocalCluster later sets OMP_NUM_THREADS=1 etc. in os.environ
+
+
 def run_child(args: list[str], env_extra: dict) -> dict:
-    env = dict(os.environ)
+    env = dict(_ENV0)
     env.update(env_extra)
     cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--child-start", repr(time.time())]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
@@ -198,9 +201,7 @@ def _same(a, b) -> bool:
     if a.colnames != b.colnames or len(a) != len(b):
         return False
     return all(
-        np.array_equal(
-            np.asarray(a[c]), np.asarray(b[c]), equal_nan=np.asarray(a[c]).dtype.kind == "f"
-        )
+        np.array_equal(np.asarray(a[c]), np.asarray(b[c]), equal_nan=np.asarray(a[c]).dtype.kind == "f")
         for c in a.colnames
     )
 
@@ -222,9 +223,7 @@ def part_cluster(quick: bool, work: Path) -> dict:
         field = simulate_cluster((size, size), n_stars, seed=100 + i, margin=4)
         hdr = fits.Header()
         hdr["GAIN"], hdr["RDNOISE"] = field.gain, field.read_noise
-        fits.PrimaryHDU(field.image.astype(np.float32), header=hdr).writeto(
-            img_dir / f"img_{i:03d}.fits"
-        )
+        fits.PrimaryHDU(field.image.astype(np.float32), header=hdr).writeto(img_dir / f"img_{i:03d}.fits")
     pattern = str(img_dir / "*.fits")
     seq_dir, par_dir = work / "cat_seq", work / "cat_dask"
     for d in (seq_dir, par_dir):
@@ -237,9 +236,7 @@ def part_cluster(quick: bool, work: Path) -> dict:
     t_seq = time.perf_counter() - t
     t = time.perf_counter()
     with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
         t_start = time.perf_counter() - t
@@ -248,8 +245,7 @@ def part_cluster(quick: bool, work: Path) -> dict:
         t_par = time.perf_counter() - t
     paths = sorted(img_dir.glob("*.fits"))
     identical = all(
-        _same(Table.read(catalog_path(p, seq_dir)), Table.read(catalog_path(p, par_dir)))
-        for p in paths
+        _same(Table.read(catalog_path(p, seq_dir)), Table.read(catalog_path(p, par_dir))) for p in paths
     )
     n_ok = (int(np.sum(seq["status"] == "ok")), int(np.sum(par["status"] == "ok")))
     n_stars = int(np.sum(seq["n_stars"]))
@@ -295,10 +291,7 @@ def part_cache(quick: bool, work: Path) -> dict:
         ),
     ]
     _print_rows("3. first-result latency of a new process (from interpreter start)", rows)
-    print(
-        f"   lower with the cache: first fit {fit_x:.1f}x, first catalog {cat_x:.1f}x "
-        "(target >= 3x)"
-    )
+    print(f"   lower with the cache: first fit {fit_x:.1f}x, first catalog {cat_x:.1f}x (target >= 3x)")
     return dict(
         no_cache_first_fit_s=off["first_fit_s"],
         cache_first_fit_s=on["first_fit_s"],
@@ -350,9 +343,7 @@ def part_gpu(quick: bool) -> dict:
     t = time.perf_counter()
     cat = photometry(field.image, GaussianPRF(3.0), **kw)
     t_c = time.perf_counter() - t
-    crowded = dict(
-        size=size, n_true=n_stars, n_rows=len(cat), wall_s=t_c, stars_per_s=len(cat) / t_c
-    )
+    crowded = dict(size=size, n_true=n_stars, n_rows=len(cat), wall_s=t_c, stars_per_s=len(cat) / t_c)
     try:
         crowded.update({k: v for k, v in score(cat, field).items() if isinstance(v, (int, float))})
     except Exception as exc:  # scoring is a bonus; the timing is the point here

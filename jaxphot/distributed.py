@@ -240,11 +240,7 @@ class _FitsSource:
         try:
             if hdu is None:
                 idx = next(
-                    (
-                        i
-                        for i, h in enumerate(self._hdul)
-                        if h.is_image and h.header.get("NAXIS", 0) >= 2
-                    ),
+                    (i for i, h in enumerate(self._hdul) if h.is_image and h.header.get("NAXIS", 0) >= 2),
                     None,
                 )
                 if idx is None:
@@ -436,9 +432,7 @@ def photometry_tiled(
             merged["ra"].unit = merged["dec"].unit = "deg"
     meta.pop("history", None)
     meta.pop("elapsed_s", None)
-    meta.update(
-        n_tiles=len(boxes), tile_size=tile_size, tile_overlap=ov, n_seam_duplicates=int(n_dup)
-    )
+    meta.update(n_tiles=len(boxes), tile_size=tile_size, tile_overlap=ov, n_seam_duplicates=int(n_dup))
     merged.meta = meta
     return merged
 
@@ -575,9 +569,7 @@ def process_image(
         if ts and (src.shape[0] > ts or src.shape[1] > ts):
             if auto:
                 raise ValueError("--psf auto cannot be used with tiled images")
-            cat = photometry_tiled(
-                src, psf_obj, tile_size=ts, overlap=tile_overlap, wcs=src.wcs, **kw
-            )
+            cat = photometry_tiled(src, psf_obj, tile_size=ts, overlap=tile_overlap, wcs=src.wcs, **kw)
             row["n_tiles"] = int(cat.meta.get("n_tiles", 1))
         else:
             from .io import read_image
@@ -781,9 +773,7 @@ def batch(
     err_file = outdir / ERRORS_NAME
     if errors:
         tmp = _tmp_name(err_file)
-        tmp.write_text(
-            "".join(f"==> {r['image']}\n{r['traceback'] or r['error']}\n" for r in errors)
-        )
+        tmp.write_text("".join(f"==> {r['image']}\n{r['traceback'] or r['error']}\n" for r in errors))
         os.replace(tmp, err_file)
     elif err_file.exists():
         err_file.unlink()
@@ -799,6 +789,9 @@ def _run_dask(paths, cats, todo, psf, kw, workers, scheduler, rows, bar) -> None
             "or workers=0 to run in this process"
         ) from None
     gpu = _gpu_installed()
+    # LocalCluster sets OMP_NUM_THREADS=1, PYTHONHASHSEED... in *this* process's environment
+    # (for its workers); put the caller's environment back afterwards.
+    saved_env = dict(os.environ)
     cluster = None
     own_client = False
     if isinstance(scheduler, Client):
@@ -811,9 +804,7 @@ def _run_dask(paths, cats, todo, psf, kw, workers, scheduler, rows, bar) -> None
         # Set before the workers start JAX: they inherit this process's environment.
         if gpu:
             configure_accelerator_memory(processes_per_device=n)
-        cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
         client, own_client = Client(cluster), True
     try:
         env = {
@@ -863,6 +854,8 @@ def _run_dask(paths, cats, todo, psf, kw, workers, scheduler, rows, bar) -> None
             client.close()
         if cluster is not None:
             cluster.close()
+            os.environ.clear()
+            os.environ.update(saved_env)
 
 
 def _summary(rows: list[dict], wall: float) -> Table:

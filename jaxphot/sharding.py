@@ -218,9 +218,7 @@ class _ShardedRunner:
             start = stop
         if pending is not None:
             out.append(
-                self._collect(
-                    *pending, psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index
-                )
+                self._collect(*pending, psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index)
             )
         return jax.tree_util.tree_map(lambda *v: np.concatenate(v), *out)
 
@@ -238,10 +236,7 @@ class _ShardedRunner:
         sel = slice(start, stop) if index is None else index[start:stop]
         pixels = pix.chunk(sel)
         a = [_fit._pad(x, total, f) for x, f in zip(pixels, (0.0, 1.0, False), strict=True)]
-        a += [
-            _fit._pad(x[start:stop], total, f)
-            for x, f in zip(rows, (0.0, False, True), strict=True)
-        ]
+        a += [_fit._pad(x[start:stop], total, f) for x, f in zip(rows, (0.0, False, True), strict=True)]
         a.append(_fit._pad(state[0][start:stop], total, 1.0))
         a.append(_fit._pad(state[1][start:stop], total, 0))
         # One host->device transfer per array, already split over the devices.
@@ -285,9 +280,7 @@ class _ShardedRunner:
         sub_state = tuple(s[start:stop] for s in state)
         sub_index = None if index is None else index[start:stop]
         sub_psf = (
-            psf
-            if _fit._psf_batch_size(psf) is None
-            else _fit._slice_psf(psf, start, stop, stop - start)
+            psf if _fit._psf_batch_size(psf) is None else _fit._slice_psf(psf, start, stop, stop - start)
         )
         if sub_index is None:
             sub_index = np.arange(start, stop)
@@ -408,8 +401,6 @@ def fit_sharded(
         d = np.shape(data)
         k = 1 if np.ndim(x) < 2 else np.shape(x)[1]
         over = int(getattr(psf, "oversampling", 1) or 1)
-        chunk_size = adaptive_chunk_size(
-            tuple(d[-2:]), 3 + 3 * k, device=devices[0], oversampling=over
-        )
+        chunk_size = adaptive_chunk_size(tuple(d[-2:]), 3 + 3 * k, device=devices[0], oversampling=over)
     with use_devices(devices, chunk_size=chunk_size):
         return _fit.fit_cutouts(data, psf, x, y, flux, chunk_size=chunk_size, **kwargs)
