@@ -65,12 +65,22 @@ _EXPORTS = {
     "write_psf_fits": "psf_grid",
     # detector response
     "DetectorPRF": "detector",
+    # whole-image results and simulated fields
+    "PhotometryResult": "photometry",
+    "make_model_image": "photometry",
+    "make_residual_image": "photometry",
+    "simulate_cluster": "demo",
+    # scale-out
+    "batch": "distributed",
+    "photometry_tiled": "distributed",
+    "fit_sharded": "sharding",
+    "use_devices": "sharding",
 }
 
 _SUBMODULES = {
     "psf", "fit", "scene", "solve", "kernels", "flags", "simulate", "photometry", "background",
     "detection", "grouping", "aperture", "morphology", "crossmatch", "stats", "epsf", "psf_grid",
-    "theory", "detector", "datasets", "io", "cli", "demo",
+    "theory", "detector", "datasets", "io", "cli", "demo", "distributed", "sharding",
 }
 
 __all__ = sorted(_EXPORTS)

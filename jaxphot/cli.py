@@ -140,7 +140,17 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--oversampling", type=int, default=4)
     e.add_argument("--fwhm", type=float, default=None, help="FWHM guess in pixels")
     e.add_argument("-o", "--output", required=True, help="output FITS file")
+
+    from .distributed import add_batch_subcommand  # imports no JAX
+
+    add_batch_subcommand(sub)
     return ap
+
+
+def _cmd_batch(a) -> int:
+    from .distributed import run_batch_cli
+
+    return run_batch_cli(a)
 
 
 def _read_aux(path, hdu, shape, what):
@@ -281,7 +291,9 @@ def main(argv=None) -> int:
         ap.print_help()
         return 2
     try:
-        return {"photometry": _cmd_photometry, "demo": _cmd_demo, "epsf": _cmd_epsf}[a.command](a)
+        commands = {"photometry": _cmd_photometry, "demo": _cmd_demo, "epsf": _cmd_epsf,
+                    "batch": _cmd_batch}
+        return commands[a.command](a)
     except (CLIError, ValueError, FileNotFoundError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"jaxphot: error: {msg}", file=sys.stderr)

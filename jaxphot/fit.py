@@ -8,6 +8,7 @@ returns a :class:`FitResult` whose :meth:`~FitResult.to_table` gives one row per
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import math
@@ -33,6 +34,10 @@ enable_compilation_cache()
 _BACKGROUNDS = ("plane", "constant", None)
 _FIXABLE = ("bkg", "bkg_x", "bkg_y", "flux", "x", "y")
 _MIN_BUCKET = 64
+# The function that runs padded chunks through the solver. jaxphot.sharding.use_devices()
+# sets a multi-device runner here for the calling thread/context; None means _run_chunks.
+chunk_runner: contextvars.ContextVar = contextvars.ContextVar("jaxphot_chunk_runner", default=None)
+
 _MAX_SHIFT = 1.0  # px per iteration
 _FIRST_PASS_ITER = 5  # ~80 % of problems converge by then; the rest are re-run together
 
@@ -505,15 +510,16 @@ def _solve_all(psf, pix, rows, inv_gain, max_iter, step_tol, chunk, newton):
     one hard star from holding thousands of easy ones. The re-run uses the same chunk size, so it
     needs no new compilation. Batches of at most one chunk run in a single pass.
     """
+    run_chunks = chunk_runner.get() or _run_chunks
     n = rows[0].shape[0]
     state = (np.full(n, LAMBDA0, rows[0].dtype), np.zeros(n, np.int32))
     first = min(max_iter, _FIRST_PASS_ITER) if n > chunk else max_iter
-    res = _run_chunks(psf, pix, rows, state, inv_gain, first, step_tol, chunk, newton)
+    res = run_chunks(psf, pix, rows, state, inv_gain, first, step_tol, chunk, newton)
     todo = ~res.converged & ~rows[2] & (res.n_iter < max_iter)
     if first < max_iter and np.any(todo):
         idx = np.nonzero(todo)[0]
         sub = (res.p[idx], rows[1][idx], rows[2][idx])
-        again = _run_chunks(_take_psf(psf, idx), pix, sub, (res.lam[idx], res.n_iter[idx]),
+        again = run_chunks(_take_psf(psf, idx), pix, sub, (res.lam[idx], res.n_iter[idx]),
                             inv_gain, max_iter, step_tol, chunk, newton, index=idx,
                             min_bucket=chunk)
         res = jax.tree_util.tree_map(lambda full, part: _scatter(full, idx, part), res, again)

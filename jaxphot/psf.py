@@ -225,6 +225,28 @@ class MoffatPSF:
         return f"MoffatPSF(fwhm={self.fwhm}, beta={self.beta})"
 
 
+def interpolation_matrix(kernel, oversampling, integrated, x0, n_pix, n_arr, dtype):
+    """Weights mapping the samples of a discrete PSF to detector pixels along one axis.
+
+    Returns (n_pix, n_arr) + x0.shape: entry ``[i, m]`` is the weight of array sample ``m`` in
+    detector pixel ``i`` for a star at ``x0`` — the kernel weights at the pixel centre
+    (``integrated=True``) or summed over the pixel's ``oversampling`` sub-pixel centres.
+    """
+    s = oversampling
+    nb = jnp.ndim(x0)
+    centre = (n_arr - 1) / 2.0
+    pix = jnp.arange(n_pix, dtype=dtype)
+    if integrated:
+        u = pix[:, None]  # sample the PRF at the pixel centre
+    else:
+        sub = (jnp.arange(s, dtype=dtype) + 0.5) / s - 0.5
+        u = pix[:, None] + sub[None, :]  # the s sub-pixel centres in each pixel
+    tau = s * (_trail(u, nb) - x0)  # (n_pix, n_sub, ...): fractional array index - centre
+    m = _trail(jnp.arange(n_arr, dtype=dtype) - centre, nb)
+    t = tau[:, :, None] - m[None, None]  # (n_pix, n_sub, n_arr, ...)
+    return kernel_weights(kernel, t, axis=2).sum(axis=1)
+
+
 @pytree(data_fields=("coeffs",), meta_fields=("oversampling", "integrated", "kernel"))
 class DiscretePSF:
     """A PSF given as a matrix, possibly supersampled, shifted by separable interpolation.
@@ -320,20 +342,8 @@ class DiscretePSF:
         return smooth(smooth(c, 0), 1)
 
     def _axis_matrix(self, x0, n_pix, n_arr, dtype):
-        """(n_pix, n_arr) + x0.shape weights mapping array samples to pixels along one axis."""
-        s = self.oversampling
-        nb = x0.ndim
-        centre = (n_arr - 1) / 2.0
-        pix = jnp.arange(n_pix, dtype=dtype)
-        if self.integrated:
-            u = pix[:, None]  # sample the PRF at the pixel centre
-        else:
-            sub = (jnp.arange(s, dtype=dtype) + 0.5) / s - 0.5
-            u = pix[:, None] + sub[None, :]  # the s sub-pixel centres in each pixel
-        tau = s * (_trail(u, nb) - x0)  # (n_pix, n_sub, ...): fractional array index - centre
-        m = _trail(jnp.arange(n_arr, dtype=dtype) - centre, nb)
-        t = tau[:, :, None] - m[None, None]  # (n_pix, n_sub, n_arr, ...)
-        return kernel_weights(self.kernel, t, axis=2).sum(axis=1)
+        return interpolation_matrix(self.kernel, self.oversampling, self.integrated,
+                                    x0, n_pix, n_arr, dtype)
 
     def evaluate(self, x, y, shape):
         """Pixel-integrated PRF of unit-flux stars at (x, y) on an (H, W) grid: (H, W) + x.shape."""

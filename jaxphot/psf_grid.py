@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._pytree import pytree
-from .kernels import KERNELS, bspline_prefilter, kernel_weights
-from .psf import DiscretePSF
+from .kernels import KERNELS, bspline_prefilter
+from .psf import DiscretePSF, interpolation_matrix
 
 __all__ = [
     "BatchedDiscretePSF",
@@ -122,20 +122,8 @@ class BatchedDiscretePSF:
         object.__setattr__(self, "batch_size", int(c.shape[-1]))
 
     def _axis_matrix(self, x0, n_pix, n_arr, dtype):
-        """(n_pix, n_arr) + x0.shape interpolation (and block-sum) weights along one axis."""
-        s = self.oversampling
-        nb = x0.ndim
-        centre = (n_arr - 1) / 2.0
-        pix = jnp.arange(n_pix, dtype=dtype)
-        if self.integrated:
-            u = pix[:, None]
-        else:
-            sub = (jnp.arange(s, dtype=dtype) + 0.5) / s - 0.5
-            u = pix[:, None] + sub[None, :]
-        tau = s * (u.reshape(u.shape + (1,) * nb) - x0)
-        m = (jnp.arange(n_arr, dtype=dtype) - centre).reshape((n_arr,) + (1,) * nb)
-        t = tau[:, :, None] - m[None, None]
-        return kernel_weights(self.kernel, t, axis=2).sum(axis=1)
+        return interpolation_matrix(self.kernel, self.oversampling, self.integrated,
+                                    x0, n_pix, n_arr, dtype)
 
     def evaluate(self, x, y, shape):
         """PRF of unit-flux stars at (x, y): (H, W) + x.shape; x's last axis indexes the PSFs."""

@@ -22,7 +22,6 @@ retries (:func:`fit_sharded` never crashes on an out-of-memory chunk it can spli
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import math
 from collections.abc import Iterator, Sequence
@@ -39,12 +38,6 @@ __all__ = ["fit_sharded", "use_devices", "adaptive_chunk_size", "is_out_of_memor
 _AXIS = "batch"
 _MIN_CHUNK = 16  # below this an OOM is not a chunk-size problem
 _MAX_CHUNK = 1 << 17
-
-# The sharded runner of the current thread (None: fit_cutouts' own threaded runner).
-_RUNNER: contextvars.ContextVar[_ShardedRunner | None] = contextvars.ContextVar(
-    "jaxphot_sharded_runner", default=None
-)
-
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for XLA's out-of-memory errors (``RESOURCE_EXHAUSTED``), on any backend."""
@@ -298,27 +291,6 @@ class _ShardedRunner:
         )
 
 
-_original_run_chunks = _fit._run_chunks
-
-
-def _dispatch_run_chunks(*args, **kwargs):
-    """fit.py's chunk runner, or the sharded one when :func:`use_devices` is active here."""
-    runner = _RUNNER.get()
-    if runner is None:
-        return _original_run_chunks(*args, **kwargs)
-    return runner(*args, **kwargs)
-
-
-def _install() -> None:
-    # fit._solve_all looks ``_run_chunks`` up in its module globals at call time; the
-    # dispatcher is a pass-through unless use_devices() is active in the calling thread.
-    if getattr(_fit._run_chunks, "__name__", "") != "_dispatch_run_chunks":
-        _fit._run_chunks = _dispatch_run_chunks
-
-
-_install()
-
-
 @contextlib.contextmanager
 def use_devices(
     devices: Sequence | None = None, *, chunk_size: int | None = None
@@ -350,11 +322,11 @@ def use_devices(
     if len(kinds) > 1:
         raise ValueError(f"devices must share one platform, got {sorted(kinds)}")
     runner = _ShardedRunner(devices, chunk_size)
-    token = _RUNNER.set(runner)
+    token = _fit.chunk_runner.set(runner)
     try:
         yield runner
     finally:
-        _RUNNER.reset(token)
+        _fit.chunk_runner.reset(token)
 
 
 def fit_sharded(
