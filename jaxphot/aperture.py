@@ -214,25 +214,29 @@ def _core(
             )
             level = jnp.where(wsum > 0, level, jnp.nan)
             _, std = stats.masked_mean_std(vals, valid)
-        elif sky == "median":
-            level = stats.masked_median(vals, valid)
-            _, std = stats.masked_mean_std(vals, valid)
-        elif sky == "sigma_clip":
-            level, _, std = stats.sigma_clipped_stats(vals, valid, sigma=sigma, maxiters=maxiters)
-        elif sky == "mode":
-            mean, med, std = stats.sigma_clipped_stats(vals, valid, sigma=sigma, maxiters=maxiters)
-            level = stats.sky_mode(mean, med)
-        elif sky == "mmm":
-            level, std = stats.mmm_sky(vals, valid, sigma=sigma, maxiters=maxiters)
-        elif sky == "biweight":
-            level = stats.biweight_location(vals, valid)
-            std = stats.biweight_scale(vals, valid)
-        else:  # pragma: no cover - validated in the shell
-            raise ValueError(sky)
+        else:
+            level, std = _robust_sky(vals, valid, sky, sigma, maxiters)
         res["sky"] = level
         res["sky_std"] = std
         res["n_sky"] = n_sky
     return res
+
+
+def _robust_sky(vals, valid, sky, sigma, maxiters):
+    """(level, std) of the annulus pixels for the robust estimators (shared by both paths)."""
+    if sky == "median":
+        return stats.masked_median_select(vals, valid), stats.masked_mean_std(vals, valid)[1]
+    if sky == "sigma_clip":
+        level, _, std = stats.sigma_clipped_stats(vals, valid, sigma=sigma, maxiters=maxiters)
+        return level, std
+    if sky == "mode":
+        mean, med, std = stats.sigma_clipped_stats(vals, valid, sigma=sigma, maxiters=maxiters)
+        return stats.sky_mode(mean, med), std
+    if sky == "mmm":
+        return stats.mmm_sky(vals, valid, sigma=sigma, maxiters=maxiters)
+    if sky == "biweight":
+        return stats.biweight_location(vals, valid), stats.biweight_scale(vals, valid)
+    raise ValueError(sky)  # pragma: no cover - validated in the shell
 
 
 def _chunk_size(K: int, T: int, method: str, subpixels: int) -> int:

@@ -93,3 +93,31 @@ def test_empty_and_all_nan_rows_give_nan():
 def test_cenfunc_validation():
     with pytest.raises(ValueError, match="cenfunc"):
         stats.sigma_clip_mask(np.ones(4), cenfunc="mode")
+
+
+def test_median_select_equals_sort_median():
+    """Selection median == sorted median bit for bit: ties, outliers, NaNs, masks, empty rows, N-D."""
+    rng = np.random.default_rng(7)
+    with jax.enable_x64(True):
+        f = jax.jit(stats.masked_median_select)
+        for trial in range(6):
+            m = int(rng.integers(1, 500))
+            v = rng.normal(100, 5, (64, m))
+            if trial % 2:
+                v = np.round(v)  # many ties (Poisson-like integers)
+            if trial == 3:
+                v[:, :3] = 1e6  # bright outliers
+            v[rng.random(v.shape) < 0.05] = np.nan
+            ok = rng.random(v.shape) < rng.uniform(0, 1, (64, 1))
+            ok[0] = False  # an empty row -> NaN
+            got = np.asarray(f(v, ok))
+            ref = np.array(
+                [np.median(r[o & np.isfinite(r)]) if (o & np.isfinite(r)).any() else np.nan
+                 for r, o in zip(v, ok, strict=True)]
+            )  # fmt: skip
+            np.testing.assert_array_equal(got, ref)
+            np.testing.assert_array_equal(got, np.asarray(stats.masked_median(v, ok)))
+        x = rng.normal(0, 1, (3, 4, 51))
+        np.testing.assert_array_equal(
+            np.asarray(stats.masked_median_select(x)), np.median(x, axis=-1)
+        )
