@@ -521,8 +521,17 @@ def run_experiment(number: int, n: int, seed: int, plots: bool = True) -> dict:
             )[both]
             for k in ("x", "y", "flux")
         }
+        # Stars in the asymptotic (SNR >= 5) bins: below that a few faint fits of either model
+        # land in different places of a flat chi^2 valley, which says nothing about the PSF.
+        lo = min(b["lo"] for b in out["fits"][0]["bins"] if b["regime"] == "asymptotic")
+        asym = sim.flux[both, 0] >= lo
         out["discrete_minus_analytic"] = {
-            k: {"p99": float(np.nanpercentile(v, 99)), "max": float(np.nanmax(v))}
+            k: {
+                "p99": float(np.nanpercentile(v[asym], 99)),
+                "max": float(np.nanmax(v[asym])),
+                "max_all": float(np.nanmax(v)),
+                "n_above_1/15_all": int(np.sum(v >= 1 / 15)),
+            }
             for k, v in rel.items()
         }
         out["discrete_below_1/15"] = all(
@@ -613,7 +622,11 @@ def print_table(number: int, out: dict):
         d = out["discrete_minus_analytic"]
         print(
             "   discrete - analytic, in units of the analytic error: "
-            + ", ".join(f"{k}: p99 {v['p99']:.4f} max {v['max']:.4f}" for k, v in d.items())
+            + ", ".join(
+                f"{k}: p99 {v['p99']:.4f} max {v['max']:.4f} (all stars: max {v['max_all']:.3f},"
+                f" {v['n_above_1/15_all']} >= 1/15)"
+                for k, v in d.items()
+            )
             + f"  (< 1/15: {'PASS' if out['discrete_below_1/15'] else 'FAIL'})"
         )
     if "fixed" in out:

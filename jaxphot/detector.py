@@ -108,6 +108,39 @@ class DetectorPRF:
         sens = self.sensitivity.astype(fine.dtype).reshape((1, s, 1, s) + (1,) * nb)
         return self.volume * jnp.sum(fine * sens, axis=(1, 3))
 
+    def evaluate_derivatives(self, x, y, shape, order: int = 1):
+        """PRF and its position derivatives (see :func:`jaxphot.scene.linearize`), or None.
+
+        Forwards to the wrapped PSF's fast separable derivatives when it has them: the detector
+        response is linear (a volume, and a weighted sum of sub-pixels), so it commutes with
+        differentiation. On the sub-pixel grid the coordinates are ``s*x + (s-1)/2``, so every
+        first derivative gains a factor s and every second derivative s^2 (chain rule).
+        Returns None (generic autodiff) when the PSF has no such method or declines.
+        """
+        s = self.subsampling
+        if s == 1:
+            fast = getattr(self.psf, "evaluate_derivatives", None)
+            out = None if fast is None else fast(x, y, shape, order)
+            return None if out is None else tuple(self.volume * a for a in out)
+        fine_psf = self.psf.scaled(s)
+        fast = getattr(fine_psf, "evaluate_derivatives", None)
+        if fast is None:
+            return None
+        h, w = shape
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        out = fast(s * x + (s - 1) / 2.0, s * y + (s - 1) / 2.0, (s * h, s * w), order)
+        if out is None:
+            return None
+        factors = (1.0, s, s) + ((s * s,) * 3 if order == 2 else ())
+
+        def to_pixels(fine):  # (sH, sW, ...) -> (H, W, ...), weighted by the sensitivity map
+            nb = fine.ndim - 2
+            fine = fine.reshape((h, s, w, s) + fine.shape[2:])
+            sens = self.sensitivity.astype(fine.dtype).reshape((1, s, 1, s) + (1,) * nb)
+            return jnp.sum(fine * sens, axis=(1, 3))
+
+        return tuple(self.volume * f * to_pixels(a) for f, a in zip(factors, out, strict=True))
+
     def __repr__(self):
         return (
             f"DetectorPRF({self.psf!r}, volume={self.volume}, "

@@ -156,8 +156,10 @@ def prf_quantities(psf, x=0.0, y=0.0, size: int = 65) -> PRFQuantities:
     dtype = jnp.result_type(float)
     xf, yf = (x + c).ravel(), (y + c).ravel()
     v, s2 = np.empty(xf.size), np.empty(xf.size)
-    # Small fixed chunks: bounded memory, and jax 0.10.2's CPU backend mis-evaluates
-    # DetectorPRF(DiscretePSF) on a 65x65 grid for >~1000 stars at once (returns zeros).
+    # Small fixed chunks bound the memory (a 4x sub-pixel DetectorPRF on 65x65 holds 260x260 per
+    # star) and keep one compiled shape. (The old "wrong values at >= 1,024 stars" was int32
+    # overflow in DiscretePSF.evaluate, fixed in the core: jit == eager at 2,048 stars on 60x60
+    # and 65x65, tests/test_detector.py.)
     for i in range(0, xf.size, _PRF_CHUNK):
         a, b = _prf_sums(
             psf,

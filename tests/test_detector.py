@@ -38,9 +38,7 @@ def test_ugly_detector_volume_depends_on_phase():
 def test_inefficient_detector_fit_returns_photons():
     psf = DetectorPRF(GaussianPRF(3.0), volume=1 / 9)
     n, e = 600, 2e4
-    sim = simulate_cutouts(
-        psf, n, (15, 15), flux=np.full(n, e), sky=100 / 9, read_noise=5 / 3, seed=4
-    )
+    sim = simulate_cutouts(psf, n, (15, 15), flux=np.full(n, e), sky=100 / 9, read_noise=5 / 3, seed=4)
     assert np.mean(sim.data.sum((1, 2)) - 225 * 100 / 9) == pytest.approx(e / 9, rel=0.02)
     res = fit_cutouts(
         sim.data, psf, sim.x[:, 0], sim.y[:, 0], background="constant", gain=1.0, read_noise=5 / 3
@@ -63,9 +61,7 @@ def test_ugly_detector_recovers_true_magnitudes():
     sim = simulate_cutouts(d, n, (11, 11), flux=np.full(n, e), sky=25.0, read_noise=3.0, seed=5)
     q = theory.prf_quantities(d, sim.x[:, 0] - 5, sim.y[:, 0] - 5)
     assert q.volume.mean() == pytest.approx(0.25, abs=0.01)  # 3/4 of the light lost
-    res = fit_cutouts(
-        sim.data, d, sim.x[:, 0], sim.y[:, 0], background="constant", gain=1.0, read_noise=3.0
-    )
+    res = fit_cutouts(sim.data, d, sim.x[:, 0], sim.y[:, 0], background="constant", gain=1.0, read_noise=3.0)
     ok = res.flags[:, 0] == 0
     dm = -2.5 * np.log10(res.flux_fit[ok, 0] / e)
     # This PRF is far from MATPHOT's oversampled assumptions (L ~ 0.5 px): judge the scatter by
@@ -75,9 +71,7 @@ def test_ugly_detector_recovers_true_magnitudes():
     )["mag"][ok, 0]
     assert abs(np.mean(dm)) < 0.002
     assert np.std(dm) == pytest.approx(np.sqrt(np.mean(bound**2)), rel=0.1)
-    assert np.std(dm / (1.0857 * res.flux_err[ok, 0] / res.flux_fit[ok, 0])) == pytest.approx(
-        1.0, abs=0.08
-    )
+    assert np.std(dm / (1.0857 * res.flux_err[ok, 0] / res.flux_fit[ok, 0])) == pytest.approx(1.0, abs=0.08)
 
 
 @pytest.mark.parametrize("size", [65, pytest.param(60, marks=pytest.mark.slow)])
@@ -98,3 +92,21 @@ def test_jitted_detector_prf_matches_eager_at_large_batch(size):
         eager = np.asarray(d.evaluate(x[:64], y[:64], (size, size)))
     np.testing.assert_allclose(jitted[..., :64], eager, atol=1e-7)
     np.testing.assert_allclose(jitted.sum(axis=(0, 1)), 1 / 9, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sens", [None, ugly_detector_sensitivity(2)])
+def test_fast_derivatives_match_finite_differences(sens):
+    # DetectorPRF forwards the PSF's separable derivatives (chain rule: x s on the sub-pixel
+    # grid) so that fits through a detector model avoid generic autodiff; they must be the
+    # derivatives of the PRF that evaluate() gives.
+    arr = np.asarray(GaussianPRF(2.4).evaluate(20.0, 20.0, (41, 41)), np.float64)
+    d = DetectorPRF(DiscretePSF(arr / arr.sum(), oversampling=2), 0.5, sensitivity=sens)
+    x, y, h = np.array([5.2, 4.9]), np.array([4.8, 5.3]), 1e-2
+    prf, dx, dy, dxx, dxy, dyy = (np.asarray(a) for a in d.evaluate_derivatives(x, y, (11, 11), 2))
+    ev = lambda a, b: np.asarray(d.evaluate(a, b, (11, 11)), np.float64)  # noqa: E731
+    np.testing.assert_allclose(prf, ev(x, y), atol=1e-7)
+    scale = np.abs(dx).max()
+    np.testing.assert_allclose(dx, (ev(x + h, y) - ev(x - h, y)) / (2 * h), atol=2e-3 * scale)
+    np.testing.assert_allclose(dy, (ev(x, y + h) - ev(x, y - h)) / (2 * h), atol=2e-3 * scale)
+    d2 = (ev(x, y + h) - 2 * ev(x, y) + ev(x, y - h)) / h**2
+    np.testing.assert_allclose(dyy, d2, atol=2e-2 * np.abs(dyy).max())
