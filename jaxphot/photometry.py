@@ -59,6 +59,10 @@ EXCLUDED_FROM_MODEL = int(
 # power of two >= 64, capped at the chunk size; with exactly 64 every call has one shape, so
 # each (cutout size, K) bucket compiles once instead of once per power of two.
 _FIT_CHUNK = 64
+# Per-star float columns the fitter returns (NaN where a star was not fitted).
+_FIT_FLOAT_COLUMNS = (
+    "x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err", "bkg", "bkg_x", "bkg_y", "chi2",
+)
 _MODEL_CHUNK = 256
 _STAR_BUCKETS = (1, 2, 4, 8, 16)
 
@@ -864,21 +868,7 @@ def _fit_buckets(
 ):
     """Fit every group bucket by bucket; returns per-star columns aligned with ``x``."""
     n = len(x)
-    out = {
-        k: np.full(n, np.nan)
-        for k in (
-            "x_fit",
-            "y_fit",
-            "flux_fit",
-            "x_err",
-            "y_err",
-            "flux_err",
-            "bkg",
-            "bkg_x",
-            "bkg_y",
-            "chi2",
-        )
-    }
+    out = {k: np.full(n, np.nan) for k in _FIT_FLOAT_COLUMNS}
     out["dof"] = np.zeros(n, np.int64)
     out["n_iter"] = np.zeros(n, np.int64)
     out["flags"] = np.zeros(n, np.int64)
@@ -1031,21 +1021,7 @@ def _catalog(
 
     for name in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err"):
         t[name] = col(name)
-    base = {
-        "x_fit",
-        "y_fit",
-        "flux_fit",
-        "x_err",
-        "y_err",
-        "flux_err",
-        "bkg",
-        "bkg_x",
-        "bkg_y",
-        "chi2",
-        "dof",
-        "n_iter",
-        "flags",
-    }
+    base = {*_FIT_FLOAT_COLUMNS, "dof", "n_iter", "flags"}
     for name in sorted(set(fitted) - base):  # CRLB etc. from the fitter, passed through
         t[name] = fitted[name]
     # bkg: the map at the star plus the local offset fitted in its cutout.
