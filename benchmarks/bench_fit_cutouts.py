@@ -112,6 +112,8 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
     ap.add_argument("--photutils-n", type=int, default=400, help="stars fitted by photutils")
     ap.add_argument("--no-photutils", action="store_true")
+    ap.add_argument("--max-discrete", type=int, default=None,
+                    help="largest N for the DiscretePSF case (default: all sizes)")
     args = ap.parse_args(argv)
     sizes = args.sizes or ([1000, 10_000] if args.quick else [1000, 10_000, 100_000, 1_000_000])
     pool = make_pool(min(POOL, max(sizes)))
@@ -119,7 +121,9 @@ def main(argv=None):
     out = {"benchmark": "fit_cutouts", "shape": list(SHAPE), **device_info(), "cases": {}}
     table = []
     for name, psf in cases.items():
-        rows = run_jaxphot(psf, pool, sizes)
+        case_sizes = [n for n in sizes
+                      if name == "gaussian" or args.max_discrete is None or n <= args.max_discrete]
+        rows = run_jaxphot(psf, pool, case_sizes)
         ref = None if args.no_photutils else run_photutils(
             "gaussian" if name == "gaussian" else "discrete", pool, args.photutils_n)
         for r in rows:
