@@ -16,8 +16,33 @@ def _example():
 
 @pytest.mark.slow
 def test_glimpse_fluxes_match_catalog(shared_data):
+    # IRAC flight PSF rotated to the Galactic mosaic, integrated=False (measured: median
+    # 1.002, robust scatter 4.6 %, 197/224 matched).
     d = shared_data("spitzer_glimpse")
     out = _example().run(d, verbose=False)
+    assert out["n_matched"] >= 0.8 * out["n_catalog"]
+    assert abs(out["median_ratio"] - 1.0) <= 0.03
+    assert out["robust_scatter"] <= 0.05
+
+
+def test_psf_rotation_to_galactic_mosaic(shared_data):
+    # The array's y axis (PA_AVE 86.6 deg) seen from Galactic North (PA 297.9 deg here).
+    from astropy.io import fits
+
+    d = shared_data("spitzer_glimpse")
+    hdr = fits.getheader(d / "spitzer_example_image.fits")
+    assert _example().psf_rotation_deg(hdr) == pytest.approx(-148.7, abs=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="ePSF built from the image is too broad (peak/r=3 aperture 0.145 vs 0.217 in the "
+    "data): median 1.017 but robust scatter 5.8 %",
+)
+def test_glimpse_fluxes_match_catalog_auto_psf(shared_data):
+    d = shared_data("spitzer_glimpse")
+    out = _example().run(d, psf_kind="auto", verbose=False)
     assert out["n_matched"] >= 0.8 * out["n_catalog"]
     assert abs(out["median_ratio"] - 1.0) <= 0.03
     assert out["robust_scatter"] <= 0.05
@@ -31,5 +56,5 @@ def test_example_skips_without_data(monkeypatch, tmp_path, capsys):
         "find_data_dir",
         lambda name: (_ for _ in ()).throw(mod.DataNotFoundError(f"data set {name!r} not found")),
     )
-    assert mod.main() == 0
+    assert mod.main([]) == 0
     assert "skipping" in capsys.readouterr().out
