@@ -633,7 +633,9 @@ def photometry(
         if err_img is not None:
             return err_img
         if g is not None:
-            return np.sqrt(np.maximum(level + model, 0.0) / g + (rn / g) ** 2)
+            # Sky and read noise as measured by the background mesh (robust to a header gain
+            # that does not describe the image), plus the stars' own Poisson noise.
+            return np.sqrt(rms**2 + np.maximum(model, 0.0) / g)
         return rms
 
     def first_flux(x, y):
