@@ -600,7 +600,6 @@ def photometry(
     csep = float(crit_sep) if crit_sep is not None else 2.0 * fwhm
     msep = float(merge_sep) if merge_sep is not None else 0.5 * fwhm
     g = None if gain is None else float(gain)
-    rn = 0.0 if read_noise is None else float(read_noise)
 
     prog("background", 0.02)
     level, rms = _background_maps(img, good, background, int(background_box))
