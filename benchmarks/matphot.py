@@ -407,9 +407,7 @@ def plot(exp: Experiment, fit: Fit, sim, res, crlb, q, r: dict, path: Path):
         (axes[1], rr, sx, "radial", "total astrometric error (px)"),
     ):
         qq = theory.box_quantiles(sig, kind)
-        ax.fill_between(
-            lg, qq["hinge"], qq["fence"], color="0.85", zorder=0, label="hinge–fence (theory)"
-        )
+        ax.fill_between(lg, qq["hinge"], qq["fence"], color="0.85", zorder=0, label="hinge–fence (theory)")
         ax.plot(lg, qq["median"], color="0.5", lw=2, zorder=1, label="median (theory)")
         ax.plot(lg, qq["five_sigma"], color="0.5", ls="--", zorder=1, label="5σ (theory)")
         ax.boxplot(
@@ -425,9 +423,7 @@ def plot(exp: Experiment, fit: Fit, sim, res, crlb, q, r: dict, path: Path):
     axes[1].set_xlabel("log10 intensity (photons)")
     cx = np.sqrt(0.5 * (crlb[:, 4] ** 2 + crlb[:, 5] ** 2))
     order = np.argsort(e)
-    axes[1].plot(
-        np.log10(e[order]), 1.1774 * cx[order], color="C1", lw=0.6, alpha=0.6, label="CRLB median"
-    )
+    axes[1].plot(np.log10(e[order]), 1.1774 * cx[order], color="C1", lw=0.6, alpha=0.6, label="CRLB median")
     small = [b["hi"] for b in r["bins"] if b["regime"] == "small-signal"]
     for ax in axes:
         if small:  # outside the asymptotic theory: reported, not judged
@@ -515,10 +511,9 @@ def run_experiment(number: int, n: int, seed: int, plots: bool = True) -> dict:
         a, d = keep["analytic"], keep["discrete"]
         both = (a.flags[:, 0] == 0) & (d.flags[:, 0] == 0)  # stars both fits converged on
         rel = {
-            k: (
-                np.abs(getattr(d, f"{k}_fit") - getattr(a, f"{k}_fit"))[:, 0]
-                / getattr(a, f"{k}_err")[:, 0]
-            )[both]
+            k: (np.abs(getattr(d, f"{k}_fit") - getattr(a, f"{k}_fit"))[:, 0] / getattr(a, f"{k}_err")[:, 0])[
+                both
+            ]
             for k in ("x", "y", "flux")
         }
         # Stars in the asymptotic (SNR >= 5) bins: below that a few faint fits of either model
@@ -534,9 +529,7 @@ def run_experiment(number: int, n: int, seed: int, plots: bool = True) -> dict:
             }
             for k, v in rel.items()
         }
-        out["discrete_below_1/15"] = all(
-            v["max"] < 1 / 15 for v in out["discrete_minus_analytic"].values()
-        )
+        out["discrete_below_1/15"] = all(v["max"] < 1 / 15 for v in out["discrete_minus_analytic"].values())
     if exp.fixed_flux is not None:
         m = max(n // 2, 500)
         sim2 = simulate_cutouts(
@@ -566,9 +559,7 @@ def run_experiment(number: int, n: int, seed: int, plots: bool = True) -> dict:
             "mean_dmag": float(np.mean(m_fit - m_true)),
             "rms_dmag": float(np.std(m_fit - m_true)),
             "rms_theory": sig_theory,
-            "mean_reported_err": float(
-                np.mean(theory.POGSON * res.flux_err[ok, 0] / res.flux_fit[ok, 0])
-            ),
+            "mean_reported_err": float(np.mean(theory.POGSON * res.flux_err[ok, 0] / res.flux_fit[ok, 0])),
         }
         f = out["fixed"]
         f["rms_crlb"] = float(np.sqrt(np.mean((theory.POGSON * crlb[ok, 3] / exp.fixed_flux) ** 2)))
@@ -614,10 +605,7 @@ def print_table(number: int, out: dict):
             f"{r['x_crlb_pull_std']:.3f};  chi2 mean {r['chi2_mean']:.1f} (dof {r['chi2_dof']}),"
             f" KS p = {r['chi2_ks_p']:.3g}"
         )
-        print(
-            "   criteria: "
-            + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in r["criteria"].items())
-        )
+        print("   criteria: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in r["criteria"].items()))
     if "discrete_minus_analytic" in out:
         d = out["discrete_minus_analytic"]
         print(
@@ -674,9 +662,7 @@ def main(argv=None):
     for number in todo:
         t0 = time.perf_counter()
         try:
-            out = run_experiment(
-                number, n_for.get(number, n), args.seed + number, plots=not args.no_plots
-            )
+            out = run_experiment(number, n_for.get(number, n), args.seed + number, plots=not args.no_plots)
         except DataNotFoundError as exc:
             print(f"experiment {number} skipped: {exc}")
             summary["experiments"][str(number)] = {"skipped": str(exc)}
@@ -706,9 +692,7 @@ def main(argv=None):
             return o.item()
         return o
 
-    print(
-        json.dumps(compact(summary), default=lambda o: o.item() if hasattr(o, "item") else str(o))
-    )
+    print(json.dumps(compact(summary), default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 if __name__ == "__main__":

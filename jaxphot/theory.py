@@ -419,22 +419,14 @@ def fisher_crlb(
     g = float(gain)
     if not (math.isfinite(g) and g > 0):
         raise ValueError(f"gain must be positive, got {gain!r}")
-    fr = (
-        np.ones((n, n_par), bool)
-        if free is None
-        else np.broadcast_to(np.asarray(free, bool), (n, n_par))
-    )
+    fr = np.ones((n, n_par), bool) if free is None else np.broadcast_to(np.asarray(free, bool), (n, n_par))
     finite = np.all(np.isfinite(params), axis=1)
     dtype = default_dtype(params)
     extra = np.zeros((1, h, w)) if sky is None else np.asarray(sky, np.float64)
     if extra.ndim == 1:
         extra = extra[:, None, None]  # one level per cutout
     extra = np.broadcast_to(extra, (n, h, w))
-    valid = (
-        np.ones((n, h, w), bool)
-        if mask is None
-        else ~np.broadcast_to(np.asarray(mask, bool), (n, h, w))
-    )
+    valid = np.ones((n, h, w), bool) if mask is None else ~np.broadcast_to(np.asarray(mask, bool), (n, h, w))
     var0 = np.asarray((float(read_noise) / g) ** 2, dtype)
     inv_gain = np.asarray(1.0 / g, dtype)
     chunk = int(chunk_size or _MAX_CHUNK)

@@ -1,6 +1,6 @@
 """Fast versions of the MATPHOT experiments (benchmarks/matphot.py): small N, fixed seeds.
 
-The full runs (N = 20,000) are in benchmarks/README.md. Here each claim is checked on a few
+The full runs (N = 20,000) are in benchmarks/results/matphot_summary.md. Here each claim is checked on a few
 hundred stars in the intensity range where the statistics are asymptotic (E >= 1e3 photons,
 SNR >~ 10), with tolerances set by the sampling error of N stars.
 """
@@ -50,8 +50,7 @@ def test_exp1_discrete_matches_analytic_gaussian():
     rd, _ = _check_fit(exp, sim, od)
     for k in ("x", "y", "flux"):
         rel = (
-            np.abs(getattr(rd, f"{k}_fit") - getattr(ra, f"{k}_fit"))[ok, 0]
-            / getattr(ra, f"{k}_err")[ok, 0]
+            np.abs(getattr(rd, f"{k}_fit") - getattr(ra, f"{k}_fit"))[ok, 0] / getattr(ra, f"{k}_err")[ok, 0]
         )
         assert rel.max() < 1 / 15
     # oversampled: the astrometric model holds too
@@ -76,6 +75,19 @@ def test_exp3_undersampled_sinc_degrades_and_supersampling_fixes():
     # model does not apply
     dx = res.x_fit[ok, 0] - sim.x[ok, 0]
     assert np.std(dx) == pytest.approx(np.sqrt(np.mean(o2[1][ok, 4] ** 2)), rel=0.1)
+
+
+@pytest.mark.slow
+def test_exp4_critical_sampling_needs_supersampling_for_bright_stars():
+    # beta = 13.6 px^2 < 21: the 1x PSF's interpolation error shows in bright stars' chi^2
+    # (MATPHOT fig. 11); the 2x supersampled PSF fits to the noise (chi^2 = dof on average).
+    n = 200
+    exp, sim, outs = _run(4, n, 14, flux=np.full(n, 5e5))
+    (_, o1), (_, o2) = outs
+    dof = int(np.median(o2[0].dof))
+    assert np.mean(o1[0].chi2) > 1.2 * dof
+    assert np.mean(o2[0].chi2) == pytest.approx(dof, rel=0.03)
+    _check_fit(exp, sim, o2)
 
 
 @pytest.mark.slow

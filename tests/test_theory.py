@@ -73,9 +73,7 @@ def test_fisher_crlb_matches_hand_fisher_matrix():
     assert c[0, 0] == pytest.approx(np.sqrt(cov[1, 1]), rel=1e-4)
     assert np.all(c[0, [1, 2, 4, 5]] == 0)
     # Gain: the same electrons in ADU (gain 2) -> bound halves in ADU.
-    c2 = theory.fisher_crlb(
-        psf, p / np.array([2, 1, 1, 2, 1, 1]), shape, free, read_noise=rn, gain=2.0
-    )
+    c2 = theory.fisher_crlb(psf, p / np.array([2, 1, 1, 2, 1, 1]), shape, free, read_noise=rn, gain=2.0)
     assert c2[0, 3] == pytest.approx(c[0, 3] / 2, rel=1e-4)
     # The performance model is the limit of the CRLB: bright and faint ends within a few %.
     q = theory.prf_quantities(psf)
