@@ -7,14 +7,20 @@ of the fitted model, and with the reported errors.
 
 Cutouts: MATPHOT simulated 60x60-pixel images. Pixels are independent, so the centred HxW window
 of a 60x60 simulation has exactly the distribution of an HxW simulation with the star at the same
-place: we simulate and fit that window directly (15x15 for the Gaussians, whose light beyond
-6.5 px of the star is < 1e-6 of the total; 21x21 for the HST PSF, whose 4x-supersampled
-matrix, cut to 69x69 samples, ends 8.6 px from the star). The sky-error term of the model
-and the chi^2 degrees of freedom use the pixels actually fitted.
+place: we simulate and fit that 15x15 window directly (the Gaussians' light beyond 6.5 px of
+the star is < 1e-6 of the total; the HST PSF on 0.08" pixels, see :func:`hst_psf`, ends 6.4 px
+from its centre). The sky-error term of the model and the chi^2 degrees of freedom use the
+pixels actually fitted.
+
+Bins whose faintest star has model SNR < 5 are the small-signal regime: reported, not judged
+(:func:`analyse`). ``--cache DIR`` keeps every fit's columns so that the analysis and the plots
+can be redone without refitting; ``--n-for EXP=N`` sets N per experiment. The results of the
+full run are in ``benchmarks/results/matphot_summary.md``.
 
 Usage::
 
     python benchmarks/matphot.py              # all experiments, N = 20,000 each
+    python benchmarks/matphot.py --n-for 6=10000 --cache /tmp/matphot   # as in the summary
     python benchmarks/matphot.py --quick      # N = 2,000
     python benchmarks/matphot.py --experiment 3
 
