@@ -491,6 +491,14 @@ def _resolve_psf(psf, data=None):
     return psf
 
 
+def _summary_row(image, catalog, status: str, worker: str = "") -> dict:
+    """A run-summary row with nothing measured yet (filled in as the image is processed)."""
+    return dict(
+        image=str(image), catalog=str(catalog), status=status, n_stars=-1, n_flagged=-1,
+        n_tiles=0, elapsed_s=0.0, worker=worker, error="", traceback="",
+    )
+
+
 def process_image(
     image,
     psf,
@@ -533,18 +541,7 @@ def process_image(
     """
     t0 = time.perf_counter()
     image, catalog = Path(image), Path(catalog)
-    row = dict(
-        image=str(image),
-        catalog=str(catalog),
-        status="failed",
-        n_stars=-1,
-        n_flagged=-1,
-        n_tiles=0,
-        elapsed_s=0.0,
-        worker=f"{socket.gethostname()}:{os.getpid()}",
-        error="",
-        traceback="",
-    )
+    row = _summary_row(image, catalog, "failed", worker=f"{socket.gethostname()}:{os.getpid()}")
     src = None
     try:
         if not overwrite and _is_complete(catalog):
@@ -744,18 +741,7 @@ def batch(
     todo = []
     for i, (p, c) in enumerate(zip(paths, cats, strict=True)):
         if not overwrite and _is_complete(c):  # resumable: skip without a task
-            rows[i] = dict(
-                image=str(p),
-                catalog=str(c),
-                status="skipped",
-                n_stars=-1,
-                n_flagged=-1,
-                n_tiles=0,
-                elapsed_s=0.0,
-                worker="",
-                error="",
-                traceback="",
-            )
+            rows[i] = _summary_row(p, c, "skipped")
             bar.update("skipped")
         else:
             todo.append(i)
