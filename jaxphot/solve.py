@@ -24,7 +24,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["LMResult", "levenberg_marquardt", "cholesky_solve", "normal_matrix"]
+__all__ = [
+    "LMResult", "levenberg_marquardt", "cholesky_solve", "normal_matrix", "decouple_fixed",
+    "covariance",
+]
 
 LAMBDA0 = 1e-3
 _LAMBDA_MIN = 1e-9
@@ -165,6 +168,38 @@ def normal_matrix(jac, w):
     )
 
 
+def decouple_fixed(a, free):
+    """Zero the rows/columns of fixed parameters of (P, P, ...) ``a`` and put 1 on their diagonal.
+
+    Their Newton step is then exactly 0 and the matrix stays invertible.
+    """
+    both = free[:, None] & free[None, :]
+    n = a.shape[0]
+    eye = jnp.eye(n, dtype=bool).reshape((n, n) + (1,) * (a.ndim - 2))
+    return jnp.where(both, a, 0.0) + jnp.where(eye & ~free[None, :], 1.0, 0.0)
+
+
+def covariance(a, free):
+    """Covariance ``a^-1`` of the free parameters from a decoupled normal (Fisher) matrix.
+
+    ``a`` is (P, P, ...) with fixed parameters decoupled (:func:`decouple_fixed`), ``free`` (P, ...).
+    Jacobi scaling keeps float32 well posed. Returns ``(cov, singular)``: ``cov`` is zero for fixed
+    parameters; ``singular`` (...) flags matrices that are not positive definite or whose
+    conditional variances exceed what the working precision can resolve (e.g. a star with no
+    weight in the data).
+    """
+    n = a.shape[0]
+    eps = jnp.finfo(a.dtype).eps
+    scale = _scale(a)
+    ss = scale[:, None] * scale[None, :]
+    eye = jnp.eye(n, dtype=a.dtype).reshape((n, n) + (1,) * (a.ndim - 2))
+    cov_s, pd = cholesky_solve(a * ss, eye)
+    cov = jnp.where(free[:, None] & free[None, :], cov_s * ss, 0.0)
+    diag = jnp.moveaxis(jnp.diagonal(cov_s, axis1=0, axis2=1), -1, 0)
+    bad = jnp.where(free, (diag <= 0) | (diag * eps > 1e-2) | ~jnp.isfinite(diag), False)
+    return cov, ~pd | jnp.any(bad, axis=0)
+
+
 def _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton):
     """Gauss-Newton matrix, Newton matrix, gradient, chi^2 and weights at ``p``."""
     model, jac, curvature = linearize(p)
@@ -177,11 +212,7 @@ def _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton):
     g = jnp.stack([jnp.sum(row * wr, axis=(0, 1)) for row in jac])
     h = a - curvature(wr) if newton else a
     # Fixed parameters: decouple them (unit diagonal, zero gradient) so their step is exactly 0.
-    both = free[:, None] & free[None, :]
-    unit = jnp.where(jnp.eye(p.shape[0], dtype=bool).reshape(both.shape[:2] + (1,) * (p.ndim - 1))
-                     & ~free[None, :], 1.0, 0.0)
-    a = jnp.where(both, a, 0.0) + unit
-    h = jnp.where(both, h, 0.0) + unit
+    a, h = decouple_fixed(a, free), decouple_fixed(h, free)
     g = jnp.where(free, g, 0.0)
     chi2 = jnp.sum(w * r * r, axis=(0, 1))
     return a, h, g, chi2, w
@@ -285,12 +316,5 @@ def levenberg_marquardt(
     p, lam, n_iter, done = jax.lax.while_loop(cond, body, (p0, lam0, it0, done0))
 
     a, _, _, chi2, _ = _normal_equations(linearize, p, data, var0, inv_gain, valid, free, False)
-    scale = _scale(a)
-    ss = scale[:, None] * scale[None, :]
-    cov_s, pd = cholesky_solve(a * ss, eye)
-    cov = jnp.where(free[:, None] & free[None, :], cov_s * ss, 0.0)
-    diag = jnp.moveaxis(jnp.diagonal(cov_s, axis1=0, axis2=1), -1, 0)
-    # Singular, or ill-conditioned beyond the working precision (e.g. a star with no weight).
-    bad = jnp.where(free, (diag <= 0) | (diag * eps > 1e-2) | ~jnp.isfinite(diag), False)
-    singular = ~pd | jnp.any(bad, axis=0)
+    cov, singular = covariance(a, free)
     return LMResult(p, cov, chi2, n_iter, done & ~done0, singular, lam)

@@ -93,7 +93,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import scene
-from .solve import cholesky_solve, normal_matrix
+from .solve import covariance, decouple_fixed, normal_matrix
 
 __all__ = [
     "PRFQuantities",
@@ -332,17 +332,10 @@ def _fisher_chunk(psf, p, free, var0, inv_gain, extra, valid, shape):
     w = jnp.where(last(valid), 1.0 / var, 0.0)
     fisher = normal_matrix(jac, w)  # (P, P, N)
     fr = last(free)  # (P, N)
-    n_par = p.shape[1]
-    eye = jnp.eye(n_par, dtype=fisher.dtype).reshape(n_par, n_par, 1)
-    # Fixed parameters are decoupled (unit diagonal); Jacobi scaling keeps float32 well posed.
-    f = jnp.where(fr[:, None] & fr[None, :], fisher, 0.0) + eye * (~fr[None, :])
-    d = jnp.moveaxis(jnp.diagonal(f, axis1=0, axis2=1), -1, 0)  # (P, N)
-    scale = jnp.where(d > 0, 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 1.0)
-    # Unrolled batch-last Cholesky (as the solver): no LAPACK custom call, which can deadlock
-    # when fit_cutouts runs XLA calls from several threads.
-    cov_s, pd = cholesky_solve(f * scale[:, None] * scale[None, :], jnp.broadcast_to(eye, f.shape))
-    var_p = jnp.moveaxis(jnp.diagonal(cov_s, axis1=0, axis2=1), -1, 0) * scale * scale  # (P, N)
-    ok = pd[None, :] & jnp.isfinite(var_p) & (var_p > 0)
+    # Same inversion as the fit's covariance (decoupled fixed parameters, Jacobi scaling).
+    cov, singular = covariance(decouple_fixed(fisher, fr), fr)
+    var_p = jnp.moveaxis(jnp.diagonal(cov, axis1=0, axis2=1), -1, 0)  # (P, N)
+    ok = ~singular[None, :] & jnp.isfinite(var_p) & (var_p > 0)
     out = jnp.where(fr, jnp.where(ok, jnp.sqrt(jnp.where(ok, var_p, 1.0)), jnp.nan), 0.0)
     return out.T  # (N, P)
 
