@@ -20,21 +20,11 @@ os.environ.setdefault("JAXPHOT_CACHE_DIR", "off")  # measure compilation honestl
 
 import numpy as np  # noqa: E402
 from _common import device_info, emit_json, peak_rss_gb, print_table  # noqa: E402
-from scipy.special import erf  # noqa: E402
 
 from jaxphot import DiscretePSF, GaussianPRF, fit_cutouts  # noqa: E402
-from jaxphot.psf import FWHM_TO_SIGMA  # noqa: E402
-from jaxphot.simulate import simulate_cutouts  # noqa: E402
+from jaxphot.simulate import gaussian_psf_matrix, simulate_cutouts  # noqa: E402
 
 FWHM, SHAPE, POOL = 2.5, (15, 15), 65536
-
-
-def gaussian_matrix(fwhm, s, n_pix=15):
-    n = n_pix * s + 1
-    u = (np.arange(n) - (n - 1) / 2) / s
-    sig = fwhm * FWHM_TO_SIGMA
-    e = 0.5 * (erf((u + 0.5 / s) / np.sqrt(2) / sig) - erf((u - 0.5 / s) / np.sqrt(2) / sig))
-    return np.outer(e, e)
 
 
 def make_pool(n, seed=1):
@@ -95,7 +85,7 @@ def run_photutils(kind, pool, n):
     if kind == "gaussian":
         model = CircularGaussianPRF(fwhm=FWHM)
     else:
-        model = ImagePSF(gaussian_matrix(FWHM, 4), oversampling=4)
+        model = ImagePSF(gaussian_psf_matrix(FWHM, 4, 61), oversampling=4)
     phot = PSFPhotometry(model, SHAPE, aperture_radius=4)
     err = np.sqrt(np.clip(img, 0, None) + 25.0)
     with warnings.catch_warnings():
@@ -117,7 +107,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sizes = args.sizes or ([1000, 10_000] if args.quick else [1000, 10_000, 100_000, 1_000_000])
     pool = make_pool(min(POOL, max(sizes)))
-    cases = {"gaussian": GaussianPRF(FWHM), "discrete4x": DiscretePSF(gaussian_matrix(FWHM, 4), 4)}
+    cases = {"gaussian": GaussianPRF(FWHM), "discrete4x": DiscretePSF(gaussian_psf_matrix(FWHM, 4, 61), 4)}
     out = {"benchmark": "fit_cutouts", "shape": list(SHAPE), **device_info(), "cases": {}}
     table = []
     for name, psf in cases.items():

@@ -16,20 +16,9 @@ import time
 
 import numpy as np
 from _common import device_info, emit_json, print_table
-from scipy.special import erf
 
 from jaxphot import DiscretePSF, GaussianPRF, fit_cutouts
-from jaxphot.psf import FWHM_TO_SIGMA
-from jaxphot.simulate import simulate_cutouts
-
-
-def sampled_gaussian(fwhm, s, n_pix):
-    """The Gaussian integrated over each 1/s-pixel cell (MATPHOT's integrated=False matrix)."""
-    n = n_pix * s + (1 if s % 2 == 0 else 0)
-    u = (np.arange(n) - (n - 1) / 2) / s
-    sig = fwhm * FWHM_TO_SIGMA
-    e = 0.5 * (erf((u + 0.5 / s) / np.sqrt(2) / sig) - erf((u - 0.5 / s) / np.sqrt(2) / sig))
-    return np.outer(e, e)
+from jaxphot.simulate import gaussian_psf_matrix, simulate_cutouts
 
 
 def main(argv=None):
@@ -43,7 +32,8 @@ def main(argv=None):
         sim = simulate_cutouts(GaussianPRF(fwhm), n, shape, flux=(300.0, 1e6), seed=5)
         bright = sim.flux[:, 0] > 1e5
         for s in (1, 2, 4):
-            arr = sampled_gaussian(fwhm, s, 21)
+            # An odd number of samples (one on the origin), covering 21 detector pixels.
+            arr = gaussian_psf_matrix(fwhm, s, 21 * s + (1 if s % 2 == 0 else 0))
             for kernel in ("sinc", "keys", "bspline3"):
                 psf = DiscretePSF(arr, s, kernel=kernel)
                 t = time.perf_counter()

@@ -32,7 +32,7 @@ __all__ = ["fit_cutouts", "FitResult", "model_cutouts", "default_chunk_size", "d
 enable_compilation_cache()
 
 _BACKGROUNDS = ("plane", "constant", None)
-_FIXABLE = ("bkg", "bkg_x", "bkg_y", "flux", "x", "y")
+_FIXABLE = scene.PARAM_NAMES  # the parameters that can be held fixed
 _MIN_BUCKET = 64
 # The function that runs padded chunks through the solver. jaxphot.sharding.use_devices()
 # sets a multi-device runner here for the calling thread/context; None means _run_chunks.

@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 
 from .fit import model_cutouts
+from .psf import FWHM_TO_SIGMA
 
-__all__ = ["SimulatedCutouts", "simulate_cutouts", "add_noise"]
+__all__ = ["SimulatedCutouts", "simulate_cutouts", "add_noise", "gaussian_psf_matrix"]
 
 
 @dataclasses.dataclass
@@ -23,6 +24,38 @@ class SimulatedCutouts:
     sky: np.ndarray  # (N,)
     read_noise: float
     gain: float
+
+
+def gaussian_psf_matrix(
+    fwhm: float, oversampling: int = 1, n_samples: int = 61, integrated: bool = False
+) -> np.ndarray:
+    """A circular Gaussian as a discrete PSF matrix, for :class:`~jaxphot.DiscretePSF`.
+
+    Parameters
+    ----------
+    fwhm : float
+        Full width at half maximum in detector pixels.
+    oversampling : int
+        Samples per detector pixel (s).
+    n_samples : int
+        Samples along each axis; the Gaussian is centred on the array's geometric centre.
+    integrated : bool
+        False (MATPHOT): each sample is the Gaussian integrated over its 1/s x 1/s cell.
+        True (ePSF): each sample is the PRF, the Gaussian integrated over a whole pixel centred
+        on the sample.
+
+    Returns
+    -------
+    (n_samples, n_samples) float64 array (unnormalised; DiscretePSF normalises it).
+    """
+    from scipy.special import erf
+
+    s = oversampling
+    u = (np.arange(n_samples) - (n_samples - 1) / 2) / s
+    sig = fwhm * FWHM_TO_SIGMA
+    half = 0.5 if integrated else 0.5 / s
+    e = 0.5 * (erf((u + half) / np.sqrt(2) / sig) - erf((u - half) / np.sqrt(2) / sig))
+    return np.outer(e, e)
 
 
 def add_noise(expected, read_noise: float = 0.0, gain: float = 1.0, rng=None) -> np.ndarray:

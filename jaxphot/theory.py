@@ -93,6 +93,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import scene
+from .fit import _slice_psf
 from .solve import covariance, decouple_fixed, normal_matrix
 
 __all__ = [
@@ -340,19 +341,6 @@ def _fisher_chunk(psf, p, free, var0, inv_gain, extra, valid, shape):
     return out.T  # (N, P)
 
 
-def _slice_batched_psf(psf, start: int, stop: int, pad: int):
-    """Rows start:stop of a per-cutout PSF (trailing batch axis), padded by repeating the last."""
-
-    def cut(leaf):
-        leaf = jnp.asarray(leaf)
-        part = leaf[..., start:stop]
-        if pad:
-            part = jnp.concatenate([part, jnp.repeat(leaf[..., stop - 1 : stop], pad, -1)], -1)
-        return part
-
-    return jax.tree_util.tree_map(cut, psf)
-
-
 def fisher_crlb(
     psf,
     params,
@@ -425,7 +413,6 @@ def fisher_crlb(
     chunk = int(chunk_size or _MAX_CHUNK)
     size = min(chunk, max(64, 1 << max(0, math.ceil(math.log2(max(n, 1))))))  # few compilations
     out = np.empty((n, n_par))
-    batched = getattr(psf, "batch_size", None) is not None
     for start in range(0, n, size):  # chunks of rows, not stars: each call is vectorised
         stop = min(n, start + size)
         pad = size - (stop - start)
@@ -437,7 +424,7 @@ def fisher_crlb(
             return a
 
         p = take(np.where(finite[:, None], params, 0.0), 0.0)
-        sub_psf = _slice_batched_psf(psf, start, stop, pad) if batched else psf
+        sub_psf = _slice_psf(psf, start, stop, stop - start + pad)  # identity if not batched
         res = _fisher_chunk(
             sub_psf,
             jnp.asarray(p, dtype),

@@ -4,23 +4,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import erf
 
 from jaxphot import scene
 from jaxphot.psf import FWHM_TO_SIGMA, DiscretePSF, GaussianPRF, MoffatPSF
+from jaxphot.simulate import gaussian_psf_matrix
 
 SHAPE = (15, 15)
 
 
 def gaussian_matrix(fwhm, oversampling, n_pix=15, integrated=False):
-    """A Gaussian sampled on an oversampled grid, exactly integrated over each sample cell."""
-    s = oversampling
-    n = n_pix * s + 1
-    u = (np.arange(n) - (n - 1) / 2) / s
-    sig = fwhm * FWHM_TO_SIGMA
-    half = 0.5 if integrated else 0.5 / s  # PRF samples integrate over a whole pixel
-    e = 0.5 * (erf((u + half) / np.sqrt(2) / sig) - erf((u - half) / np.sqrt(2) / sig))
-    return np.outer(e, e)
+    """A Gaussian matrix covering ``n_pix`` detector pixels (``n_pix * s + 1`` samples)."""
+    return gaussian_psf_matrix(fwhm, oversampling, n_pix * oversampling + 1, integrated)
 
 
 def all_psfs():
