@@ -252,8 +252,9 @@ def score(
     -------
     dict
         ``n_true_bright, n_found_bright, completeness_bright, n_rows, n_good, n_spurious,
-        spurious_fraction, pull_std_isolated, pull_std_blended, pull_median, n_isolated,
-        n_blended, pos_rms``.
+        spurious_fraction, pull_std_isolated, pull_std_blended`` (robust, 1.4826 MAD) with
+        their sampling errors ``pull_std_isolated_err, pull_std_blended_err``,
+        ``pull_median, n_isolated, n_blended, pos_rms``.
     """
     from scipy.spatial import cKDTree
 
@@ -279,6 +280,7 @@ def score(
     n_spur = n_good - len(ci)
     dx = np.asarray(catalog["x_fit"])[ci] - np.asarray(truth["x"])[ti]
     dy = np.asarray(catalog["y_fit"])[ci] - np.asarray(truth["y"])[ti]
+    s_iso, s_bl = _robust_std(pull[sel & isolated]), _robust_std(pull[sel & ~isolated])
     return {
         "n_true_bright": int(bright.sum()),
         "n_found_bright": int((found & bright).sum()),
@@ -290,8 +292,11 @@ def score(
         "n_spurious": int(n_spur),
         "spurious_fraction": float(n_spur / max(n_good, 1)),
         "pull_median": float(np.nanmedian(pull[sel])) if sel.any() else float("nan"),
-        "pull_std_isolated": _robust_std(pull[sel & isolated]),
-        "pull_std_blended": _robust_std(pull[sel & ~isolated]),
+        "pull_std_isolated": s_iso,
+        "pull_std_blended": s_bl,
+        # Sampling error of a MAD-based sigma from n normal values: 1.166 sigma / sqrt(n).
+        "pull_std_isolated_err": 1.166 * s_iso / np.sqrt(max(int((sel & isolated).sum()), 1)),
+        "pull_std_blended_err": 1.166 * s_bl / np.sqrt(max(int((sel & ~isolated).sum()), 1)),
         "n_isolated": int((sel & isolated).sum()),
         "n_blended": int((sel & ~isolated).sum()),
         "pos_rms_bright": float(np.sqrt(np.nanmean(dx[sel] ** 2 + dy[sel] ** 2) / 2))

@@ -443,6 +443,21 @@ def _group_buckets(x, y, crit_sep, max_k, fit_half):
 # --------------------------------------------------------------------------------------
 
 
+def _sky_variance(level, rms, gain: float, read_noise: float) -> np.ndarray:
+    """Per-pixel sky variance (image units^2) for the fit weights when the gain is known.
+
+    The CCD equation, ``level / gain + (read_noise / gain)^2``, is used when it agrees with
+    the mesh rms: in a crowded field the clipped mesh rms also holds the confusion noise of
+    faint undetected stars (a few per cent here), which would make every error bar too
+    large. Confusion can only raise the mesh rms, so the CCD value is accepted from 0.8 to
+    1.05 times it. Outside that range the header gain or the sky level does not describe
+    the image (sky-subtracted or rescaled data) and the mesh rms is used instead.
+    """
+    ccd = np.maximum(level, 0.0) / gain + (read_noise / gain) ** 2
+    ratio = np.sqrt(np.median(ccd)) / max(float(np.median(rms)), 1e-30)
+    return ccd if 0.8 <= ratio <= 1.05 else rms**2
+
+
 def _detect(data, good, rms, fwhm, threshold, gain, opts) -> Table:
     kw = dict(threshold=threshold, background=0.0, rms=rms, mask=~good, gain=gain)
     kw.update(opts)
@@ -485,9 +500,12 @@ def photometry(
         :class:`~jaxphot.GaussianPRF`, :class:`~jaxphot.MoffatPSF`,
         :class:`~jaxphot.DiscretePSF`... (anything with ``evaluate(x, y, shape)``).
     error : (H, W) array, optional
-        1-sigma uncertainty of each pixel (image units). When None the noise is modelled as
-        ``(sky + star model) / gain + (read_noise / gain)^2`` with the current model when
-        ``gain`` is given, else as the background rms map (sky noise only).
+        1-sigma uncertainty of each pixel (image units). When None and ``gain`` is given,
+        the variance is ``(sky + star model) / gain + (read_noise / gain)^2`` with the
+        current model; the sky term falls back to the background rms map where the CCD
+        equation disagrees with it (sky-subtracted or rescaled images). Without ``gain``
+        the background rms map is used (sky noise only). Detection always thresholds
+        against the background rms map.
     mask : (H, W) bool array, optional
         True for pixels to ignore.
     gain : float, optional
@@ -600,6 +618,7 @@ def photometry(
     csep = float(crit_sep) if crit_sep is not None else 2.0 * fwhm
     msep = float(merge_sep) if merge_sep is not None else 0.5 * fwhm
     g = None if gain is None else float(gain)
+    rn = 0.0 if read_noise is None else float(read_noise)
 
     prog("background", 0.02)
     level, rms = _background_maps(img, good, background, int(background_box))
@@ -628,13 +647,14 @@ def photometry(
         it_det = np.r_[it_det, np.full(len(x), it)]
         flags = np.r_[flags, np.zeros(len(x), np.int64) if flag0 is None else flag0]
 
-    def noise_rms(model):
+    sky_var = None if g is None else _sky_variance(level, rms, g, rn)
+
+    def noise_rms(model, sky_var=sky_var):
+        """Per-pixel sigma: the error map, or sky variance plus the stars' Poisson noise."""
         if err_img is not None:
             return err_img
         if g is not None:
-            # Sky and read noise as measured by the background mesh (robust to a header gain
-            # that does not describe the image), plus the stars' own Poisson noise.
-            return np.sqrt(rms**2 + np.maximum(model, 0.0) / g)
+            return np.sqrt(sky_var + np.maximum(model, 0.0) / g)
         return rms
 
     def first_flux(x, y):
@@ -773,7 +793,9 @@ def photometry(
         # removed ones, so a faded star is not re-detected and re-faded forever).
         prog(f"iteration {it}: detection on the residual", (it - 0.1) / maxiters)
         resid = data - model
-        new = _detect(resid, good, noise_rms(model), fwhm, threshold, g, det_opts or {})
+        # Thresholds use the mesh rms, which holds the confusion noise that makes false peaks.
+        det_sigma = noise_rms(model, rms**2)
+        new = _detect(resid, good, det_sigma, fwhm, threshold, g, det_opts or {})
         nx_ = np.asarray(new["x_centroid"], float)
         ny_ = np.asarray(new["y_centroid"], float)
         if len(nx_) and len(xs):

@@ -211,3 +211,19 @@ def test_bad_psf():
         photometry(np.ones((64, 64)), NaNPSF())
     with pytest.raises(ValueError, match="non-finite"):
         DiscretePSF(np.full((9, 9), np.nan))
+
+
+def test_sky_variance_uses_ccd_equation_only_when_it_describes_the_image():
+    """With a gain, the fit weights use level/gain + (read_noise/gain)^2 rather than the mesh
+    rms, which a crowded field inflates with faint-star confusion; a sky-subtracted or rescaled
+    image (CCD value far from the rms) keeps the measured rms."""
+    from jaxphot.photometry import _sky_variance
+
+    level = np.full((8, 8), 100.0)
+    ccd = 100.0 / 2.0 + (5.0 / 2.0) ** 2  # gain 2 e-/ADU, read noise 5 e-
+    inflated = np.full((8, 8), np.sqrt(ccd) * 1.03)  # mesh rms 3 % high from confusion
+    np.testing.assert_allclose(_sky_variance(level, inflated, 2.0, 5.0), ccd)
+    # Sky-subtracted image: the level is ~0, the CCD value disagrees, the rms is kept.
+    np.testing.assert_allclose(_sky_variance(level * 0, inflated, 2.0, 5.0), inflated**2)
+    # Header gain 10x off (rescaled data): the rms is kept.
+    np.testing.assert_allclose(_sky_variance(level, inflated, 20.0, 5.0), inflated**2)
