@@ -66,25 +66,33 @@ def make_psfs():
     }
 
 
-def _patch_photutils_init_params(phot):
-    """Work around a photutils 3.0 bug in ``mode='all'``.
+def _patch_photutils_init_params(phot, shape):
+    """Work around two photutils 3.0 bugs in ``mode='all'``.
 
-    Between iterations photutils drops rows whose fit is non-finite from the next initial
-    parameters, but keeps their ``iter_detected`` entries, and then fails with "Inconsistent
-    data column lengths". Here such rows keep their initial values instead of being dropped,
-    so the run completes (and every source keeps a row).
+    1. Between iterations photutils drops rows whose fit is non-finite from the next initial
+       parameters, but keeps their ``iter_detected`` entries, and then fails with
+       "Inconsistent data column lengths".
+    2. A source whose fit moved it about half a fitting box off the image makes astropy's
+       ``overlap_slices`` compare photutils' array ``fit_shape`` with a tuple, which raises
+       "The truth value of an array ... is ambiguous" (seen after ~20 min at 2.5 sigma).
+    Here such rows keep their initial values for the next iteration instead, so the run
+    completes and every source keeps a row. Fits themselves are unchanged.
     """
     inner = phot._psfphot
     orig = type(inner).results_to_init_params
+    h, w = shape
 
     def keep_all(self=inner, **kwargs):
         t = orig(self, remove_invalid=False, reset_ids=False)
         res = self.results
+        x = np.asarray(t["x_init"], float)
+        y = np.asarray(t["y_init"], float)
+        off = ~((x > -0.5) & (x < w - 0.5) & (y > -0.5) & (y < h - 0.5))
         for name in ("x", "y", "flux"):
             col = f"{name}_init"
             if col in t.colnames and col in res.colnames:
                 v = np.asarray(t[col], float)
-                bad = ~np.isfinite(v)
+                bad = ~np.isfinite(v) | off
                 if bad.any():
                     v[bad] = np.asarray(res[col], float)[bad]
                     t[col] = v
@@ -115,7 +123,7 @@ def run_photutils(field, psf_kind, arr4x, threshold_sigma, bkg_level, bkg_rms):
         maxiters=3,
         mode="all",
     )
-    _patch_photutils_init_params(phot)
+    _patch_photutils_init_params(phot, data.shape)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
