@@ -28,12 +28,19 @@ def _field(psf, n, shape=(1024, 1024), flux=(2e4, 5e5), sky=100.0, rn=5.0, seed=
     return add_noise(expected, rn, 1.0, rng), pts, f
 
 
-def _truth_samples(psf, m, s=4):
-    """The truth's PRF at the ePSF sample offsets, normalised like an ePSF (sum s^2)."""
+def _truth_samples(psf, m, s=4, pedestal=False):
+    """The truth's PRF at the ePSF sample offsets, normalised like an ePSF (sum s^2).
+
+    With ``pedestal=True`` the level of the box's 2-pixel rim is subtracted first: what
+    ``build_epsf`` defines as the ePSF (the stars' sky is their rim median), which matters for
+    PSFs with extended wings (WFC3: 2.4 % of the flux in the 21 px box lies under the rim level).
+    """
     n, h = s * m + 1, m // 2
     yy, xx = np.mgrid[0:n, 0:n] / s - m / 2
     v = np.asarray(psf.evaluate(jnp.asarray(h - xx.ravel()), jnp.asarray(h - yy.ravel()), (m, m)))
     v = v[h, h].reshape(n, n)
+    if pedestal:
+        v = v - np.median(v[np.maximum(np.abs(xx), np.abs(yy)) >= m / 2 - 2])
     return v / v.sum() * s * s, np.hypot(xx, yy)
 
 
@@ -51,6 +58,8 @@ def _photometry(img, pts, psf, size=11, seed=7):
     ]
     xl, yl = pts[:, 0] - ox, pts[:, 1] - oy
     rng = np.random.default_rng(seed)
+    # a spatially varying PSF is evaluated at each cutout's own position
+    kw = {"origin": np.stack([ox, oy], 1).astype(float)} if hasattr(psf, "at") else {}
     r = fit_cutouts(
         cut,
         psf,
@@ -58,19 +67,38 @@ def _photometry(img, pts, psf, size=11, seed=7):
         yl + rng.normal(0, 0.05, len(xl)),
         gain=1.0,
         read_noise=5.0,
+        **kw,
     )
     return r, xl, yl
 
 
-def _pulls(r, xl, yl, f):
-    fx = r.flux_fit[:, 0]
+def _pulls(r, xl, yl, f, apcor=1.0):
+    """Pull standard deviations and the median magnitude offset.
+
+    ``apcor`` is the fraction of the total flux the PSF model holds (an aperture correction):
+    fluxes and their errors are divided by it, ``dmag`` is measured after it.
+    """
+    fx, fe = r.flux_fit[:, 0] / apcor, r.flux_err[:, 0] / apcor
     dx, dy = r.x_fit[:, 0] - xl, r.y_fit[:, 0] - yl
     return dict(
         dmag=float(np.median(-2.5 * np.log10(fx / f))),
-        flux=float(np.std((fx - f) / r.flux_err[:, 0])),
+        flux=float(np.std((fx - f) / fe)),
         x=float(np.std((dx - np.median(dx)) / r.x_err[:, 0])),
         y=float(np.std((dy - np.median(dy)) / r.y_err[:, 0])),
     )
+
+
+def _eval_field(truth, shape=(1024, 1024)):
+    """2000 stars (flux 1e3-3e4) for photometry pulls: their std has a sampling error ~0.016."""
+    return _field(truth, 2000, shape=shape, flux=(1e3, 3e4), seed=2, sep=16)
+
+
+def _assert_like_truth(got, tol=0.07):
+    """Requirement 1: pull std 1.00 +- 0.07 and |dmag| <= 0.005 (with the true PSF, the same
+    fields give flux/x/y pull std 0.99-1.03; measured values are quoted at each test)."""
+    assert abs(got["dmag"]) < 0.005, got
+    for k in ("flux", "x", "y"):
+        assert abs(got[k] - 1.0) < tol, got
 
 
 def test_undersampled_epsf_from_50_stars_matches_truth():
@@ -82,29 +110,38 @@ def test_undersampled_epsf_from_50_stars_matches_truth():
     assert isinstance(psf, DiscretePSF) and psf.integrated and psf.oversampling == 4
     assert abs(psf.array.sum() - 16.0) < 1e-3
     tv, r = _truth_samples(truth, 15)
-    assert _core_rms(psf, tv, r, 3.0) < 0.01
+    assert _core_rms(psf, tv, r, 3.0) < 0.005  # measured 0.12 %
     assert np.sum(stars["status"] == "used") >= 45
     # fitted star positions agree with the truth (constant offset = centring convention)
     used = stars["status"] == "used"
     d = np.asarray(stars["x_fit"] - pts[:, 0])[used]
     assert np.std(d) < 0.02
 
-    # photometry of an independent field: as good as with the true PSF (requirement 1)
-    img2, pts2, f2 = _field(truth, 300, shape=(800, 800), flux=(1e3, 3e4), seed=2, sep=16)
-    res, xl, yl = _photometry(img2, pts2, psf)
-    got = _pulls(res, xl, yl, f2)
-    ref = _pulls(*_photometry(img2, pts2, truth), f2)
-    assert abs(got["dmag"]) < 0.005
-    assert abs(got["flux"] - 1.0) < 0.07 + abs(ref["flux"] - 1.0), (got, ref)
-    # KNOWN SHORTFALL (requirement 1 asks 1.00 +- 0.07): from one undersampled exposure the ePSF's
-    # sharpness is degenerate with pixel-phase-dependent position errors (Anderson & King 2000);
-    # the smoothness prior pins it only to ~0.005 px, which shows in bright stars' position pulls
-    # (measured 1.22 / 1.37 here). This bound guards against regressions, not the target.
-    assert got["x"] < 1.5 and got["y"] < 1.5, (got, ref)
+    # photometry of an independent field as good as with the true PSF (requirement 1). The
+    # Moffat prior removes the phase-dependent (S-curve) position bias that a plain curvature
+    # penalty put in (4-6 mpx, pulls 1.05-1.37 before); measured pulls flux/x/y ~1.01/1.05/1.02,
+    # true PSF 0.99/1.02/1.00 on a 2048^2 version of this field.
+    img2, pts2, f2 = _eval_field(truth)
+    _assert_like_truth(_pulls(*_photometry(img2, pts2, psf), f2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3])
+def test_undersampled_epsf_100_stars_seeds(seed):
+    """Requirement 2 on other realisations (100 stars; measured x/y pulls 1.03/1.01)."""
+    truth = MoffatPSF(1.5, 4.0)
+    img, pts, f = _field(truth, 100, shape=(740, 740), seed=seed)
+    start = pts + np.random.default_rng(5).normal(0, 0.1, pts.shape)
+    psf = build_epsf(img, start, shape=15, gain=1.0)
+    tv, r = _truth_samples(truth, 15)
+    assert _core_rms(psf, tv, r, 3.0) < 0.005
+    img2, pts2, f2 = _eval_field(truth)
+    _assert_like_truth(_pulls(*_photometry(img2, pts2, psf), f2))
 
 
 @pytest.mark.slow
 def test_well_sampled_moffat_200_stars():
+    """FWHM 3 px: core rms 0.23 %, pulls flux/x/y 1.05/1.01/1.01 (true PSF 1.03/1.00/0.98)."""
     truth = MoffatPSF(3.0, 4.0)
     img, pts, f = _field(truth, 200, seed=3, sep=26)
     psf = build_epsf(
@@ -112,18 +149,39 @@ def test_well_sampled_moffat_200_stars():
     )
     tv, r = _truth_samples(truth, 21)
     assert _core_rms(psf, tv, r, 3.0) < 0.01
+    img2, pts2, f2 = _eval_field(truth, (1400, 1400))
+    # the Moffat's wings under the rim level (0.3 % of its flux) are the ePSF's aperture correction
+    got = _pulls(*_photometry(img2, pts2, psf, size=15), f2)
+    assert 0.0 < got["dmag"] < 0.005
+    _assert_like_truth(got)
 
 
 @pytest.mark.slow
 def test_wfc3_psf_constant(shared_data):
+    """WFC3/UVIS F814W (FWHM 1.9 px, sharp core, extended wings), 200 stars.
+
+    The ePSF is the PRF above the 21 px box's rim level, 96.4 % of the WFC3 PSF's flux (2.4 %
+    under the rim level, 0.8 % outside the box): an aperture correction of 0.039 mag that any
+    local-sky ePSF needs. Measured: core rms 0.16 % (vs the rim-subtracted truth), dmag 0.043
+    (0.004 after the aperture correction), pulls flux (after it)/x/y 1.01/1.02/1.00.
+    """
     grid = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
     truth = grid.psf_at(2048.0, 1000.0)
     img, pts, f = _field(truth, 200, seed=4, sep=26)
     psf = build_epsf(
-        img, pts + np.random.default_rng(5).normal(0, 0.05, pts.shape), shape=21, gain=1.0
+        img, pts + np.random.default_rng(5).normal(0, 0.1, pts.shape), shape=21, gain=1.0
     )
-    tv, r = _truth_samples(truth, 21)
-    assert _core_rms(psf, tv, r, 3.0) < 0.01
+    tp, r = _truth_samples(truth, 21, pedestal=True)
+    assert _core_rms(psf, tp, r, 3.0) < 0.005
+    # aperture correction from the truth: its flux inside the box, above the rim level
+    a, hw = truth.array, 2 * 21
+    c = a.shape[0] // 2
+    box = a[c - hw : c + hw + 1, c - hw : c + hw + 1]
+    cheb = np.max(np.abs(np.mgrid[0 : 2 * hw + 1, 0 : 2 * hw + 1] - hw), axis=0) / 4.0
+    apcor = (box.sum() - np.median(box[cheb >= 21 / 2 - 2]) * box.size) / a.sum()
+    assert 0.95 < apcor < 0.97
+    img2, pts2, f2 = _eval_field(truth, (1400, 1400))
+    _assert_like_truth(_pulls(*_photometry(img2, pts2, psf, size=15), f2, apcor=apcor))
 
 
 def test_bad_input_reported():
