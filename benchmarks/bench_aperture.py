@@ -6,7 +6,9 @@ Cases (2048x2048 float64 image, r = 5, annulus 10-15 px, method "exact"):
   photutils ``aperture_photometry(data, [CircularAperture, CircularAnnulus], method="exact")``.
 * ``median``: jaxphot ``sky="median"`` vs photutils ``aperture_photometry`` + ``ApertureStats`` median.
 
-Timings are best-of-``--repeat`` after one warm-up call (compilation excluded, and reported separately).
+Timings are best-of-``--repeat`` after one warm-up call (compilation excluded, and reported separately);
+the JSON also has the process CPU time of those calls (jaxphot runs chunks on all cores, photutils on
+one) and the load average, since other processes sharing the cores change the wall times.
 Prints a table, then as the LAST line one JSON object. ``--quick`` uses 10^4 apertures.
 """
 
@@ -25,11 +27,12 @@ from jaxphot.aperture import aperture_photometry
 
 
 def best(fn, repeat):
+    """Best wall time of ``repeat`` calls, and the process CPU time of that call (all threads)."""
     ts = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append((time.perf_counter() - t0, time.process_time() - c0))
     return min(ts)
 
 
@@ -55,8 +58,9 @@ def main():
         t0 = time.perf_counter()
         tab = ours()
         first = time.perf_counter() - t0
-        t_ours = best(ours, args.repeat)
+        t_ours, cpu_ours = best(ours, args.repeat)
         res[f"jaxphot_{case}_s"] = t_ours
+        res[f"jaxphot_{case}_cpu_s"] = cpu_ours
         res[f"jaxphot_{case}_first_call_s"] = first
         t_pu = None
         try:
@@ -74,7 +78,8 @@ def main():
                     pu_phot(data, ca, method="exact")
                     return ApertureStats(data, cn).median
 
-            t_pu = best(pu, 1)
+            t_pu, cpu_pu = best(pu, 1)
+            res[f"photutils_{case}_cpu_s"] = cpu_pu
             out = pu()
             if case == "sums":
                 ref = np.asarray(out["aperture_sum_0"])
@@ -99,6 +104,7 @@ def main():
         f"{jax.default_backend()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     )
     res["jax"] = jax.__version__
+    res["load_average_1min_at_end"] = os.getloadavg()[0]  # other processes share the cores
     print(json.dumps(res))
 
 
