@@ -18,7 +18,9 @@ is what lies above the rim level within the cutout.
     an elliptical Moffat PRF fitted to the previous iterate (``prior="moffat"``): a penalty on
     the ePSF's own curvature is strongest, relative to the data, in the Poisson-limited core, and
     with undersampled stars it flattens the core, which the star fits turn into position errors
-    that depend on pixel phase (an S-curve, ~4 mpx for FWHM 1.5 px).
+    that depend on pixel phase (an S-curve, ~4 mpx for FWHM 1.5 px). For a spatially varying
+    ePSF, Moffats are fitted at a few field points and every polynomial term gets the reference
+    of the polynomial through them.
 
 Two degeneracies of the joint problem are pinned after every ePSF update: the ePSF is rescaled so
 that its samples sum to s^2 (fluxes absorb the scale) and resampled so that its centroid (first
@@ -31,6 +33,13 @@ With ``degree = 1`` or ``2`` the ePSF coefficients are a polynomial in the detec
 (:class:`~jaxphot.psf_grid.PolynomialPSF`): the model is still linear in all the polynomial terms,
 and the star step goes through ``fit_cutouts``' spatially varying PSF hook.
 
+Because each star's sky is its rim level, the ePSF holds only the light above that level within
+the box (96 % for the WFC3/UVIS PSF in a 21 px box). :func:`aperture_correction` measures the
+missing fraction from the PSF stars themselves, as DAOPHOT users do: large-aperture flux (annulus
+sky) over ePSF-fitted flux, a clipped weighted mean over the stars. ``build_epsf`` reports it
+(``aperture_radius``) and can fold it into the ePSF (``normalize="aperture"``), so that fluxes
+fitted with the ePSF are total fluxes.
+
 The noise model is ``var = sky_var + max(model, 0) / gain`` per pixel, where ``sky_var`` is each
 star's border variance and ``1/gain`` is estimated from the residuals when ``gain`` is not given
 (unless ``error`` is given, which is used as is).
@@ -41,6 +50,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +62,15 @@ from .kernels import bspline_prefilter
 from .psf import DiscretePSF
 from .psf_grid import PolynomialPSF, _poly_scale, _samples, poly_terms
 
-__all__ = ["build_epsf", "select_stars", "build_epsf_from_image", "EPSFStars", "EPSFWarning"]
+__all__ = [
+    "build_epsf",
+    "select_stars",
+    "build_epsf_from_image",
+    "aperture_correction",
+    "ApertureCorrection",
+    "EPSFStars",
+    "EPSFWarning",
+]
 
 _TAPS = np.arange(-1, 3)  # the 4 B-spline taps around floor(q)
 
@@ -191,10 +209,11 @@ def _moffat_prf(p, u, v):
     return amp * np.sum(w * (1.0 + q) ** -beta, axis=(-2, -1))
 
 
-def _moffat_reference(samples: np.ndarray, s: int) -> np.ndarray:
-    """B-spline coefficients (n, n) of the elliptical Moffat PRF that best fits the ePSF samples.
+def _moffat_fit(samples: np.ndarray, s: int):
+    """Samples (n, n) of the elliptical Moffat PRF that best fits the ePSF samples, or None.
 
-    Falls back to zeros (a plain curvature penalty) when the fit fails.
+    Every fit starts afresh from the samples' FWHM (warm starts from the previous iteration's
+    parameters changed the Spitzer ePSF's EE(2 px) enough to fail its 3 % check).
     """
     from scipy.optimize import least_squares
 
@@ -209,10 +228,42 @@ def _moffat_reference(samples: np.ndarray, s: int) -> np.ndarray:
             r = least_squares(lambda p: (_moffat_prf(p, u, v) - samples).ravel(), p0, method="lm")
             ref = _moffat_prf(r.x, u, v)
     except (ValueError, np.linalg.LinAlgError):
-        return np.zeros_like(samples)
-    if not np.all(np.isfinite(ref)):
-        return np.zeros_like(samples)
-    return bspline_prefilter(ref)
+        return None
+    return ref if np.all(np.isfinite(ref)) else None
+
+
+# where (in u, v) a varying ePSF's Moffat references are fitted: enough points to determine a
+# polynomial of each degree (1, u, v[, u^2, uv, v^2])
+_REF_POINTS = {
+    1: np.array([[0.0, 0.0], [0.7, 0.0], [0.0, 0.7]]),
+    2: np.array([[0.0, 0.0], [0.7, 0.0], [-0.7, 0.0], [0.0, 0.7], [0.0, -0.7], [0.7, 0.7]]),
+}
+
+
+def _moffat_reference_terms(coeffs: np.ndarray, n: int, s: int, degree: int):
+    """Moffat references (T, n*n coefficients) of every polynomial term of a varying ePSF.
+
+    The ePSF is evaluated at the points of ``_REF_POINTS``, a Moffat is fitted at each, and the
+    polynomial through those Moffats gives each term's reference, so the variation terms too are
+    smoothed only in what a (varying) Moffat does not explain, rather than toward zero curvature.
+    Measured on a Moffat FWHM 2.6-3.4 field (smoothness 1e-2): a small gain (corner core rms 0.19
+    vs 0.24 %, pulls unchanged); the smoothness weight matters more (see :func:`build_epsf`). None when a fit
+    fails (the penalty then pulls toward zero curvature).
+    """
+    terms = [_samples(t.reshape(n, n), "bspline3") for t in coeffs]
+    if degree == 0:
+        ref = _moffat_fit(terms[0], s)
+        return None if ref is None else bspline_prefilter(ref).ravel()[None]
+    pts = _REF_POINTS[degree]
+    mono = np.array([[u**a * v**b for a, b in poly_terms(degree)] for u, v in pts])  # (K, T)
+    refs = []
+    for m in mono:
+        ref = _moffat_fit(np.tensordot(m, np.asarray(terms), axes=1), s)
+        if ref is None:
+            return None
+        refs.append(ref.ravel())
+    sol = np.linalg.solve(mono, np.asarray(refs))  # (T, n*n) samples of each term's reference
+    return np.stack([bspline_prefilter(t.reshape(n, n)).ravel() for t in sol])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +345,150 @@ def _pin(coeffs: np.ndarray, s: int, n: int, centre: bool) -> tuple[np.ndarray, 
 
 
 # ----------------------------------------------------------------------------------------------
+# Aperture correction from the PSF stars
+
+
+class ApertureCorrection(NamedTuple):
+    """Ratio of large-aperture to PSF-fitted fluxes of the PSF stars (see :func:`aperture_correction`).
+
+    Attributes
+    ----------
+    value : float
+        Robust weighted mean ratio: multiply PSF-fitted fluxes by it to get the flux within
+        ``radius`` (the total flux when the aperture holds all the light).
+    error : float
+        Its 1-sigma uncertainty (from the stars' scatter when that exceeds their errors).
+    ratio : (N,) array
+        Each star's ratio (NaN where unusable: off the image, masked pixels, non-positive flux).
+    used : (N,) bool array
+        Stars kept by the clipping.
+    radius : float
+        Aperture radius (pixels).
+    annulus : (float, float)
+        Sky annulus radii (pixels).
+    """
+
+    value: float
+    error: float
+    ratio: np.ndarray
+    used: np.ndarray
+    radius: float
+    annulus: tuple[float, float]
+
+
+def aperture_correction(
+    image,
+    x,
+    y,
+    flux,
+    radius: float,
+    *,
+    annulus=None,
+    mask=None,
+    error=None,
+    gain: float | None = None,
+    clip_sigma: float = 3.0,
+) -> ApertureCorrection:
+    """Aperture correction of PSF photometry, measured on the PSF stars themselves (as in DAOPHOT).
+
+    For each star the flux in a circular aperture of ``radius`` (local sky: median of an
+    annulus) is divided by its PSF-fitted flux; the ratios are combined by an inverse-variance
+    weighted mean with iterative ``clip_sigma`` clipping (neighbours, cosmic rays). An ePSF built
+    with a local sky (:func:`build_epsf`) holds only the light above its box's rim level, so its
+    fitted fluxes fall short of the total by the light in the wings (e.g. 3.6 % for the WFC3/UVIS
+    PSF in a 21 px box); this ratio, with a radius that encloses the PSF, restores it.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        The image (counts, sky not subtracted or subtracted: the annulus takes it out).
+    x, y : (N,) arrays
+        Star positions (pixels, 0-based), e.g. ``x_fit, y_fit`` of the PSF fit.
+    flux : (N,) array
+        PSF-fitted fluxes (counts).
+    radius : float
+        Aperture radius (pixels): large enough to hold (nearly) all the light.
+    annulus : (float, float), optional
+        Sky annulus radii (pixels); default ``(radius + 2, radius + 2 + max(5, radius / 2))``.
+    mask : (H, W) bool array, optional
+        Bad pixels; stars with any in their aperture are not used.
+    error : (H, W) array, optional
+        Pixel 1-sigma errors (counts) for the weights; default: the annulus scatter plus
+        Poisson noise ``flux / gain``.
+    gain : float, optional
+        Electrons per count, for the Poisson part of the weights (ignored with ``error``).
+    clip_sigma : float
+        Stars whose ratio is further than ``clip_sigma`` sigma (their own error times the
+        robust spread of the normalised residuals, when > 1) from the mean are left out.
+
+    Returns
+    -------
+    ApertureCorrection
+
+    Raises
+    ------
+    ValueError
+        Bad radii, arrays of different lengths, or no usable star.
+    """
+    from .aperture import aperture_sums
+
+    img = np.asarray(image, np.float64)
+    x, y, flux = (np.atleast_1d(np.asarray(a, np.float64)) for a in (x, y, flux))
+    if not (x.shape == y.shape == flux.shape and x.ndim == 1):
+        raise ValueError(f"x, y, flux must be 1-D of one length, got {x.shape, y.shape, flux.shape}")
+    r = float(radius)
+    if not r > 0:
+        raise ValueError(f"radius must be > 0 pixels, got {radius!r}")
+    r_in, r_out = annulus if annulus is not None else (r + 2.0, r + 2.0 + max(5.0, r / 2.0))
+    r_in, r_out = float(r_in), float(r_out)
+    if not (r <= r_in < r_out):
+        raise ValueError(f"annulus must satisfy radius <= r_in < r_out, got {(r_in, r_out)}")
+    fin = np.isfinite(x) & np.isfinite(y)
+    pos = np.stack([np.where(fin, x, 0.0), np.where(fin, y, 0.0)], 1)
+    var = None if error is None else np.broadcast_to(np.asarray(error, np.float64) ** 2, img.shape)
+    a = aperture_sums(img, pos, "circle", (r,), mask=mask, variance=var, annulus=(r_in, r_out))
+    tot, area = a["sum"][:, 0], a["area"][:, 0]
+    sky, sky_std, n_sky = a["sky"], a["sky_std"], np.maximum(a["n_sky"], 1)
+    ap = tot - area * sky
+    # variance of the aperture flux: sky noise in the aperture and in the sky estimate (a median:
+    # pi/2 times a mean's), plus the star's own noise
+    v = area * sky_std**2 * (1.0 + area * (np.pi / 2) / n_sky)
+    if var is not None:
+        v = a["sum_var"][:, 0] + area**2 * sky_std**2 * (np.pi / 2) / n_sky
+    elif gain is not None and gain > 0:
+        v = v + np.maximum(flux, 0.0) / gain
+    ok = (
+        fin
+        & np.isfinite(ap)
+        & np.isfinite(v)
+        & (v > 0)
+        & np.isfinite(flux)
+        & (flux > 0)
+        & (a["bad_area"][:, 0] == 0)
+        & (a["off_area"][:, 0] == 0)
+    )
+    if not ok.any():
+        raise ValueError("no star usable for the aperture correction (edge, masked or no flux)")
+    ratio = np.where(ok, ap / np.where(ok, flux, 1.0), np.nan)
+    sig = np.where(ok, np.sqrt(np.where(ok, v, 1.0)) / np.where(ok, flux, 1.0), np.inf)
+    keep = ok.copy()
+    for _ in range(10):
+        w = 1.0 / sig[keep] ** 2
+        mean = float(np.sum(w * ratio[keep]) / np.sum(w))
+        z = (ratio - mean) / sig
+        spread = max(1.0, float(1.4826 * np.median(np.abs(z[keep] - np.median(z[keep])))))
+        new = ok & (np.abs(z) <= clip_sigma * spread)
+        if np.array_equal(new, keep) or new.sum() < 2:
+            break
+        keep = new
+    w = 1.0 / sig[keep] ** 2
+    mean = float(np.sum(w * ratio[keep]) / np.sum(w))
+    chi2 = float(np.sum(w * (ratio[keep] - mean) ** 2) / max(keep.sum() - 1, 1))
+    err = float(np.sqrt(max(chi2, 1.0) / np.sum(w)))
+    return ApertureCorrection(mean, err, ratio, keep, r, (r_in, r_out))
+
+
+# ----------------------------------------------------------------------------------------------
 # Star cutouts
 
 
@@ -350,13 +545,16 @@ def build_epsf(
     gain: float | None = None,
     saturation: float | None = None,
     degree: int = 0,
-    smoothness: float = 1e-3,
+    smoothness: float | None = None,
     prior: str | None = "moffat",
     maxiters: int = 20,
     tol: float = 5e-4,
     clip_sigma: float = 5.0,
     min_stars: int = 5,
     relax: float = 1.5,
+    normalize: str = "sum",
+    aperture_radius: float | None = None,
+    aperture_annulus=None,
     return_stars: bool = False,
 ):
     """Build an ePSF (supersampled PRF) from the stars at ``positions`` in ``image``.
@@ -387,11 +585,17 @@ def build_epsf(
     degree : {0, 1, 2}
         Degree of the polynomial variation of the ePSF with detector position. Lowered, with an
         :class:`EPSFWarning`, when there are fewer than ``8 * n_terms`` usable stars.
-    smoothness : float
+    smoothness : float, optional
         Weight of the second-difference penalty on the spline coefficients, relative to the
-        median data weight of one coefficient (dimensionless). The default 1e-3 was tuned on
-        simulated fields with FWHM 1.5-3 px (Moffat and the WFC3/UVIS library PSF), 50-200 stars:
-        3e-4 leaves sub-pixel noise in undersampled ePSFs, 1e-2 blurs structure a Moffat lacks.
+        median data weight of one coefficient (dimensionless). Default 1e-3 for ``degree = 0``,
+        1e-2 otherwise. With one image the data leave a family of ePSFs exactly degenerate with
+        star positions warped periodically in pixel phase (an S-curve): the prior picks the
+        member, so the residual pixel-phase bias depends on how well the prior fits the PSF, and
+        more weakly on this weight. Measured on simulated fields (200 stars, mpx = 1e-3 px of
+        S-curve amplitude): constant Moffat FWHM 1.5-3, 1e-3 or 1e-2: < 1 mpx, pulls like the
+        true PSF's; constant WFC3/UVIS, 1e-3: ~4 mpx, core rms 0.21 %, 1e-2: ~7 mpx, 0.36 %;
+        degree 2 (Moffat FWHM 2.6-3.4 across the field), 1e-3: 6-15 mpx (y pulls 1.11), 1e-2:
+        < 1.5 mpx (pulls like the true PSF's) and half the iterations.
     prior : {"moffat", None}
         What the penalty pulls toward. ``"moffat"``: the ePSF minus an elliptical Moffat PRF
         refitted to it at every iteration (DAOPHOT's analytic-plus-residual split), so only the
@@ -405,8 +609,27 @@ def build_epsf(
         Pixels with ``|data - model| > clip_sigma * sigma`` are left out of the next update.
     min_stars : int
         Fewest usable stars accepted; fewer raise a ValueError naming why stars were dropped.
+    relax : float
+        Over-relaxation factor of the position updates (1 = plain alternation).
+    normalize : {"sum", "aperture"}
+        ``"sum"``: the samples sum to s^2, so fitted fluxes are the light the ePSF holds (above
+        the box's rim level: less than the total for PSFs with extended wings). ``"aperture"``:
+        the ePSF is divided by the aperture correction measured on the PSF stars (see
+        ``aperture_radius``), so that fluxes fitted with it are the fluxes within that aperture,
+        i.e. total fluxes when it encloses the PSF (DAOPHOT's aperture-corrected photometry).
+    aperture_radius : float, optional
+        Radius (pixels) of the large aperture for the aperture correction
+        (:func:`aperture_correction` on the used stars at their fitted positions and fluxes).
+        Measured when given or with ``normalize="aperture"``; default then the box half-size
+        ``shape / 2``. Choose a radius that holds (nearly) all the light: light beyond it is not
+        restored.
+    aperture_annulus : (float, float), optional
+        Its sky annulus (pixels); default as in :func:`aperture_correction`.
     return_stars : bool
-        Also return an :class:`EPSFStars` table.
+        Also return an :class:`EPSFStars` table. With an aperture correction its ``meta`` holds
+        ``apcor`` (multiply fluxes fitted with a ``normalize="sum"`` ePSF by it), ``apcor_err``,
+        ``apcor_radius``, ``apcor_annulus``, ``apcor_nstars``, ``normalize``, and the column
+        ``apcor_ratio`` each star's ratio; ``flux_fit`` is on the scale of the returned PSF.
 
     Returns
     -------
@@ -435,10 +658,12 @@ def build_epsf(
     if s < 1 or s != oversampling:
         raise ValueError(f"oversampling must be a positive integer, got {oversampling!r}")
     h, w = _odd_shape(shape)
-    if smoothness < 0:
+    if smoothness is not None and not smoothness >= 0:
         raise ValueError(f"smoothness must be >= 0, got {smoothness}")
     if prior not in ("moffat", None):
         raise ValueError(f"prior must be 'moffat' or None, got {prior!r}")
+    if normalize not in ("sum", "aperture"):
+        raise ValueError(f"normalize must be 'sum' or 'aperture', got {normalize!r}")
     H, W = img.shape
     bad_img = ~np.isfinite(img)
     if mask is not None:
@@ -496,6 +721,8 @@ def build_epsf(
         )
         degree = new
     n_terms = len(poly_terms(degree))
+    if smoothness is None:  # (after the degree is settled)
+        smoothness = 1e-3 if degree == 0 else 1e-2
 
     idx_use = np.nonzero(use)[0]
     data = data[idx_use]
@@ -544,6 +771,7 @@ def build_epsf(
     template = DiscretePSF(np.ones((n, n)), s, integrated=True)
     fwhm_px = None
     it_done = 0
+    g_est = inv_gain
     if err_cut is not None:
         var = err_cut**2
     else:
@@ -561,7 +789,9 @@ def build_epsf(
         # The first update has no iterate to fit a reference to: it smooths toward zero curvature.
         c_ref = np.zeros_like(coeffs)
         if prior == "moffat" and it > 0:
-            c_ref[0] = _moffat_reference(_samples(coeffs[0].reshape(n, n), "bspline3"), s).ravel()
+            got = _moffat_reference_terms(coeffs, n, s, degree)
+            if got is not None:
+                c_ref[: len(got)] = got
         c_new, n_cg = _solve_coeffs(
             jnp.asarray(coeffs, jnp.float32),
             jnp.asarray(c_ref, jnp.float32),
@@ -657,6 +887,7 @@ def build_epsf(
                 num = np.sum(np.where(sel, excess * stars_model, 0.0))
                 den = np.sum(np.where(sel, stars_model**2, 0.0))
                 g_inv = max(num / den, 0.0) if den > 0 else 0.0
+            g_est = g_inv
             var = sky_var[:, None, None] + g_inv * np.maximum(stars_model, 0.0)
         zres = resid / np.sqrt(var)
         pix_ok = valid & (np.abs(zres) <= clip_sigma)
@@ -670,12 +901,31 @@ def build_epsf(
     else:
         it_done = maxiters
 
+    # ---- aperture correction from the used stars: large-aperture / fitted flux
+    apc = None
+    if aperture_radius is not None or normalize == "aperture":
+        r_ap = float(aperture_radius) if aperture_radius is not None else h / 2.0
+        apc = aperture_correction(
+            np.where(bad_img, np.nan, img),
+            gx_img[star_ok],
+            gy_img[star_ok],
+            flux[star_ok],
+            r_ap,
+            annulus=aperture_annulus,
+            mask=bad_img,
+            error=err_img,
+            gain=1.0 / g_est if g_est else None,
+        )
+    norm = apc.value if normalize == "aperture" else 1.0
+
     # ---- result
     arrays = np.stack([_samples(t.reshape(n, n).astype(np.float64), "bspline3") for t in coeffs])
     if degree == 0:
-        out = DiscretePSF(arrays[0], s, integrated=True)
+        # samples summing to s^2 / apcor: fitted fluxes come out aperture-corrected
+        a0 = arrays[0] * (s * s / arrays[0].sum() / norm)
+        out = DiscretePSF(a0, s, integrated=True, normalize=False)
     else:
-        out = PolynomialPSF(arrays, s, degree, center, scale)
+        out = PolynomialPSF(arrays, s, degree, center, scale, norm=1.0 / norm)
     if not return_stars:
         return out
     tab = EPSFStars()
@@ -684,11 +934,24 @@ def build_epsf(
     full = lambda a: np.full(len(pos), np.nan) if a is None else a  # noqa: E731
     xo, yo, fo, co = (full(None) for _ in range(4))
     xo[idx_use], yo[idx_use] = gx_img, gy_img
-    fo[idx_use], co[idx_use] = flux, chi2_red
+    fo[idx_use], co[idx_use] = flux * norm, chi2_red
     st[idx_use[~star_ok]] = "rejected"
     tab["x_fit"], tab["y_fit"], tab["flux_fit"], tab["chi2_red"] = xo, yo, fo, co
     tab["status"] = st.astype(str)
-    tab.meta.update(iterations=it_done, degree=degree, fwhm=fwhm_px, oversampling=s)
+    tab.meta.update(
+        iterations=it_done, degree=degree, fwhm=fwhm_px, oversampling=s, normalize=normalize
+    )
+    if apc is not None:
+        ratio = np.full(len(pos), np.nan)
+        ratio[idx_use[star_ok]] = apc.ratio
+        tab["apcor_ratio"] = ratio
+        tab.meta.update(
+            apcor=apc.value,
+            apcor_err=apc.error,
+            apcor_radius=apc.radius,
+            apcor_annulus=apc.annulus,
+            apcor_nstars=int(apc.used.sum()),
+        )
     return out, tab
 
 

@@ -28,7 +28,8 @@ File formats
 :class:`PolynomialPSF` or a :class:`GriddedPSF` as one FITS image (samples, not spline
 coefficients) with the metadata in the header: ``OVERSAMP``, ``INTEGRAT``, ``KERNEL``,
 ``PSFTYPE`` (``DISCRETE``/``POLY``/``GRID``), for polynomials ``POLYDEG, POLYX0, POLYY0, POLYSX,
-POLYSY``, for grids one ``DET_YX{i} = '(x, y)'`` card per plane. The grid cards follow the
+POLYSY``, ``PSFNORM`` when the samples' sum is not the convention's (an aperture-corrected
+ePSF), for grids one ``DET_YX{i} = '(x, y)'`` card per plane. The grid cards follow the
 WebbPSF/photutils ``GriddedPSFModel`` layout (photutils reads the first number as x), so
 :func:`read_psf_fits` also reads photutils-style gridded PSF files and those files can be read by
 photutils.
@@ -58,9 +59,14 @@ __all__ = [
     "read_wfc3_uvis_grid",
     "wfc3_uvis_grid_positions",
     "sample_sum_weights",
+    "PSFGridWarning",
 ]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class PSFGridWarning(UserWarning):
+    """A PSF grid file with corrupt nodes that were dropped."""
 
 
 def poly_terms(degree: int) -> tuple[tuple[int, int], ...]:
@@ -150,12 +156,12 @@ class BatchedDiscretePSF:
         )
 
 
-def _normalised_batch(c, oversampling, integrated, kernel):
-    """Rescale coefficients (ny, nx, N) so that every PSF's samples sum to s^2 (or 1)."""
+def _normalised_batch(c, oversampling, integrated, kernel, norm=1.0):
+    """Rescale coefficients (ny, nx, N) so that every PSF's samples sum to ``norm`` s^2 (or 1)."""
     ey = jnp.asarray(sample_sum_weights(c.shape[0], kernel), c.dtype)
     ex = jnp.asarray(sample_sum_weights(c.shape[1], kernel), c.dtype)
     total = jnp.einsum("a,abn,b->n", ey, c, ex, precision=_HIGHEST)
-    target = oversampling**2 if integrated else 1.0
+    target = (oversampling**2 if integrated else 1.0) * norm
     # A polynomial may in principle reach a non-positive sum far outside the fitted field; keep
     # the PSF finite there (it is flagged by the fit's chi2, not by a NaN).
     total = jnp.where(total > 0, total, 1.0)
@@ -164,7 +170,7 @@ def _normalised_batch(c, oversampling, integrated, kernel):
 
 @pytree(
     data_fields=("coeffs",),
-    meta_fields=("oversampling", "integrated", "kernel", "degree", "center", "scale"),
+    meta_fields=("oversampling", "integrated", "kernel", "degree", "center", "scale", "norm"),
 )
 class PolynomialPSF:
     """A discrete PSF whose samples vary with detector position as a polynomial of degree <= 2.
@@ -185,6 +191,10 @@ class PolynomialPSF:
         True for an ePSF (PRF samples, sum s^2), as built by :func:`jaxphot.epsf.build_epsf`.
     kernel : str
         Interpolation kernel.
+    norm : float
+        Sum of every PSF's samples relative to the convention (s^2 or 1): the fraction of a
+        star's total flux the model holds. 1 (default) makes fitted fluxes the flux the model
+        holds; ``1 / apcor`` (``build_epsf(normalize="aperture")``) makes them total fluxes.
     """
 
     def __init__(
@@ -196,6 +206,7 @@ class PolynomialPSF:
         scale,
         integrated: bool = True,
         kernel: str = "bspline3",
+        norm: float = 1.0,
     ):
         a = np.asarray(arrays, np.float64)
         terms = poly_terms(degree)
@@ -218,6 +229,9 @@ class PolynomialPSF:
         object.__setattr__(self, "degree", int(degree))
         object.__setattr__(self, "center", (cx, cy))
         object.__setattr__(self, "scale", (sx, sy))
+        if not (np.isfinite(norm) and norm > 0):
+            raise ValueError(f"norm must be a positive number, got {norm!r}")
+        object.__setattr__(self, "norm", float(norm))
 
     @property
     def arrays(self) -> np.ndarray:
@@ -231,7 +245,7 @@ class PolynomialPSF:
         v = (y - self.center[1]) / self.scale[1]
         p = _monomials(u, v, self.degree).astype(self.coeffs.dtype)  # (T, N)
         c = jnp.einsum("tab,tn->abn", self.coeffs, p, precision=_HIGHEST)
-        return _normalised_batch(c, self.oversampling, self.integrated, self.kernel)
+        return _normalised_batch(c, self.oversampling, self.integrated, self.kernel, self.norm)
 
     def psf_at(self, x: float, y: float) -> DiscretePSF:
         """One :class:`~jaxphot.psf.DiscretePSF` for the image position (x, y)."""
@@ -361,11 +375,13 @@ def _samples(c: np.ndarray, kernel: str) -> np.ndarray:
 
 def _single(batch: BatchedDiscretePSF) -> DiscretePSF:
     c = np.asarray(batch.coeffs[..., 0], np.float64)
+    # the batch is already normalised (to ``norm`` s^2 for a PolynomialPSF): keep its sum
     return DiscretePSF(
         _samples(c, batch.kernel),
         batch.oversampling,
         integrated=batch.integrated,
         kernel=batch.kernel,
+        normalize=False,
     )
 
 
@@ -434,8 +450,13 @@ def write_psf_fits(psf, path, overwrite: bool = False) -> None:
     if isinstance(psf, DiscretePSF):
         hdr["PSFTYPE"] = "DISCRETE"
         data = psf.array
+        norm = data.sum() / (psf.oversampling**2 if psf.integrated else 1.0)
+        if abs(norm - 1.0) > 1e-6:  # e.g. an aperture-corrected ePSF (build_epsf normalize=...)
+            hdr["PSFNORM"] = (norm, "sum of the samples / convention (flux fraction)")
     elif isinstance(psf, PolynomialPSF):
         hdr["PSFTYPE"] = "POLY"
+        if psf.norm != 1.0:
+            hdr["PSFNORM"] = (psf.norm, "sum of the samples / convention (flux fraction)")
         hdr["POLYDEG"] = (psf.degree, "degree of the polynomial in (u, v)")
         hdr["POLYX0"], hdr["POLYY0"] = psf.center[0], psf.center[1]
         hdr["POLYSX"], hdr["POLYSY"] = psf.scale[0], psf.scale[1]
@@ -492,6 +513,7 @@ def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = No
     s = int(oversampling or hdr.get("OVERSAMP", 1))
     kern = kernel or hdr.get("KERNEL", "bspline3")
     integ = bool(hdr.get("INTEGRAT", True))
+    norm = float(hdr.get("PSFNORM", 1.0))
     ptype = str(hdr.get("PSFTYPE", "")).upper()
     det = [k for k in hdr if k.startswith("DET_YX")]
     if det or ptype == "GRID":
@@ -514,10 +536,14 @@ def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = No
             (hdr["POLYSX"], hdr["POLYSY"]),
             integrated=integ,
             kernel=kern,
+            norm=norm,
         )
     if data.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D PSF image, got shape {data.shape}")
-    return DiscretePSF(data, s, integrated=integ, kernel=kern)
+    if norm == 1.0:
+        return DiscretePSF(data, s, integrated=integ, kernel=kern)
+    a = data * ((s * s if integ else 1.0) * norm / data.sum())
+    return DiscretePSF(a, s, integrated=integ, kernel=kern, normalize=False)
 
 
 def _grid_from_points(data, xy, s, integrated, kernel, name):
@@ -563,13 +589,30 @@ def wfc3_uvis_grid_positions(detector: str = "both") -> tuple[np.ndarray, np.nda
     raise ValueError(f"detector must be 'both', 'uvis1' or 'uvis2', got {detector!r}")
 
 
-def read_wfc3_uvis_grid(path, detector: str = "both", kernel: str = "bspline3") -> GriddedPSF:
+def read_wfc3_uvis_grid(
+    path,
+    detector: str = "both",
+    kernel: str = "bspline3",
+    *,
+    corrupt: str = "drop",
+    floor_frac: float = 0.01,
+) -> GriddedPSF:
     """Read the HST WFC3/UVIS F814W library PSF grid (``emp_psf_f814w_4x.npy`` or a FITS cube).
 
     The cube is (56, 101, 101): 4x oversampled ePSFs (101 samples = 25 pixels) at the positions of
     :func:`wfc3_uvis_grid_positions`. The repackaged file had each PSF's minimum subtracted and
     arbitrary sums, so every PSF is renormalised to sum s^2 = 16 here. Negative samples (none are
     expected after the minimum subtraction) are kept.
+
+    Some PSFs of the repackaged ``emp_psf_f814w_4x.npy`` are corrupt: the 14 of the two middle
+    grid rows (the chips' inner edges) and the 8 of the last column (x = 4095) carry a flat floor
+    of ~0.37 x their peak (sums ~1030 instead of ~17.5), which renormalisation would turn into a
+    PSF with 98 % of its light in a pedestal. A node is corrupt when the median of its outermost
+    1-pixel rim exceeds ``floor_frac`` times its peak (good nodes: ~3e-4). A grid must stay
+    rectangular, so whole grid rows or columns are dropped, the one with the most corrupt nodes
+    first, until none is left (for this file: rows y = 2050, 2051 and column x = 4095, leaving
+    6 x 6 nodes for ``"both"``, 3 x 6 for one chip), with a :class:`PSFGridWarning`; beyond the
+    remaining nodes the PSF is held constant (see :class:`GriddedPSF`).
 
     Parameters
     ----------
@@ -579,6 +622,16 @@ def read_wfc3_uvis_grid(path, detector: str = "both", kernel: str = "bspline3") 
         The whole two-chip grid (8 rows, stacked frame) or one chip (its 4 rows, own frame).
     kernel : str
         Interpolation kernel.
+    corrupt : {"drop", "raise"}
+        What to do with corrupt nodes: drop them (grid rows/columns, with a warning) or raise a
+        ValueError naming them.
+    floor_frac : float
+        Rim-median-to-peak ratio above which a node is corrupt.
+
+    Raises
+    ------
+    ValueError
+        A cube of the wrong shape, corrupt nodes with ``corrupt="raise"``, or no valid node left.
     """
     path = Path(path)
     if path.suffix == ".npy":
@@ -590,13 +643,51 @@ def read_wfc3_uvis_grid(path, detector: str = "both", kernel: str = "bspline3") 
     data = np.asarray(data, np.float64)
     if data.ndim != 3 or data.shape[0] != 56:
         raise ValueError(f"{path}: expected a (56, ny, nx) WFC3/UVIS PSF cube, got {data.shape}")
+    if corrupt not in ("drop", "raise"):
+        raise ValueError(f"corrupt must be 'drop' or 'raise', got {corrupt!r}")
     gx, gy = wfc3_uvis_grid_positions(detector)
     rows = data.reshape(8, 7, *data.shape[1:])
     if detector == "uvis2":
         rows = rows[:4]
     elif detector == "uvis1":
         rows = rows[4:]
+    bad = _floored_nodes(rows, floor_frac)
+    if bad.any():
+        where = ", ".join(f"({gx[i]:.0f}, {gy[j]:.0f})" for j, i in zip(*np.nonzero(bad), strict=True))
+        if corrupt == "raise":
+            raise ValueError(f"{path}: {int(bad.sum())} corrupt PSFs (flat floor) at (x, y) = {where}")
+        keep_r, keep_c = np.ones(bad.shape[0], bool), np.ones(bad.shape[1], bool)
+        while (b := bad[np.ix_(keep_r, keep_c)]).any():
+            # drop the grid row or column holding the most corrupt nodes (rows on a tie)
+            nr, nc = b.sum(1), b.sum(0)
+            if nr.max() >= nc.max():
+                keep_r[np.nonzero(keep_r)[0][np.argmax(nr)]] = False
+            else:
+                keep_c[np.nonzero(keep_c)[0][np.argmax(nc)]] = False
+        if not (keep_r.any() and keep_c.any()):
+            raise ValueError(f"{path}: no valid PSF left after dropping the corrupt ones")
+        warnings.warn(
+            f"{path.name}: {int(bad.sum())} corrupt PSFs (flat floor > {floor_frac:g} x peak) at "
+            f"(x, y) = {where}; dropped grid rows y = {_fmt(np.asarray(gy)[~keep_r])} and columns "
+            f"x = {_fmt(np.asarray(gx)[~keep_c])}, leaving {keep_r.sum()} x {keep_c.sum()} nodes",
+            PSFGridWarning,
+            stacklevel=2,
+        )
+        rows, gx, gy = rows[np.ix_(keep_r, keep_c)], np.asarray(gx)[keep_c], np.asarray(gy)[keep_r]
     return GriddedPSF(rows, gx, gy, oversampling=4, integrated=True, kernel=kernel)
+
+
+def _fmt(v) -> str:
+    return "[" + ", ".join(f"{a:.0f}" for a in v) + "]"
+
+
+def _floored_nodes(rows: np.ndarray, floor_frac: float) -> np.ndarray:
+    """(ny, nx) bool: nodes whose outermost 1-pixel rim median exceeds ``floor_frac`` x peak."""
+    k = 4  # samples per pixel of the library
+    rim = np.zeros(rows.shape[-2:], bool)
+    rim[:k], rim[-k:], rim[:, :k], rim[:, -k:] = True, True, True, True
+    med = np.median(rows[..., rim], axis=-1)
+    return ~(med <= floor_frac * rows.max(axis=(-2, -1)))
 
 
 def _poly_scale(shape) -> tuple[tuple[float, float], tuple[float, float]]:

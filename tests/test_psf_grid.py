@@ -9,6 +9,7 @@ from jaxphot.psf import DiscretePSF, MoffatPSF
 from jaxphot.psf_grid import (
     GriddedPSF,
     PolynomialPSF,
+    PSFGridWarning,
     read_psf_fits,
     read_wfc3_uvis_grid,
     render_image,
@@ -103,6 +104,17 @@ def test_fits_round_trip(tmp_path):
     assert isinstance(p2, PolynomialPSF) and p2.degree == 1 and p2.center == (10.0, 20.0)
     np.testing.assert_allclose(p2.arrays, poly.arrays, rtol=1e-5, atol=1e-8)
 
+    # an aperture-corrected PSF (samples summing to norm * s^2) keeps its flux scale
+    dn = DiscretePSF(a / a.sum() * 16 * 0.96, 4, integrated=True, normalize=False)
+    write_psf_fits(dn, tmp_path / "dn.fits")
+    assert abs(read_psf_fits(tmp_path / "dn.fits").array.sum() - 16 * 0.96) < 1e-5
+    pn = poly.replace(norm=0.96)
+    write_psf_fits(pn, tmp_path / "pn.fits")
+    pn2 = read_psf_fits(tmp_path / "pn.fits")
+    assert pn2.norm == 0.96
+    assert abs(pn2.psf_at(10.0, 20.0).array.sum() - 16 * 0.96) < 1e-4
+    assert abs(poly.psf_at(10.0, 20.0).array.sum() - 16) < 1e-4
+
     b = _moffat_samples(3.0)
     grid = GriddedPSF(np.stack([a, b, b, a]), [0.0, 50.0], [0.0, 80.0], 4)
     write_psf_fits(grid, tmp_path / "g.fits")
@@ -131,20 +143,52 @@ def test_reads_photutils_gridded_psf(tmp_path):
 
 
 def test_wfc3_grid(shared_data):
+    """The real file: its 20 corrupt nodes (flat floor ~0.37 x peak) are found and dropped."""
     d = shared_data("hst_wfc3_psf")
-    grid = read_wfc3_uvis_grid(d / "emp_psf_f814w_4x.npy")
+    raw = np.load(d / "emp_psf_f814w_4x.npy")
+    # the corrupt nodes: the two middle grid rows (chips' inner edges) and the last column
+    floored = np.median(raw[:, :4, :], axis=(1, 2)) > 0.01 * raw.max(axis=(1, 2))
+    bad_nodes = {6, 13, 20, 41, 48, 55} | set(range(21, 35))
+    assert set(np.nonzero(floored)[0]) == bad_nodes
+    with pytest.raises(ValueError, match="20 corrupt PSFs"):
+        read_wfc3_uvis_grid(d / "emp_psf_f814w_4x.npy", corrupt="raise")
+    with pytest.warns(PSFGridWarning, match="20 corrupt PSFs.*leaving 6 x 6 nodes"):
+        grid = read_wfc3_uvis_grid(d / "emp_psf_f814w_4x.npy")
     gx, gy = wfc3_uvis_grid_positions()
-    assert grid.grid_x == tuple(gx) and len(grid.grid_y) == 8
+    assert grid.grid_x == tuple(gx[:6]) and grid.grid_y == tuple(np.delete(gy, [3, 4]))
     arr = grid.arrays
     np.testing.assert_allclose(arr.sum(axis=(2, 3)), 16.0, rtol=1e-6)
-    # renormalised PRFs: each node's centre sample is its peak, and neighbouring nodes are similar
+    # renormalised PRFs: each node's centre sample is its peak, no pedestal (rim << peak), and
+    # every kept node is one of the file's valid ones
     ctr = arr[:, :, 50, 50]
     assert np.all(ctr == arr.max(axis=(2, 3)))
+    assert np.all(np.median(arr[:, :, :4, :], axis=(2, 3)) < 1e-3 * ctr)
+    keep = np.delete(np.arange(56).reshape(8, 7), [3, 4], axis=0)[:, :6]
+    ref = raw[keep.ravel()] / raw[keep.ravel()].sum(axis=(1, 2))[:, None, None] * 16
+    np.testing.assert_allclose(arr.reshape(-1, 101, 101), ref, atol=2e-5)
     psf = grid.psf_at(1000.0, 1500.0)
     prf = np.asarray(psf.evaluate(12.0, 12.0, (25, 25)))
     assert abs(prf.sum() - 1.0) < 0.01
-    one = read_wfc3_uvis_grid(d / "emp_psf_f814w_4x.npy", detector="uvis1")
-    np.testing.assert_allclose(one.arrays, arr[4:], atol=1e-9)
+    with pytest.warns(PSFGridWarning, match="10 corrupt PSFs.*leaving 3 x 6 nodes"):
+        one = read_wfc3_uvis_grid(d / "emp_psf_f814w_4x.npy", detector="uvis1")
+    np.testing.assert_allclose(one.arrays, arr[3:], atol=1e-9)
+
+
+def test_wfc3_grid_corrupt_nodes_synthetic(tmp_path):
+    """A floored node in a synthetic cube: dropped with its grid row (or column), or raised."""
+    a = _moffat_samples(2.0, m=9)
+    cube = np.repeat(a[None], 56, axis=0)
+    cube[9] = cube[9] + 0.1 * a.max()  # node (row 1, column 2): a flat floor
+    np.save(tmp_path / "g.npy", cube)
+    with pytest.warns(PSFGridWarning, match="1 corrupt PSFs"):
+        g = read_wfc3_uvis_grid(tmp_path / "g.npy")
+    gx, gy = wfc3_uvis_grid_positions()
+    # a tie (one bad node in its row and its column): the row goes
+    assert g.grid_x == tuple(gx) and g.grid_y == tuple(np.delete(gy, 1))
+    with pytest.raises(ValueError, match="1 corrupt PSFs"):
+        read_wfc3_uvis_grid(tmp_path / "g.npy", corrupt="raise")
+    with pytest.raises(ValueError, match="corrupt must be"):
+        read_wfc3_uvis_grid(tmp_path / "g.npy", corrupt="ignore")
 
 
 def test_render_image_matches_simulate_cutouts():
