@@ -64,6 +64,7 @@ from .psf_grid import PolynomialPSF, _poly_scale, _samples, poly_terms
 
 __all__ = [
     "build_epsf",
+    "build_epsf_grid",
     "select_stars",
     "build_epsf_from_image",
     "aperture_correction",
@@ -1093,6 +1094,9 @@ def build_epsf_from_image(
     gain: float | None = None,
     saturation: float | None = None,
     min_snr: float = 20.0,
+    isolation: float | None = None,
+    neighbour_ratio: float = 0.01,
+    neighbour_passes: int = 1,
     return_stars: bool = False,
     **build_kwargs,
 ):
@@ -1119,6 +1123,12 @@ def build_epsf_from_image(
         As for :func:`build_epsf`.
     min_snr : float
         Minimum detection S/N of PSF stars.
+    isolation, neighbour_ratio
+        As for :func:`select_stars` (radius in pixels; flux ratio).
+    neighbour_passes : int
+        Rebuilds after subtracting the neighbours (DAOPHOT's approach): the detections (down to
+        5 sigma) near the PSF stars are fitted with the current ePSF and subtracted from the
+        image, and the ePSF is built again from the same stars. 0: a single build.
     return_stars : bool
         Also return the :class:`EPSFStars` table.
     **build_kwargs
@@ -1157,6 +1167,8 @@ def build_epsf_from_image(
         min_snr=min_snr,
         mask=bad,
         saturation=None if saturation is None else saturation - np.nanmedian(level),
+        isolation=isolation,
+        neighbour_ratio=neighbour_ratio,
     )
     if len(chosen) < build_kwargs.get("min_stars", 5):
         raise ValueError(
@@ -1164,8 +1176,24 @@ def build_epsf_from_image(
             f"{len(cat)} detections (need >= {build_kwargs.get('min_stars', 5)})"
         )
     pos = np.stack([np.asarray(chosen["x_centroid"]), np.asarray(chosen["y_centroid"])], 1)
+    work = img
+    if neighbour_passes > 0:
+        # neighbours fainter than the selection's catalog (threshold) still broaden the stack
+        deep = find_stars(
+            np.where(bad, np.nan, sub), fwhm, threshold=min(5.0, threshold), rms=rms, mask=bad
+        )
+        cat_xy = np.stack([np.asarray(deep["x_centroid"]), np.asarray(deep["y_centroid"])], 1)
+        hw = _odd_shape(shape)
+        for _ in range(int(neighbour_passes)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", EPSFWarning)
+                psf0 = build_epsf(
+                    work, pos, oversampling=oversampling, shape=shape, error=error, mask=bad,
+                    gain=gain, saturation=saturation, degree=0, **build_kwargs,
+                )  # (a constant ePSF is enough to model the neighbours)
+            work = level + _subtract_neighbours(sub, bad, psf0, pos, cat_xy, hw)
     return build_epsf(
-        img,
+        work,
         pos,
         oversampling=oversampling,
         shape=shape,
@@ -1179,8 +1207,89 @@ def build_epsf_from_image(
     )
 
 
+def _subtract_neighbours(sub, bad, psf, psf_xy, cat_xy, shape, fit_half: int = 3):
+    """Image ``sub`` less the detections near the PSF stars, fitted with ``psf`` (DAOPHOT's way).
+
+    Every detection within a cutout's half-diagonal (+2 px) of a PSF star, other than the PSF
+    stars themselves, gets its position and flux fitted in a ``2 fit_half + 1`` box about it
+    (sky held at 0: ``sub`` is background-subtracted) and its model, over a ``shape`` box, is
+    subtracted. Each neighbour is fitted on its own (the others are not subtracted first).
+
+    Parameters
+    ----------
+    sub : (H, W) array
+        Background-subtracted image (image units).
+    bad : (H, W) bool array
+        Pixels to ignore.
+    psf : DiscretePSF or PolynomialPSF
+        The current ePSF (unit flux).
+    psf_xy, cat_xy : (M, 2), (D, 2) arrays
+        PSF-star and detection positions (pixels).
+    shape : (int, int)
+        Cutout size (pixels) of the ePSF build.
+    fit_half : int
+        Half-size (pixels) of each neighbour's fitting box.
+
+    Returns
+    -------
+    (H, W) array
+        ``sub`` with the neighbours' models subtracted.
+    """
+    h, w = shape
+    H, W = sub.shape
+    r = math.hypot(h, w) / 2.0 + 2.0
+    d2 = np.sum((cat_xy[:, None, :] - psf_xy[None, :, :]) ** 2, axis=-1)  # (D, M)
+    near = (d2 < r * r).any(1) & ~(d2 < 1.0).any(1)
+    nb = cat_xy[near]
+    if nb.size == 0:
+        return sub
+    b = 2 * fit_half + 1
+    oxf = np.rint(nb[:, 0]).astype(int) - fit_half
+    oyf = np.rint(nb[:, 1]).astype(int) - fit_half
+    keep = (oxf >= 0) & (oyf >= 0) & (oxf + b <= W) & (oyf + b <= H)
+    nb, oxf, oyf = nb[keep], oxf[keep], oyf[keep]
+    rows = oyf[:, None] + np.arange(b)
+    cols = oxf[:, None] + np.arange(b)
+    cut = sub[rows[:, :, None], cols[:, None, :]]
+    msk = bad[rows[:, :, None], cols[:, None, :]] | ~np.isfinite(cut)
+    res = fit_cutouts(
+        np.where(msk, 0.0, cut),
+        psf,
+        nb[:, 0] - oxf,
+        nb[:, 1] - oyf,
+        error=np.ones_like(cut),
+        mask=msk,
+        background=None,
+        max_iter=30,
+        bkg=np.zeros(len(nb)),
+    )
+    xf = np.asarray(res.x_fit[:, 0]) + oxf
+    yf = np.asarray(res.y_fit[:, 0]) + oyf
+    ff = np.asarray(res.flux_fit[:, 0])
+    # a fit that ran away (to a brighter star, or negative) is not subtracted
+    ok = np.isfinite(xf) & np.isfinite(yf) & np.isfinite(ff) & (ff > 0)
+    ok &= np.hypot(xf - nb[:, 0], yf - nb[:, 1]) < 1.5
+    out = np.array(sub, np.float64, copy=True)
+    for xs, ys, fs in zip(xf[ok], yf[ok], ff[ok], strict=True):
+        ox, oy = int(round(xs)) - w // 2, int(round(ys)) - h // 2
+        x0, y0 = max(ox, 0), max(oy, 0)
+        x1, y1 = min(ox + w, W), min(oy + h, H)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        m = np.asarray(psf.evaluate(xs - ox, ys - oy, (h, w)))
+        out[y0:y1, x0:x1] -= fs * m[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    return out
+
+
 def _estimate_fwhm(sub, rms, bad) -> float:
-    """Median second-moment FWHM of the brightest isolated detections (pixels)."""
+    """Median FWHM (pixels) of the brightest isolated detections, from adaptive moments.
+
+    Each star's second moment is measured with a Gaussian weight matched to the star (iterated,
+    as in adaptive-moment shape measurement) about the median of its 11 x 11 cutout's 2-pixel
+    rim: plain moments of a 9 x 9 box over-weight neighbours and a nebulous sky. Measured:
+    Spitzer/IRAC GLIMPSE (ePSF FWHM ~1.8 px) 1.88 px (2.70 with plain moments); Moffat(beta=4)
+    FWHM 1.5/2/3/4 px: 1.69/2.21/3.22/4.02 (plain: 2.00/2.59/3.57/4.26).
+    """
     from .detection import find_stars
 
     cat = find_stars(np.where(bad, np.nan, sub), 2.5, threshold=10.0, rms=rms, mask=bad)
@@ -1192,20 +1301,179 @@ def _estimate_fwhm(sub, rms, bad) -> float:
     x = np.rint(np.asarray(chosen["x_centroid"])).astype(int)
     y = np.rint(np.asarray(chosen["y_centroid"])).astype(int)
     H, W = sub.shape
-    d = np.arange(-4, 5)
+    d = np.arange(-5, 6)
     rr = np.clip(y[:, None, None] + d[None, :, None], 0, H - 1)
     cc = np.clip(x[:, None, None] + d[None, None, :], 0, W - 1)
-    c = np.nan_to_num(sub[rr, cc]) * ~bad[rr, cc]
-    c = np.clip(c, 0, None)
-    tot = c.sum(axis=(1, 2))
+    c = np.where(bad[rr, cc], np.nan, sub[rr, cc])
+    rim = np.ones((d.size, d.size), bool)
+    rim[2:-2, 2:-2] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c = np.nan_to_num(c - np.nanmedian(c[:, rim], axis=1)[:, None, None])
     xx, yy = np.meshgrid(d, d)
-    mx = (c * xx).sum((1, 2)) / tot
-    my = (c * yy).sum((1, 2)) / tot
-    var = (
-        (c * ((xx - mx[:, None, None]) ** 2 + (yy - my[:, None, None]) ** 2)).sum((1, 2))
-        / tot
-        / 2.0
-    )
+    sig = np.ones(len(c))
+    mx, my = np.zeros(len(c)), np.zeros(len(c))
+    for _ in range(30):
+        r2 = (xx - mx[:, None, None]) ** 2 + (yy - my[:, None, None]) ** 2
+        cw = c * np.exp(-r2 / (2.0 * sig[:, None, None] ** 2))
+        tot = cw.sum(axis=(1, 2))
+        tot = np.where(tot > 0, tot, np.nan)
+        mx = np.nan_to_num((cw * xx).sum((1, 2)) / tot)
+        my = np.nan_to_num((cw * yy).sum((1, 2)) / tot)
+        r2 = (xx - mx[:, None, None]) ** 2 + (yy - my[:, None, None]) ** 2
+        var = (cw * r2).sum((1, 2)) / tot / 2.0
+        # a Gaussian of sigma s weighted by one of sigma s has weighted variance s^2 / 2
+        sig = np.sqrt(np.clip(np.nan_to_num(2.0 * var, nan=1.0), 0.09, 25.0))
     # Moments of a pixelated Gaussian include the pixel's own 1/12 px^2 variance.
-    sig = np.sqrt(np.clip(var - 1.0 / 12.0, 0.09, None))
+    sig = np.sqrt(np.clip(sig**2 - 1.0 / 12.0, 0.09, None))
     return float(np.median(sig) * 2.3548)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gridded (spatially varying) ePSFs
+
+
+def build_epsf_grid(
+    image,
+    positions,
+    *,
+    grid=(3, 3),
+    min_region_stars: int = 60,
+    return_stars: bool = False,
+    **build_kwargs,
+):
+    """A spatially varying ePSF: constant ePSFs built per region, bilinearly interpolated.
+
+    The image is split into ``grid = (ny, nx)`` equal rectangular regions; :func:`build_epsf`
+    (``degree = 0``) is run on each region's stars, and the ePSFs become the nodes of a
+    :class:`~jaxphot.psf_grid.GriddedPSF` placed at the mean fitted position of each grid column
+    (x) and row (y) of the stars used, extrapolated linearly over the half region between the
+    outermost nodes and the image edges. Unlike a polynomial (:func:`build_epsf` with
+    ``degree``), this follows PSF variations on the scale of the regions, e.g. the node-to-node
+    variation of the HST WFC3/UVIS library PSFs, at the cost of needing more stars
+    (``min_region_stars`` in every region) and ``ny * nx`` builds.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        Image in counts (see :func:`build_epsf`).
+    positions : (N, 2) array or Table
+        Approximate (x, y) of the PSF stars over the whole image (pixels, 0-based).
+    grid : (int, int)
+        Number of regions along y and x.
+    min_region_stars : int
+        Fewest stars (positions whose cutout lies on the image) accepted in a region. While a
+        region has fewer, the grid is coarsened (the axis with more regions first, x on a tie)
+        with an :class:`EPSFWarning`, down to one region (a constant ePSF on a 1 x 1 grid).
+    return_stars : bool
+        Also return the regions' :class:`EPSFStars` tables stacked, with columns ``region``
+        (``j * nx + i`` for row j, column i) and ``index`` (row of ``positions``), and in
+        ``meta``: ``grid`` (ny, nx), ``grid_x``, ``grid_y`` (pixels), ``nstars`` ((ny, nx) used
+        stars), ``apcor`` ((ny, nx) array, when measured).
+    **build_kwargs
+        Passed to :func:`build_epsf` for every region (``oversampling``, ``shape``, ``gain``,
+        ``normalize``, ``aperture_radius``, ...); ``degree`` must be 0 if given.
+
+    Returns
+    -------
+    psf : GriddedPSF
+        Node (j, i) is region (j, i)'s ePSF. With ``normalize="aperture"`` each node keeps its own
+        aperture correction (``norm = 1 / apcor``, interpolated between nodes), so fitted fluxes
+        are total fluxes everywhere.
+    stars : EPSFStars
+        Only with ``return_stars=True``.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, or fewer usable stars in a region than :func:`build_epsf` accepts.
+    """
+    from .psf_grid import GriddedPSF
+
+    img = np.asarray(image, np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    pos = _as_positions(positions)
+    if build_kwargs.pop("degree", 0) != 0:
+        raise ValueError("build_epsf_grid builds constant ePSFs per region: degree must be 0")
+    try:
+        ny, nx = (int(v) for v in grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be (ny, nx) positive integers, got {grid!r}") from None
+    if ny < 1 or nx < 1:
+        raise ValueError(f"grid must be (ny, nx) positive integers, got {grid!r}")
+    H, W = img.shape
+    h, w = _odd_shape(build_kwargs.get("shape", 15))
+    # the stars whose cutout fits on the image are the ones build_epsf can use
+    ok = np.all(np.isfinite(pos), axis=1)
+    ok &= (pos[:, 0] >= w // 2) & (pos[:, 0] <= W - 1 - w // 2)
+    ok &= (pos[:, 1] >= h // 2) & (pos[:, 1] <= H - 1 - h // 2)
+
+    def assign(ny, nx):
+        p = np.where(ok[:, None], pos, 0.0)
+        ix = np.clip((p[:, 0] + 0.5) * nx // W, 0, nx - 1).astype(int)
+        iy = np.clip((p[:, 1] + 0.5) * ny // H, 0, ny - 1).astype(int)
+        counts = np.zeros((ny, nx), int)
+        np.add.at(counts, (iy[ok], ix[ok]), 1)
+        return iy, ix, counts
+
+    asked = (ny, nx)
+    iy, ix, counts = assign(ny, nx)
+    while counts.min() < min_region_stars and ny * nx > 1:
+        if nx >= ny:
+            nx -= 1
+        else:
+            ny -= 1
+        iy, ix, counts = assign(ny, nx)
+    if (ny, nx) != asked:
+        warnings.warn(
+            f"ePSF grid lowered from {asked[0]}x{asked[1]} to {ny}x{nx}: a region had fewer than "
+            f"{min_region_stars} usable PSF stars ({int(ok.sum())} in all)",
+            EPSFWarning,
+            stacklevel=2,
+        )
+
+    arrays, nused, node_xy, tabs = [], np.zeros((ny, nx), int), [], []
+    apcor, measured = np.ones((ny, nx)), np.full((ny, nx), np.nan)
+    for j in range(ny):
+        for i in range(nx):
+            sel = np.nonzero(ok & (iy == j) & (ix == i))[0]
+            psf, st = build_epsf(img, pos[sel], return_stars=True, **build_kwargs)
+            used = np.asarray(st["status"]) == "used"
+            arrays.append(psf.array)
+            measured[j, i] = st.meta.get("apcor", np.nan)
+            if st.meta["normalize"] == "aperture":
+                apcor[j, i] = measured[j, i]
+            nused[j, i] = int(used.sum())
+            # the node sits where the region's used stars are, on average
+            node_xy.append(
+                (np.mean(np.asarray(st["x_fit"])[used]), np.mean(np.asarray(st["y_fit"])[used]))
+            )
+            st["region"] = np.full(len(st), j * nx + i)
+            st["index"] = sel
+            tabs.append(st)
+    nodes = np.asarray(node_xy).reshape(ny, nx, 2)
+    # a GriddedPSF needs a rectangular grid: the columns' mean x and the rows' mean y
+    gx, gy = nodes[..., 0].mean(axis=0), nodes[..., 1].mean(axis=1)
+    s = int(build_kwargs.get("oversampling", 4))
+    out = GriddedPSF(
+        np.asarray(arrays).reshape(ny, nx, *arrays[0].shape),
+        gx,
+        gy,
+        s,
+        integrated=True,
+        norm=1.0 / apcor,
+        # the outer half regions lie beyond the nodes: continue the variation there
+        extrapolate=True,
+    )
+    if not return_stars:
+        return out
+    from astropy.table import vstack
+
+    tab = EPSFStars(vstack(tabs, metadata_conflicts="silent"))
+    for k in ("apcor", "apcor_err", "apcor_nstars"):
+        tab.meta.pop(k, None)
+    tab.meta.update(grid=(ny, nx), grid_x=gx, grid_y=gy, nstars=nused)
+    if np.isfinite(measured).all():
+        tab.meta["apcor"] = measured  # per node; folded into the nodes with normalize="aperture"
+    return out, tab

@@ -29,7 +29,9 @@ File formats
 coefficients) with the metadata in the header: ``OVERSAMP``, ``INTEGRAT``, ``KERNEL``,
 ``PSFTYPE`` (``DISCRETE``/``POLY``/``GRID``), for polynomials ``POLYDEG, POLYX0, POLYY0, POLYSX,
 POLYSY``, ``PSFNORM`` when the samples' sum is not the convention's (an aperture-corrected
-ePSF), for grids one ``DET_YX{i} = '(x, y)'`` card per plane. The grid cards follow the
+ePSF), for grids one ``DET_YX{i} = '(x, y)'`` card per plane and ``NODENORM = T`` when the
+planes' sums carry per-node norms (aperture-corrected gridded ePSFs), ``EXTRAPOL = T`` for a
+grid extrapolated beyond its outermost nodes. The grid cards follow the
 WebbPSF/photutils ``GriddedPSFModel`` layout (photutils reads the first number as x), so
 :func:`read_psf_fits` also reads photutils-style gridded PSF files and those files can be read by
 photutils.
@@ -260,7 +262,7 @@ class PolynomialPSF:
 
 @pytree(
     data_fields=("coeffs",),
-    meta_fields=("oversampling", "integrated", "kernel", "grid_x", "grid_y"),
+    meta_fields=("oversampling", "integrated", "kernel", "grid_x", "grid_y", "norm", "extrapolate"),
 )
 class GriddedPSF:
     """Discrete PSFs on a rectangular grid of detector positions, bilinearly interpolated.
@@ -277,11 +279,22 @@ class GriddedPSF:
         True for ePSFs (PRF samples, sum s^2). Each node is renormalised to its convention.
     kernel : str
         Interpolation kernel.
+    norm : float or (ny_grid, nx_grid) array
+        Sum of each node's samples relative to the convention (s^2 or 1): the fraction of a star's
+        total flux the model holds, as for :class:`PolynomialPSF`. 1 (default) for PSFs that hold
+        all the light; ``1 / apcor`` per node for aperture-corrected ePSFs
+        (:func:`jaxphot.epsf.build_epsf_grid`). Interpolated bilinearly like the samples.
+    extrapolate : bool
+        Beyond the outermost nodes, continue the outermost cells' linear variation (True) instead
+        of holding the edge nodes' PSFs (False, default, as photutils). Meant for nodes at the
+        centres of regions that tile the image (:func:`jaxphot.epsf.build_epsf_grid`), where the
+        image extends half a region beyond them; far outside, an extrapolated PSF degrades.
 
     Notes
     -----
-    Between nodes the *samples* are interpolated linearly in x and y, then renormalised; outside
-    the grid the nearest edge value is used (no extrapolation).
+    Between nodes the *samples* are interpolated linearly in x and y, then renormalised (to the
+    interpolated ``norm``); outside the grid the nearest edge value is used unless
+    ``extrapolate``.
     """
 
     def __init__(
@@ -292,6 +305,8 @@ class GriddedPSF:
         oversampling: int,
         integrated: bool = True,
         kernel: str = "bspline3",
+        norm=1.0,
+        extrapolate: bool = False,
     ):
         gx = tuple(float(v) for v in np.atleast_1d(grid_x))
         gy = tuple(float(v) for v in np.atleast_1d(grid_y))
@@ -315,7 +330,10 @@ class GriddedPSF:
         sums = a.sum(axis=(2, 3))
         if not np.all(sums > 0):
             raise ValueError("every PSF of the grid must have a positive sum")
-        a = a * ((s * s if integrated else 1.0) / sums)[:, :, None, None]
+        nrm = np.broadcast_to(np.asarray(norm, np.float64), sums.shape)
+        if not (np.all(np.isfinite(nrm)) and np.all(nrm > 0)):
+            raise ValueError(f"norm must be positive, scalar or ({len(gy)}, {len(gx)}), got {norm!r}")
+        a = a * ((s * s if integrated else 1.0) * nrm / sums)[:, :, None, None]
         flat = a.reshape(-1, *a.shape[2:])
         c = np.stack([bspline_prefilter(t) for t in flat]) if kernel == "bspline3" else flat
         object.__setattr__(self, "coeffs", jnp.asarray(c.reshape(a.shape), jnp.float32))
@@ -324,22 +342,31 @@ class GriddedPSF:
         object.__setattr__(self, "kernel", kernel)
         object.__setattr__(self, "grid_x", gx)
         object.__setattr__(self, "grid_y", gy)
+        object.__setattr__(self, "extrapolate", bool(extrapolate))
+        # a hashable static field: a float when uniform (the common case), else nested tuples
+        uni = bool(np.all(nrm == nrm.flat[0]))
+        object.__setattr__(
+            self, "norm", float(nrm.flat[0]) if uni else tuple(map(tuple, nrm.tolist()))
+        )
 
     @property
     def arrays(self) -> np.ndarray:
-        """(ny_grid, nx_grid, ny, nx) samples (float64 numpy)."""
+        """(ny_grid, nx_grid, ny, nx) samples (float64 numpy); each sums to ``norm`` s^2 (or norm)."""
         c = np.asarray(self.coeffs, np.float64)
         flat = np.stack([_samples(t, self.kernel) for t in c.reshape(-1, *c.shape[2:])])
         return flat.reshape(c.shape)
 
     @staticmethod
-    def _weights(p, grid):
-        """(len(grid), N) linear-interpolation weights of positions p, clamped to the grid."""
+    def _weights(p, grid, extrapolate=False):
+        """(len(grid), N) linear-interpolation weights of positions p, clamped to the grid unless
+        ``extrapolate`` (then the outermost intervals' weights continue linearly)."""
         g = jnp.asarray(grid, p.dtype)
         if len(grid) == 1:
             return jnp.ones((1,) + p.shape, p.dtype)
         i = jnp.clip(jnp.searchsorted(g, p) - 1, 0, len(grid) - 2)
-        f = jnp.clip((p - g[i]) / (g[i + 1] - g[i]), 0.0, 1.0)
+        f = (p - g[i]) / (g[i + 1] - g[i])
+        if not extrapolate:
+            f = jnp.clip(f, 0.0, 1.0)
         hot = jax.nn.one_hot(i, len(grid), dtype=p.dtype).T  # (G, N)
         nxt = jax.nn.one_hot(i + 1, len(grid), dtype=p.dtype).T
         return hot * (1.0 - f) + nxt * f
@@ -348,9 +375,14 @@ class GriddedPSF:
         """The PSFs at image positions ``x, y`` (N,): a :class:`BatchedDiscretePSF` of N PSFs."""
         x = jnp.atleast_1d(jnp.asarray(x, jnp.float32))
         y = jnp.atleast_1d(jnp.asarray(y, jnp.float32))
-        wx, wy = self._weights(x, self.grid_x), self._weights(y, self.grid_y)
+        wx = self._weights(x, self.grid_x, self.extrapolate)
+        wy = self._weights(y, self.grid_y, self.extrapolate)
         c = jnp.einsum("ijab,in,jn->abn", self.coeffs, wy, wx, precision=_HIGHEST)
-        return _normalised_batch(c, self.oversampling, self.integrated, self.kernel)
+        if isinstance(self.norm, float):
+            nrm = self.norm
+        else:
+            nrm = jnp.einsum("ij,in,jn->n", jnp.asarray(self.norm, c.dtype), wy, wx, precision=_HIGHEST)
+        return _normalised_batch(c, self.oversampling, self.integrated, self.kernel, nrm)
 
     def psf_at(self, x: float, y: float) -> DiscretePSF:
         """One :class:`~jaxphot.psf.DiscretePSF` for the image position (x, y)."""
@@ -474,6 +506,11 @@ def write_psf_fits(psf, path, overwrite: bool = False) -> None:
                 hdr[f"DET_YX{i}"] = (f"({xv:.3f}, {yv:.3f})", "(x, y) 0-based pixels")
                 i += 1
         hdr["NXPSFS"], hdr["NYPSFS"] = len(psf.grid_x), len(psf.grid_y)
+        if psf.norm != 1.0:
+            # the planes keep their sums: each plane's sum / convention is its node's norm
+            hdr["NODENORM"] = (True, "plane sum / convention = flux fraction (norm)")
+        if psf.extrapolate:
+            hdr["EXTRAPOL"] = (True, "linear extrapolation beyond the outermost nodes")
     else:
         raise ValueError(f"cannot write a {type(psf).__name__} to FITS")
     fits.PrimaryHDU(np.asarray(data, np.float64), header=hdr).writeto(path, overwrite=overwrite)
@@ -525,7 +562,14 @@ def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = No
             vals = str(hdr[k]).strip().lstrip("(").rstrip(")").split(",")
             xy.append((float(vals[0]), float(vals[1])))
         return _grid_from_points(
-            np.atleast_3d(data) if data.ndim == 2 else data, np.array(xy), s, integ, kern, str(path)
+            np.atleast_3d(data) if data.ndim == 2 else data,
+            np.array(xy),
+            s,
+            integ,
+            kern,
+            str(path),
+            node_norm=bool(hdr.get("NODENORM", False)),
+            extrapolate=bool(hdr.get("EXTRAPOL", False)),
         )
     if ptype == "POLY":
         return PolynomialPSF(
@@ -546,8 +590,11 @@ def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = No
     return DiscretePSF(a, s, integrated=integ, kernel=kern, normalize=False)
 
 
-def _grid_from_points(data, xy, s, integrated, kernel, name):
-    """GriddedPSF from a stack (N, ny, nx) and arbitrary-order node positions (N, 2)."""
+def _grid_from_points(data, xy, s, integrated, kernel, name, node_norm=False, extrapolate=False):
+    """GriddedPSF from a stack (N, ny, nx) and arbitrary-order node positions (N, 2).
+
+    With ``node_norm`` each plane's sum relative to the convention is its node's ``norm``.
+    """
     if data.ndim != 3 or data.shape[0] != len(xy):
         raise ValueError(f"{name}: {len(xy)} grid positions but data of shape {data.shape}")
     gx, gy = np.unique(xy[:, 0]), np.unique(xy[:, 1])
@@ -556,7 +603,10 @@ def _grid_from_points(data, xy, s, integrated, kernel, name):
     ix, iy = np.searchsorted(gx, xy[:, 0]), np.searchsorted(gy, xy[:, 1])
     arr = np.zeros((gy.size, gx.size) + data.shape[1:])
     arr[iy, ix] = data
-    return GriddedPSF(arr, gx, gy, s, integrated=integrated, kernel=kernel)
+    norm = arr.sum(axis=(2, 3)) / (s * s if integrated else 1.0) if node_norm else 1.0
+    return GriddedPSF(
+        arr, gx, gy, s, integrated=integrated, kernel=kernel, norm=norm, extrapolate=extrapolate
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -122,6 +122,28 @@ def test_fits_round_trip(tmp_path):
     assert isinstance(g2, GriddedPSF) and g2.grid_x == (0.0, 50.0) and g2.grid_y == (0.0, 80.0)
     np.testing.assert_allclose(g2.arrays, grid.arrays, rtol=1e-5, atol=1e-8)
 
+    # per-node norms (an aperture-corrected gridded ePSF): interpolated bilinearly, kept by FITS
+    norm = np.array([[0.96, 0.95], [0.94, 0.97]])
+    gn = GriddedPSF(np.stack([a, b, b, a]), [0.0, 50.0], [0.0, 80.0], 4, norm=norm)
+    assert gn.norm == ((0.96, 0.95), (0.94, 0.97))
+    assert abs(gn.psf_at(0.0, 80.0).array.sum() - 16 * 0.94) < 1e-4
+    assert abs(gn.psf_at(25.0, 40.0).array.sum() - 16 * norm.mean()) < 1e-4
+    write_psf_fits(gn, tmp_path / "gn.fits")
+    gn2 = read_psf_fits(tmp_path / "gn.fits")
+    np.testing.assert_allclose(np.array(gn2.norm), norm, rtol=1e-6)
+    np.testing.assert_allclose(gn2.arrays, gn.arrays, rtol=1e-5, atol=1e-8)
+    assert GriddedPSF(np.stack([a, b]), [0.0, 50.0], [0.0], 4, norm=0.9).norm == 0.9
+    # extrapolation continues the outermost cell linearly (held constant by default)
+    ge = GriddedPSF(np.stack([a, b]), [0.0, 50.0], [0.0], 4, extrapolate=True)
+    lin = 1.5 * a - 0.5 * b  # x = -25: weights 1.5, -0.5
+    np.testing.assert_allclose(ge.psf_at(-25.0, 0.0).array, lin / lin.sum() * 16, atol=1e-6)
+    np.testing.assert_allclose(ge.replace(extrapolate=False).psf_at(-25.0, 0.0).array,
+                               a / a.sum() * 16, atol=1e-6)
+    write_psf_fits(ge, tmp_path / "ge.fits")
+    assert read_psf_fits(tmp_path / "ge.fits").extrapolate
+    with pytest.raises(ValueError, match="norm must be positive"):
+        GriddedPSF(np.stack([a, b]), [0.0, 50.0], [0.0], 4, norm=[1.0, -1.0])
+
 
 def test_reads_photutils_gridded_psf(tmp_path):
     """A photutils GriddedPSFModel written in its FITS layout is read with the same positions."""
