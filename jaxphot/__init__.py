@@ -59,6 +59,7 @@ _EXPORTS = {
     "build_epsf": "epsf",
     "select_stars": "epsf",
     "build_epsf_from_image": "epsf",
+    "build_epsf_grid": "epsf",
     "PolynomialPSF": "psf_grid",
     "GriddedPSF": "psf_grid",
     "read_psf_fits": "psf_grid",

@@ -135,7 +135,7 @@ def test_fits_round_trip(tmp_path):
     assert GriddedPSF(np.stack([a, b]), [0.0, 50.0], [0.0], 4, norm=0.9).norm == 0.9
     # extrapolation continues the outermost cell linearly (held constant by default)
     ge = GriddedPSF(np.stack([a, b]), [0.0, 50.0], [0.0], 4, extrapolate=True)
-    lin = 1.5 * a - 0.5 * b  # x = -25: weights 1.5, -0.5
+    lin = 1.5 * a / a.sum() - 0.5 * b / b.sum()  # x = -25: weights 1.5, -0.5 of the nodes
     np.testing.assert_allclose(ge.psf_at(-25.0, 0.0).array, lin / lin.sum() * 16, atol=1e-6)
     np.testing.assert_allclose(ge.replace(extrapolate=False).psf_at(-25.0, 0.0).array,
                                a / a.sum() * 16, atol=1e-6)

@@ -1,0 +1,118 @@
+"""Gridded (spatially varying) ePSFs: per-region builds against simulated varying truths."""
+
+import warnings
+
+import numpy as np
+import pytest
+from test_epsf import (
+    WFC3_BUILD,
+    _core_rms,
+    _field,
+    _photometry,
+    _pulls,
+    _truth_samples,
+)
+
+from jaxphot.epsf import EPSFWarning, build_epsf_grid
+from jaxphot.psf import MoffatPSF
+from jaxphot.psf_grid import GriddedPSF, read_wfc3_uvis_grid
+
+
+def _moffat_truth(size, fwhm=(2.0, 3.0), m=15):
+    """A 2 x 2 GriddedPSF truth: Moffat FWHM fwhm[0] at (0, 0) -> fwhm[1] at (size-1, size-1)."""
+    g = np.array([0.0, size - 1.0])
+    arrs = [
+        [_truth_samples(MoffatPSF(fwhm[0] + (fwhm[1] - fwhm[0]) * (i + j) / 2, 4.0), m)[0]
+         for i in range(2)]
+        for j in range(2)
+    ]
+    return GriddedPSF(np.array(arrs), g, g, 4)
+
+
+def test_gridded_epsf_follows_the_truth_per_region():
+    """2 x 2 regions of 40 stars, Moffat FWHM 2.0 -> 2.4 px: each node matches the truth there."""
+    truth = _moffat_truth(800, fwhm=(2.0, 2.4), m=21)
+    img, pts, f = _field(truth, 160, shape=(800, 800), seed=3, sep=24)
+    start = pts + np.random.default_rng(5).normal(0, 0.1, pts.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EPSFWarning)  # stars at the edge
+        psf, st = build_epsf_grid(
+            img, start, grid=(2, 2), min_region_stars=30, shape=15, gain=1.0, return_stars=True
+        )
+    assert isinstance(psf, GriddedPSF) and st.meta["grid"] == (2, 2)
+    assert psf.norm == 1.0 and np.all(st.meta["nstars"] >= 30)
+    # nodes at the regions' star-weighted centres, one region per quadrant
+    assert 100 < psf.grid_x[0] < 300 and 500 < psf.grid_x[1] < 700
+    assert 100 < psf.grid_y[0] < 300 and 500 < psf.grid_y[1] < 700
+    assert set(np.asarray(st["region"])) == {0, 1, 2, 3}
+    for x in psf.grid_x:
+        for y in psf.grid_y:
+            tv, r = _truth_samples(truth.psf_at(x, y), 15)
+            # measured 0.43-0.95 %: a region's ePSF averages its stars' PSFs (FWHM +-0.05 px)
+            assert _core_rms(psf.psf_at(x, y), tv, r, 3.0) < 0.012, (x, y)
+    # a single constant ePSF would not do: the opposite node is off by 4.2 %
+    tv, r = _truth_samples(truth.psf_at(psf.grid_x[1], psf.grid_y[1]), 15)
+    assert _core_rms(psf.psf_at(psf.grid_x[0], psf.grid_y[0]), tv, r, 3.0) > 0.03
+
+
+def test_grid_lowered_when_regions_lack_stars():
+    truth = MoffatPSF(2.0, 4.0)
+    img, pts, f = _field(truth, 30, shape=(400, 400), seed=6, sep=30)
+    # all stars in the left half but one: a 1 x 2 grid would leave a region with 1 star
+    left = pts[pts[:, 0] < 200]
+    sel = np.vstack([left, pts[pts[:, 0] >= 200][:1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EPSFWarning)
+        with pytest.warns(EPSFWarning, match="grid lowered from 1x2 to 1x1"):
+            psf, st = build_epsf_grid(
+                img, sel, grid=(1, 2), min_region_stars=5, shape=11, maxiters=2, return_stars=True
+            )
+    assert st.meta["grid"] == (1, 1) and psf.coeffs.shape[:2] == (1, 1)
+    with pytest.raises(ValueError, match="degree must be 0"):
+        build_epsf_grid(img, pts, degree=2)
+    with pytest.raises(ValueError, match="grid must be"):
+        build_epsf_grid(img, pts, grid=(0, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_wfc3_varying_gridded_epsf(shared_data, seed):
+    """WFC3/UVIS F814W varying as the library grid (6 x 6 valid nodes) over 4096^2 px.
+
+    1600 isolated stars, 4 x 4 regions of 100, each ePSF aperture-corrected from its own stars
+    (apcor 1.040-1.047). Measured (seeds 1/2; 2000-star evaluation field, flux 1e3-3e4):
+    core rms at the 16 nodes 0.21-0.48 %, image centre 0.30/0.31 %, corners 100 px from the
+    edges 0.34-1.28 % (worst: upper left, 400 px beyond the nearest node, where the library PSF
+    keeps changing); dmag -0.0011/-0.0005; pulls flux 1.02/1.03, x 1.12/1.09, y 1.09/1.08 (true
+    PSF 0.98-0.99, 1.00-1.01, 0.99); build 100-140 s. Issue 6's 1.00 +- 0.07 is met by the flux
+    pulls and dmag, NOT by the position pulls: about half of their excess is the ePSF's
+    centroid convention (the library PSFs' centroids move by 17 mpx across the field; against
+    the truth's centroids the pulls are x 1.10, y 1.04), the rest the per-node ePSF noise and
+    pixel-phase (S-curve) bias of a 100-star build (a 200-star constant build: x 1.04-1.08).
+    """
+    with pytest.warns(UserWarning, match="corrupt PSFs"):
+        truth = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
+    S = 4096
+    # sep=80 keeps every star >= 18 px inside the image (all 1600 usable)
+    img, pts, f = _field(truth, 1600, shape=(S, S), seed=seed, sep=80)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EPSFWarning)
+        start = pts + np.random.default_rng(5).normal(0, 0.1, pts.shape)
+        psf, st = build_epsf_grid(img, start, grid=(4, 4), **WFC3_BUILD)
+    assert st.meta["grid"] == (4, 4) and np.all(st.meta["nstars"] >= 95)
+    assert np.all((1.035 < st.meta["apcor"]) & (st.meta["apcor"] < 1.055))
+
+    def core(x, y):
+        tp, r = _truth_samples(truth.psf_at(x, y), 21, pedestal=True)
+        e = psf.psf_at(x, y)
+        return _core_rms(e, tp * e.array.sum() / 16, r, 3.0)
+
+    assert max(core(x, y) for x in psf.grid_x for y in psf.grid_y) < 0.006
+    assert core(S / 2, S / 2) < 0.005
+    for x, y in [(100, 100), (S - 100, 100), (100, S - 100), (S - 100, S - 100)]:
+        assert core(x, y) < 0.015, (x, y)
+    img2, pts2, f2 = _field(truth, 2000, shape=(S, S), flux=(1e3, 3e4), seed=100 + seed, sep=70)
+    got = _pulls(*_photometry(img2, pts2, psf, size=15), f2)
+    assert abs(got["dmag"]) < 0.005 and abs(got["flux"] - 1.0) < 0.07, got
+    # the position pulls fall short of 1.07 (see the docstring): guard against regressions only
+    assert 0.95 < got["x"] < 1.17 and 0.95 < got["y"] < 1.15, got
