@@ -126,6 +126,17 @@ def _gather(img, i0, j0, K, pad):
     return jax.vmap(one)(j0, i0)
 
 
+def _in_annulus(u, v, rin, rout):
+    """(N, K, K) bool: pixel centres with r_in <= r < r_out, from the (N, K+1) pixel edges.
+
+    The robust sky estimators and ``sky_std`` use these whole pixels (unweighted).
+    """
+    cx = 0.5 * (u[:, 1:] + u[:, :-1])
+    cy = 0.5 * (v[:, 1:] + v[:, :-1])
+    r2 = cx[:, None, :] ** 2 + cy[:, :, None] ** 2
+    return (r2 >= (rin**2)[:, None, None]) & (r2 < (rout**2)[:, None, None])
+
+
 def _count(mask, axis):
     """Integer count of True along ``axis``, summed as float64 (exact below 2^53).
 
@@ -193,11 +204,7 @@ def _core(
     res = {k: jnp.stack(vv, axis=1) for k, vv in out.items() if vv}
     if ann is not None:
         rin, rout = ann[:, 0], ann[:, 1]
-        cx = 0.5 * (u[:, 1:] + u[:, :-1])
-        cy = 0.5 * (v[:, 1:] + v[:, :-1])
-        r2 = cx[:, None, :] ** 2 + cy[:, :, None] ** 2
-        # robust estimators use the pixels whose centres lie in the annulus (unweighted)
-        inann = (r2 >= (rin**2)[:, None, None]) & (r2 < (rout**2)[:, None, None])
+        inann = _in_annulus(u, v, rin, rout)
         sky_ok = inann & ok
         res["sky_geom_n"] = _count(inann, (1, 2))
         res["sky_off_n"] = _count(inann & ~ok, (1, 2))  # off-image or masked
@@ -313,11 +320,7 @@ def _core_clean_circle(data, var, x, y, radii, ann, *, K, Ka, pad, has_var, has_
     res["bad"] = jnp.zeros_like(res["area"])
     if has_ann:
         rin, rout = ann[:, 0], ann[:, 1]
-        # the robust estimators (and sky_std) use the pixels whose centres lie in the annulus
-        cx = 0.5 * (u[:, 1:] + u[:, :-1])
-        cy = 0.5 * (v[:, 1:] + v[:, :-1])
-        r2 = cx[:, None, :] ** 2 + cy[:, :, None] ** 2
-        inann = (r2 >= (rin**2)[:, None, None]) & (r2 < (rout**2)[:, None, None])
+        inann = _in_annulus(u, v, rin, rout)
         m = jnp.where(inann, 1.0, 0.0)  # one 0/1 array for all sums: XLA would rebuild `inann` in each
         n = jnp.sum(m, axis=(1, 2))
         if sky == "mean":

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from astropy.stats import mad_std
 from astropy.table import Table
 
 from .psf import GaussianPRF
@@ -215,9 +216,7 @@ def match_to_truth(catalog: Table, truth: Table, radius: float = 1.0, *, use=Non
 def _robust_std(v):
     v = np.asarray(v, float)
     v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return float("nan")
-    return float(1.482602218505602 * np.median(np.abs(v - np.median(v))))
+    return float(mad_std(v)) if len(v) else float("nan")
 
 
 def score(

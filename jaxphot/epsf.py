@@ -55,10 +55,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from astropy.stats import mad_std
 from astropy.table import Table
 
 from .fit import fit_cutouts
 from .kernels import bspline_prefilter
+from .photometry import _scatter_stamps, _stamps
 from .psf import DiscretePSF
 from .psf_grid import PolynomialPSF, _poly_scale, _samples, poly_terms
 
@@ -477,7 +479,7 @@ def aperture_correction(
         w = 1.0 / sig[keep] ** 2
         mean = float(np.sum(w * ratio[keep]) / np.sum(w))
         z = (ratio - mean) / sig
-        spread = max(1.0, float(1.4826 * np.median(np.abs(z[keep] - np.median(z[keep])))))
+        spread = max(1.0, float(mad_std(z[keep])))
         new = ok & (np.abs(z) <= clip_sigma * spread)
         if np.array_equal(new, keep) or new.sum() < 2:
             break
@@ -528,11 +530,6 @@ def _odd_shape(shape) -> tuple[int, int]:
     if h < 5 or w < 5 or h % 2 == 0 or w % 2 == 0:
         raise ValueError(f"shape must be odd and >= 5 pixels, got {(h, w)}")
     return h, w
-
-
-def _robust_std(a, axis):
-    med = np.nanmedian(a, axis=axis, keepdims=True)
-    return 1.4826 * np.nanmedian(np.abs(a - med), axis=axis)
 
 
 def build_epsf(
@@ -747,7 +744,7 @@ def build_epsf(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         sky = np.nanmedian(bvals, axis=1)
-        sky_var = _robust_std(bvals, axis=1) ** 2
+        sky_var = mad_std(bvals, axis=1, ignore_nan=True) ** 2
     sky = np.where(np.isfinite(sky), sky, 0.0)
     pos_var = sky_var[np.isfinite(sky_var) & (sky_var > 0)]
     floor = np.median(pos_var) if pos_var.size else 1.0
@@ -895,7 +892,7 @@ def build_epsf(
         dof = np.maximum(pix_ok.sum(axis=(1, 2)) - 6, 1)
         chi2_red = np.sum(np.where(pix_ok, zres**2, 0.0), axis=(1, 2)) / dof
         med = np.median(chi2_red[good])
-        spread = _robust_std(chi2_red[good], axis=0)
+        spread = mad_std(chi2_red[good], axis=0, ignore_nan=True)
         star_ok = good & (chi2_red <= max(med + 5.0 * spread, 1.5 * med))
         if star_ok.sum() < min_stars:
             star_ok = good
@@ -1078,7 +1075,7 @@ def select_stars(
             if col in catalog.colnames:
                 v = np.asarray(catalog[col], float)
                 med = np.median(v[ok])
-                spread = max(float(_robust_std(v[ok], axis=0)), 1e-6)
+                spread = max(float(mad_std(v[ok], axis=0, ignore_nan=True)), 1e-6)
                 ok &= np.abs(v - med) <= shape_clip * spread
     sel = np.nonzero(ok)[0]
     if sel.size == 0:
@@ -1306,21 +1303,14 @@ def _subtract_neighbours(sub, bad, psf, psf_xy, cat_xy, shape, min_sep: float, k
     # a fit that ran away (onto the PSF star, or negative) is not subtracted
     ok = act_nb & np.isfinite(xf) & np.isfinite(yf) & np.isfinite(ff) & (ff > 0)
     ok &= np.hypot(xf - cat_xy[order, 0], yf - cat_xy[order, 1]) < 1.5
-    best = {}
-    for i, j in zip(*np.nonzero(ok), strict=True):
-        k = order[i, j]
-        if k not in best or d[i, k] < d[best[k][0], k]:
-            best[k] = (i, j)
-    out = np.array(sub, np.float64, copy=True)
-    for i, j in best.values():
-        x0s, y0s, f0 = xf[i, j], yf[i, j], ff[i, j]
-        bx, by = int(round(x0s)) - w // 2, int(round(y0s)) - h // 2
-        x0, y0, x1, y1 = max(bx, 0), max(by, 0), min(bx + w, W), min(by + h, H)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        model = np.asarray(psf.evaluate(x0s - bx, y0s - by, (h, w)))
-        out[y0:y1, x0:x1] -= f0 * model[y0 - by : y1 - by, x0 - bx : x1 - bx]
-    return out
+    # Each neighbour once, from the box of its nearest PSF star (stable sort: ties keep box order).
+    ii, jj = np.nonzero(ok)
+    kk = order[ii, jj]
+    first = np.lexsort((d[ii, kk], kk))
+    first = first[np.r_[True, kk[first][1:] != kk[first][:-1]]] if len(first) else first
+    ii, jj = ii[first], jj[first]
+    st, sx0, sy0 = _stamps(psf, xf[ii, jj], yf[ii, jj], ff[ii, jj], max(h, w) // 2)
+    return np.asarray(sub, np.float64) - _scatter_stamps((H, W), st, sx0, sy0)
 
 
 def _estimate_fwhm(sub, rms, bad) -> float:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
+from astropy.stats import mad_std
 from astropy.table import Table
 
 from .background import Background, estimate_background
@@ -337,8 +338,7 @@ def _background_maps(img, good, background, box: int):
             f"background map shape {np.shape(background)} differs from image shape {img.shape}"
         ) from None
     resid = data - level
-    med = np.nanmedian(resid)
-    rms = 1.482602218505602 * np.nanmedian(np.abs(resid - med))
+    rms = mad_std(resid, ignore_nan=True)
     return level, np.full(img.shape, max(float(rms), 1e-30))
 
 

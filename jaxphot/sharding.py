@@ -175,26 +175,15 @@ class _ShardedRunner:
         out = []
         start = 0
         pending = None
+        # Everything but the span travels together to _dispatch / _collect.
+        job = (psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index)
         while start < n:
             per = self.chunk
             stop = min(n, start + nd * per)
             # Per-device bucket: a power of two (>= 64) so a new N does not recompile.
             size = max(_fit._bucket(-(-(stop - start) // nd), per), min(min_bucket, per))
             try:
-                handle = self._dispatch(
-                    psf,
-                    pix,
-                    rows,
-                    state,
-                    inv_gain,
-                    max_iter,
-                    step_tol,
-                    newton,
-                    index,
-                    start,
-                    stop,
-                    size,
-                )
+                handle = self._dispatch(job, start, stop, size)
             except Exception as exc:
                 if not self._shrink(exc):
                     raise
@@ -202,17 +191,11 @@ class _ShardedRunner:
             # Dispatch is asynchronous: collect the previous span while this one runs, so the
             # host-side preparation and device->host copies overlap the device work.
             if pending is not None:
-                out.append(
-                    self._collect(
-                        *pending, psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index
-                    )
-                )
+                out.append(self._collect(*pending, job))
             pending = (handle, start, stop)
             start = stop
         if pending is not None:
-            out.append(
-                self._collect(*pending, psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index)
-            )
+            out.append(self._collect(*pending, job))
         return jax.tree_util.tree_map(lambda *v: np.concatenate(v), *out)
 
     def _shrink(self, exc) -> bool:
@@ -222,9 +205,8 @@ class _ShardedRunner:
         self.n_oom += 1
         return True
 
-    def _dispatch(
-        self, psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index, start, stop, size
-    ):
+    def _dispatch(self, job, start, stop, size):
+        psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index = job
         total = size * len(self.devices)
         sel = slice(start, stop) if index is None else index[start:stop]
         pixels = pix.chunk(sel)
@@ -248,27 +230,14 @@ class _ShardedRunner:
             )
         return fn(p, *a, inv_gain, np.int32(max_iter), step_tol)
 
-    def _collect(
-        self,
-        handle,
-        start,
-        stop,
-        psf,
-        pix,
-        rows,
-        state,
-        inv_gain,
-        max_iter,
-        step_tol,
-        newton,
-        index,
-    ):
+    def _collect(self, handle, start, stop, job):
         try:
             return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], handle)
         except Exception as exc:
             if not self._shrink(exc):
                 raise
         # Out of memory while running: redo this span alone with the smaller chunk.
+        psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index = job
         sub_rows = tuple(r[start:stop] for r in rows)
         sub_state = tuple(s[start:stop] for s in state)
         sub_index = None if index is None else index[start:stop]
