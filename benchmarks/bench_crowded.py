@@ -258,7 +258,7 @@ def main(argv=None):
     # Comparison table.
     print(
         "\n| PSF | code | thr (σ) | time (s) | found S/N≥10 | completeness | spurious rows "
-        "| pull σ iso | pull σ blend |"
+        "| pull σ iso (MAD / biweight) | pull σ blend (MAD / biweight) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in out["runs"]:
@@ -266,7 +266,8 @@ def main(argv=None):
             f"| {r['psf']} | {r['code']} | {r['threshold']:g} | {r['seconds']:.1f} | "
             f"{r['n_found_bright']}/{r['n_true_bright']} | {100 * r['completeness_bright']:.1f} % "
             f"| {r['n_spurious']} ({100 * r['spurious_fraction']:.2f} %) | "
-            f"{r['pull_std_isolated']:.2f} | {r['pull_std_blended']:.2f} |"
+            f"{r['pull_std_isolated']:.3f} / {r['pull_biweight_isolated']:.3f} | "
+            f"{r['pull_std_blended']:.3f} / {r['pull_biweight_blended']:.3f} |"
         )
     for kind in kinds:
         jr = [r for r in out["runs"] if r["psf"] == kind and r["code"] == "jaxphot"]

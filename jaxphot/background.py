@@ -173,7 +173,8 @@ def _sextractor_stats(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         med = np.where(done, med, med_k)
         mean = np.where(done, mean, mean_k)
         sig = np.where(done, sig, sig_k)
-        conv = (np.abs(sig / sig_prev - 1.0) <= 1e-4) | ~(sig > 1e-3 * s0)
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN sig: meshes with no pixels
+            conv = (np.abs(sig / sig_prev - 1.0) <= 1e-4) | ~(sig > 1e-3 * s0)
         done = done | conv | ~np.isfinite(sig)
         if done.all():
             break

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from astropy.stats import mad_std
+from astropy.stats import biweight_scale, mad_std
 from astropy.table import Table
 
 from .psf import GaussianPRF
@@ -213,10 +213,14 @@ def match_to_truth(catalog: Table, truth: Table, radius: float = 1.0, *, use=Non
     return a[keep], b[keep]
 
 
-def _robust_std(v):
+def _robust_std(v, estimator: str = "mad"):
+    """Robust standard deviation of the finite values: 1.4826 MAD, or the biweight midvariance
+    (``"biweight"``: 87 % efficient for normal data against 37 %, a 1.5x smaller sampling error)."""
     v = np.asarray(v, float)
     v = v[np.isfinite(v)]
-    return float(mad_std(v)) if len(v) else float("nan")
+    if not len(v):
+        return float("nan")
+    return float(mad_std(v) if estimator == "mad" else biweight_scale(v))
 
 
 def score(
@@ -252,7 +256,8 @@ def score(
     dict
         ``n_true_bright, n_found_bright, completeness_bright, n_rows, n_good, n_spurious,
         spurious_fraction, pull_std_isolated, pull_std_blended`` (robust, 1.4826 MAD) with
-        their sampling errors ``pull_std_isolated_err, pull_std_blended_err``,
+        their sampling errors ``pull_std_isolated_err, pull_std_blended_err``, the same
+        from the biweight midvariance ``pull_biweight_isolated, pull_biweight_blended``,
         ``pull_median, n_isolated, n_blended, pos_rms``.
     """
     from scipy.spatial import cKDTree
@@ -296,6 +301,8 @@ def score(
         # Sampling error of a MAD-based sigma from n normal values: 1.166 sigma / sqrt(n).
         "pull_std_isolated_err": 1.166 * s_iso / np.sqrt(max(int((sel & isolated).sum()), 1)),
         "pull_std_blended_err": 1.166 * s_bl / np.sqrt(max(int((sel & ~isolated).sum()), 1)),
+        "pull_biweight_isolated": _robust_std(pull[sel & isolated], "biweight"),
+        "pull_biweight_blended": _robust_std(pull[sel & ~isolated], "biweight"),
         "n_isolated": int((sel & isolated).sum()),
         "n_blended": int((sel & ~isolated).sum()),
         "pos_rms_bright": float(np.sqrt(np.nanmean(dx[sel] ** 2 + dy[sel] ** 2) / 2))

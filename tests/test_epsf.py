@@ -14,6 +14,7 @@ from jaxphot.epsf import (
     select_stars,
 )
 from jaxphot.fit import fit_cutouts
+from jaxphot.kernels import bspline_prefilter
 from jaxphot.psf import DiscretePSF, MoffatPSF
 from jaxphot.psf_grid import read_wfc3_uvis_grid, render_image
 from jaxphot.simulate import add_noise
@@ -190,9 +191,11 @@ def test_wfc3_psf_constant(shared_data):
     under the rim level, 0.8 % outside the box). That aperture correction is measured from the
     PSF stars themselves (large-aperture / ePSF-fitted flux, no knowledge of the truth) and
     folded into the ePSF (``normalize="aperture"``): the library PSF is 25 px wide, so a radius
-    of 12.5 sqrt(2) = 17.7 px holds all its light. Measured (2048^2 evaluation field, seeds 4/5):
-    apcor 1.0415/1.0419 +- 0.0003, dmag -0.0006/-0.0012, pulls flux 1.02/1.04, x 1.04-1.08,
-    y 1.02 (true PSF 1.005/1.013/0.993); core rms 0.21 % vs the rim-subtracted truth.
+    of 12.5 sqrt(2) = 17.7 px holds all its light. Measured 2026-11-21 (1400^2 evaluation field,
+    build seeds 4/5): dmag -0.001/-0.001, pulls flux 0.999/1.011, x 1.047/1.063, y 1.010/1.005
+    (true PSF 1.005/1.013/0.993); core rms 0.18/0.20 % vs the rim-subtracted truth. The x pulls
+    carry a pixel-phase S-curve of ~4 mpx (see ``build_epsf``'s ``smoothness``). It does not
+    shrink with 800 stars (x 1.046) and grows with a weaker prior (smoothness 3e-4: x 1.14-1.20).
     """
     with pytest.warns(UserWarning, match="corrupt PSFs"):
         grid = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
@@ -401,3 +404,66 @@ def test_subtract_neighbours_removes_neighbours_not_psf_stars():
     alone = render_image(truth, psf_xy[:, 0], psf_xy[:, 1], f[:2], (64, 100), stamp=41)
     # what is left is the PSF stars alone, to ~1e-3 of the neighbours' flux
     assert np.abs(out - alone).sum() < 2e-3 * f[2:].sum()
+
+
+def test_pin_fixes_the_core_centre_and_centre_free_variation_terms():
+    """Pinning puts the core-fit centre at the origin and takes the centre shift out of the
+    variation terms (to first order), whatever the wings do.
+
+    A Gaussian core (FWHM 2 px) 0.1 px off the origin with a faint wing blob 4 px to one side:
+    after ``_pin`` the core-fit centre is at the origin (the first moment is not: the blob pulls
+    it by ~40 mpx), and a variation term that only moves the core by 20 mpx has no centre shift
+    left.
+    """
+    from jaxphot.epsf import _centroid, _core_centre, _pin
+    from jaxphot.psf_grid import _samples
+
+    s, m = 4, 15
+    n = s * m + 1
+    u = (np.arange(n) - (n - 1) / 2) / s
+    uu, vv = np.meshgrid(u, u)
+    sig = 2.0 / 2.3548
+
+    def gauss(x0, y0):
+        return np.exp(-0.5 * ((uu - x0) ** 2 + (vv - y0) ** 2) / sig**2)
+
+    core = gauss(0.1, -0.05)
+    blob = 0.02 * core.sum() / (np.pi * 2 * 1.5**2) * np.exp(-0.5 * ((uu - 4) ** 2 + vv**2) / 1.5**2)
+    term1 = gauss(0.1, -0.03) - core  # the core moving by +20 mpx in y per unit field coordinate
+    start = np.stack([bspline_prefilter(core + blob).ravel(), bspline_prefilter(term1).ravel()])
+    c, fwhm = _pin(start, s, n, centre=True)
+    s0 = _samples(c[0].reshape(n, n), "bspline3")
+    radius = max(1.2 * fwhm * s, 1.5 * s)  # as _pin chose it
+    got = _core_centre(s0, s, radius)
+    assert max(abs(got.x), abs(got.y)) / s < 1e-5
+    assert abs(_centroid(s0, radius)[0] / s) > 0.02  # the wing pulls the first moment
+    # the pinned ePSF is the input moved by the core's offset (0.1, -0.05) px
+    moved = gauss(0, 0) + 0.02 * core.sum() / (np.pi * 2 * 1.5**2) * np.exp(
+        -0.5 * ((uu - 3.9 - got.x / s) ** 2 + (vv + 0.05) ** 2) / 1.5**2
+    )
+    ref = moved / moved.sum() * s0.sum()
+    assert np.max(np.abs(s0 - ref)) / ref.max() < 0.02
+    s1 = _samples(c[1].reshape(n, n), "bspline3")
+    assert np.max(np.abs(got.gain @ s1[got.core])) / s < 0.02 * 0.02  # < 2 % of its 20 mpx
+
+
+def test_wfc3_library_centres_agree_with_the_epsf_convention(shared_data):
+    """The 36 WFC3/UVIS F814W library PSFs are centred on their cores: their core-fit centres
+    lie within 6 mpx of the origin (measured: max 5.3 mpx, std 1.1 / 1.5 mpx), while their first moments
+    (radius 1.2 FWHM) drift by 17 mpx across the detector (std 4.1 / 4.5 mpx)."""
+    from jaxphot.epsf import _centroid, _core_centre, _fwhm_samples
+    from jaxphot.psf_grid import _samples
+
+    with pytest.warns(UserWarning, match="corrupt PSFs"):
+        grid = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
+    core, moment = [], []
+    for row in np.asarray(grid.coeffs):
+        for c in row:
+            smp = _samples(c, "bspline3")
+            radius = 1.2 * _fwhm_samples(smp)
+            got = _core_centre(smp, 4, radius)
+            core.append((got.x / 4, got.y / 4))
+            moment.append(np.array(_centroid(smp, radius)) / 4)
+    core, moment = np.array(core), np.array(moment)
+    assert np.max(np.abs(core)) < 0.006, np.max(np.abs(core))
+    assert np.all(np.ptp(moment, axis=0) > 0.012)

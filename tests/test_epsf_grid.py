@@ -75,31 +75,30 @@ def test_grid_lowered_when_regions_lack_stars():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_wfc3_varying_gridded_epsf(shared_data, seed):
+def test_wfc3_varying_gridded_epsf(shared_data):
     """WFC3/UVIS F814W varying as the library grid (6 x 6 valid nodes) over 4096^2 px.
 
-    1600 isolated stars, 4 x 4 regions of 100, each ePSF aperture-corrected from its own stars
-    (apcor 1.040-1.047). Measured (seeds 1/2; 2000-star evaluation field, flux 1e3-3e4):
-    core rms at the 16 nodes 0.21-0.48 %, image centre 0.30/0.31 %, corners 100 px from the
-    edges 0.34-1.28 % (worst: upper left, 400 px beyond the nearest node, where the library PSF
-    keeps changing); dmag -0.0011/-0.0005; pulls flux 1.02/1.03, x 1.12/1.09, y 1.09/1.08 (true
-    PSF 0.98-0.99, 1.00-1.01, 0.99); build 100-140 s. Issue 6's 1.00 +- 0.07 is met by the flux
-    pulls and dmag, NOT by the position pulls: about half of their excess is the ePSF's
-    centroid convention (the library PSFs' centroids move by 17 mpx across the field; against
-    the truth's centroids the pulls are x 1.10, y 1.04), the rest the per-node ePSF noise and
-    pixel-phase (S-curve) bias of a 100-star build (a 200-star constant build: x 1.04-1.08).
+    3600 isolated stars, 6 x 6 regions of 100, each ePSF aperture-corrected from its own stars.
+    Measured 2026-11-21 (seeds 1/2; 2000-star evaluation field, flux 1e3-3e4): core rms at the
+    36 nodes <= 0.35 %, corners 100 px from the edges 0.25-0.86 %; dmag -0.001/-0.001; pulls
+    flux 1.006/1.032, x 1.056/1.055, y 1.025/1.025 (true PSF 0.98-1.01); build 245/293 s.
+    Issue 6's 1.00 +- 0.07 holds. The position pulls owe that to the ePSF's origin being its
+    core-fit centre: with the first moment as origin they were 1.08-1.09 (x and y), because the
+    library PSFs' first moments move by 17 mpx across the field. Coarser regions do worse: 4 x 4
+    regions of 100 stars (1600 stars) give x 1.087/1.052, y 1.036/1.046; a degree-2 polynomial
+    from 200 stars x 1.09-1.10, flux 1.06-1.07 (the library PSF changes too much across the
+    detector for one quadratic).
     """
     with pytest.warns(UserWarning, match="corrupt PSFs"):
         truth = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
     S = 4096
-    # sep=80 keeps every star >= 18 px inside the image (all 1600 usable)
-    img, pts, f = _field(truth, 1600, shape=(S, S), seed=seed, sep=80)
+    # sep=60 keeps every star >= 18 px inside the image (all 3600 usable)
+    img, pts, f = _field(truth, 3600, shape=(S, S), seed=1, sep=60)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EPSFWarning)
         start = pts + np.random.default_rng(5).normal(0, 0.1, pts.shape)
-        psf, st = build_epsf_grid(img, start, grid=(4, 4), **WFC3_BUILD)
-    assert st.meta["grid"] == (4, 4) and np.all(st.meta["nstars"] >= 95)
+        psf, st = build_epsf_grid(img, start, grid=(6, 6), **WFC3_BUILD)
+    assert st.meta["grid"] == (6, 6) and np.all(st.meta["nstars"] >= 90)
     assert np.all((1.035 < st.meta["apcor"]) & (st.meta["apcor"] < 1.055))
 
     def core(x, y):
@@ -107,12 +106,11 @@ def test_wfc3_varying_gridded_epsf(shared_data, seed):
         e = psf.psf_at(x, y)
         return _core_rms(e, tp * e.array.sum() / 16, r, 3.0)
 
-    assert max(core(x, y) for x in psf.grid_x for y in psf.grid_y) < 0.006
-    assert core(S / 2, S / 2) < 0.005
+    assert max(core(x, y) for x in psf.grid_x for y in psf.grid_y) < 0.005
     for x, y in [(100, 100), (S - 100, 100), (100, S - 100), (S - 100, S - 100)]:
-        assert core(x, y) < 0.015, (x, y)
-    img2, pts2, f2 = _field(truth, 2000, shape=(S, S), flux=(1e3, 3e4), seed=100 + seed, sep=70)
+        assert core(x, y) < 0.012, (x, y)
+    img2, pts2, f2 = _field(truth, 2000, shape=(S, S), flux=(1e3, 3e4), seed=101, sep=70)
     got = _pulls(*_photometry(img2, pts2, psf, size=15), f2)
-    assert abs(got["dmag"]) < 0.005 and abs(got["flux"] - 1.0) < 0.07, got
-    # the position pulls fall short of 1.07 (see the docstring): guard against regressions only
-    assert 0.95 < got["x"] < 1.17 and 0.95 < got["y"] < 1.15, got
+    assert abs(got["dmag"]) < 0.005, got
+    for k in ("flux", "x", "y"):
+        assert abs(got[k] - 1.0) < 0.07, got
