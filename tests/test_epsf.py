@@ -368,7 +368,7 @@ def _encircled(psf, size=41):
 def test_fwhm_estimate_moffat():
     # adaptive moments about a local sky: measured 2.21 px for FWHM 2 (plain 9 x 9 moments: 2.59)
     from jaxphot.background import estimate_background
-    from jaxphot.epsf import _estimate_fwhm
+    from jaxphot.epsf.selection import _estimate_fwhm
 
     img, _, _ = _field(MoffatPSF(2.0, 4.0), 80, shape=(600, 600), seed=8, sep=24)
     bad = ~np.isfinite(img)
@@ -383,7 +383,7 @@ def test_spitzer_fwhm_estimate(shared_data):
     from astropy.io import fits
 
     from jaxphot.background import estimate_background
-    from jaxphot.epsf import _estimate_fwhm
+    from jaxphot.epsf.selection import _estimate_fwhm
 
     d = shared_data("spitzer_glimpse")
     img = fits.getdata(d / "spitzer_example_image.fits").astype(float)
@@ -394,7 +394,7 @@ def test_spitzer_fwhm_estimate(shared_data):
 
 
 def test_subtract_neighbours_removes_neighbours_not_psf_stars():
-    from jaxphot.epsf import _subtract_neighbours
+    from jaxphot.epsf.selection import _subtract_neighbours
 
     truth = MoffatPSF(2.0, 4.0)
     psf_xy = np.array([[30.3, 30.6], [70.8, 40.2]])
@@ -418,7 +418,7 @@ def test_pin_fixes_the_core_centre_and_centre_free_variation_terms():
     it by ~40 mpx), and a variation term that only moves the core by 20 mpx has no centre shift
     left.
     """
-    from jaxphot.epsf import _centroid, _core_centre, _pin
+    from jaxphot.epsf._pin import _centroid, _core_centre, _pin
     from jaxphot.psf_grid import _samples
 
     s, m = 4, 15
@@ -454,7 +454,8 @@ def test_wfc3_library_centres_agree_with_the_epsf_convention(shared_data):
     """The 36 WFC3/UVIS F814W library PSFs are centred on their cores: their core-fit centres
     lie within 6 mpx of the origin (measured: max 5.3 mpx, std 1.1 / 1.5 mpx), while their first moments
     (radius 1.2 FWHM) drift by 17 mpx across the detector (std 4.1 / 4.5 mpx)."""
-    from jaxphot.epsf import _centroid, _core_centre, _fwhm_samples
+    from jaxphot.epsf._moffat import _fwhm_samples
+    from jaxphot.epsf._pin import _centroid, _core_centre
     from jaxphot.psf_grid import _samples
 
     with pytest.warns(UserWarning, match="corrupt PSFs"):
