@@ -178,6 +178,10 @@ def build_epsf(
         refitted to it at every iteration (DAOPHOT's analytic-plus-residual split), so only the
         residual is smoothed and a sharp core is not flattened. None: the ePSF itself (zero
         curvature), which broadens undersampled cores and biases positions with pixel phase.
+        Neither is unbiased for every PSF. A PSF unlike a Moffat (WFC3/UVIS: diffraction
+        structure) gets a small systematic S-curve from the Moffat reference: built noise-free
+        from exact positions, ``"moffat"`` leaves +-6 mpx and None +-1.6 mpx. With 200 noisy stars
+        the two give like pulls (x 1.05-1.06 vs 1.03-1.05, y 1.01 vs 1.03).
     maxiters : int
         Maximum number of (star fit, ePSF update) iterations.
     tol : float
