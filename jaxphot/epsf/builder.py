@@ -60,7 +60,7 @@ from astropy.table import Table
 from ..fit import fit_cutouts
 from ..psf import DiscretePSF
 from ..psf_grid import PolynomialPSF, _poly_scale, _samples, poly_terms
-from ._moffat import _moffat_reference_terms
+from ._moffat import _lowpass_reference_terms, _moffat_reference_terms
 from ._pin import _pin
 from ._spline import _model_pixels, _solve_coeffs
 from .apcorr import aperture_correction
@@ -173,7 +173,7 @@ def build_epsf(
         true PSF's; constant WFC3/UVIS, 1e-3: ~4 mpx, core rms 0.21 %, 1e-2: ~7 mpx, 0.36 %;
         degree 2 (Moffat FWHM 2.6-3.4 across the field), 1e-3: 6-15 mpx (y pulls 1.11), 1e-2:
         < 1.5 mpx (pulls like the true PSF's) and half the iterations.
-    prior : {"moffat", None}
+    prior : {"moffat", "lowpass", None}
         What the penalty pulls toward. ``"moffat"``: the ePSF minus an elliptical Moffat PRF
         refitted to it at every iteration (DAOPHOT's analytic-plus-residual split), so only the
         residual is smoothed and a sharp core is not flattened. None: the ePSF itself (zero
@@ -181,7 +181,16 @@ def build_epsf(
         Neither is unbiased for every PSF. A PSF unlike a Moffat (WFC3/UVIS: diffraction
         structure) gets a small systematic S-curve from the Moffat reference: built noise-free
         from exact positions, ``"moffat"`` leaves +-6 mpx and None +-1.6 mpx. With 200 noisy stars
-        the two give like pulls (x 1.05-1.06 vs 1.03-1.05, y 1.01 vs 1.03).
+        the two give like pulls (x 1.05-1.06 vs 1.03-1.05, y 1.01 vs 1.03). ``"lowpass"``: the
+        ePSF minus its own low-pass (spatial frequencies below ~1.2 / FWHM cycles per pixel), so
+        only the band where the S-curve family lives is smoothed (default weight 1e-2). For
+        diffraction-limited PSFs it is the best choice: WFC3/UVIS F814W, 200 stars, core rms
+        0.15 % of peak, pulls 0.99 / 1.02 / 1.00 (true PSF 1.005 / 1.013 / 0.993), converged in 7
+        iterations; noise-free build S-curve +-1.2 mpx; Moffat FWHM 3: 0.98 / 1.00 / 0.99; FWHM
+        1.5 (50 stars): 1.00 / 1.00 / 1.03. It is not the default because it damps real power
+        above that frequency when the PSF's FWHM is set by something other than diffraction:
+        on Spitzer/IRAC (undersampled, optics passing up to ~1.1 cycles per pixel) ``--psf auto``
+        fluxes drop to a median of 0.964 x GLIMPSE (0.976 with ``"moffat"``).
     maxiters : int
         Maximum number of (star fit, ePSF update) iterations.
     tol : float
@@ -241,8 +250,8 @@ def build_epsf(
     h, w = _odd_shape(shape)
     if smoothness is not None and not smoothness >= 0:
         raise ValueError(f"smoothness must be >= 0, got {smoothness}")
-    if prior not in ("moffat", None):
-        raise ValueError(f"prior must be 'moffat' or None, got {prior!r}")
+    if prior not in ("lowpass", "moffat", None):
+        raise ValueError(f"prior must be 'lowpass', 'moffat' or None, got {prior!r}")
     if normalize not in ("sum", "aperture"):
         raise ValueError(f"normalize must be 'sum' or 'aperture', got {normalize!r}")
     H, W = img.shape
@@ -303,7 +312,7 @@ def build_epsf(
         degree = new
     n_terms = len(poly_terms(degree))
     if smoothness is None:  # (after the degree is settled)
-        smoothness = 1e-3 if degree == 0 else 1e-2
+        smoothness = 1e-2 if (degree > 0 or prior == "lowpass") else 1e-3
 
     idx_use = np.nonzero(use)[0]
     data = data[idx_use]
@@ -373,6 +382,8 @@ def build_epsf(
             got = _moffat_reference_terms(coeffs, n, s, degree)
             if got is not None:
                 c_ref[: len(got)] = got
+        elif prior == "lowpass" and it > 0:
+            c_ref = _lowpass_reference_terms(coeffs, n, s).astype(coeffs.dtype)
         c_new, n_cg = _solve_coeffs(
             jnp.asarray(coeffs, jnp.float32),
             jnp.asarray(c_ref, jnp.float32),
