@@ -284,7 +284,8 @@ def score(
     n_spur = n_good - len(ci)
     dx = np.asarray(catalog["x_fit"])[ci] - np.asarray(truth["x"])[ti]
     dy = np.asarray(catalog["y_fit"])[ci] - np.asarray(truth["y"])[ti]
-    s_iso, s_bl = _robust_std(pull[sel & isolated]), _robust_std(pull[sel & ~isolated])
+    p_iso, p_bl = pull[sel & isolated], pull[sel & ~isolated]
+    s_iso, s_bl = _robust_std(p_iso), _robust_std(p_bl)
     return {
         "n_true_bright": int(bright.sum()),
         "n_found_bright": int((found & bright).sum()),
@@ -299,12 +300,12 @@ def score(
         "pull_std_isolated": s_iso,
         "pull_std_blended": s_bl,
         # Sampling error of a MAD-based sigma from n normal values: 1.166 sigma / sqrt(n).
-        "pull_std_isolated_err": 1.166 * s_iso / np.sqrt(max(int((sel & isolated).sum()), 1)),
-        "pull_std_blended_err": 1.166 * s_bl / np.sqrt(max(int((sel & ~isolated).sum()), 1)),
-        "pull_biweight_isolated": _robust_std(pull[sel & isolated], "biweight"),
-        "pull_biweight_blended": _robust_std(pull[sel & ~isolated], "biweight"),
-        "n_isolated": int((sel & isolated).sum()),
-        "n_blended": int((sel & ~isolated).sum()),
+        "pull_std_isolated_err": 1.166 * s_iso / np.sqrt(max(len(p_iso), 1)),
+        "pull_std_blended_err": 1.166 * s_bl / np.sqrt(max(len(p_bl), 1)),
+        "pull_biweight_isolated": _robust_std(p_iso, "biweight"),
+        "pull_biweight_blended": _robust_std(p_bl, "biweight"),
+        "n_isolated": len(p_iso),
+        "n_blended": len(p_bl),
         "pos_rms_bright": float(np.sqrt(np.nanmean(dx[sel] ** 2 + dy[sel] ** 2) / 2))
         if sel.any()
         else float("nan"),

@@ -504,8 +504,9 @@ def photometry(
         the variance is ``(sky + star model) / gain + (read_noise / gain)^2`` with the
         current model; the sky term falls back to the background rms map where the CCD
         equation disagrees with it (sky-subtracted or rescaled images). Without ``gain``
-        the background rms map is used (sky noise only). Detection always thresholds
-        against the background rms map.
+        the background rms map is used (sky noise only). Detection on the residual always
+        takes its sky term from the background rms map (plus the stars' Poisson noise with
+        ``gain``), or uses ``error`` when given.
     mask : (H, W) bool array, optional
         True for pixels to ignore.
     gain : float, optional

@@ -473,8 +473,8 @@ def test_wfc3_library_centres_agree_with_the_epsf_convention(shared_data):
     """The 36 WFC3/UVIS F814W library PSFs are centred on their cores: their core-fit centres
     lie within 6 mpx of the origin (measured: max 5.3 mpx, std 1.1 / 1.5 mpx), while their first moments
     (radius 1.2 FWHM) drift by 17 mpx across the detector (std 4.1 / 4.5 mpx)."""
-    from jaxphot.epsf._moffat import _fwhm_samples
     from jaxphot.epsf._pin import _centroid, _core_centre
+    from jaxphot.epsf._reference import _fwhm_samples
     from jaxphot.psf_grid import _samples
 
     with pytest.warns(UserWarning, match="corrupt PSFs"):
@@ -496,7 +496,7 @@ def test_lowpass_reference_keeps_the_band_and_drops_the_ripple():
     """The "lowpass" prior's reference removes a 1 cycle/pixel ripple (the S-curve band) and
     keeps a smooth core. A Gaussian is not band-limited: ~1 % of its peak lies above the band
     edge (1.2 / FWHM cycles/px) and is left to the penalty."""
-    from jaxphot.epsf._moffat import _lowpass_reference_terms
+    from jaxphot.epsf._reference import _lowpass_reference_terms
 
     s, m = 4, 15
     n = s * m + 1

@@ -74,6 +74,37 @@ def test_grid_lowered_when_regions_lack_stars():
         build_epsf_grid(img, pts, grid=(0, 2))
 
 
+_WFC3_SIZE = 4096
+
+
+def _wfc3_grid_build(shared_data, n, sep, grid, **kw):
+    """The WFC3/UVIS library grid as the truth over 4096^2 px, n isolated stars, and the
+    gridded ePSF built from them. ``sep`` keeps every star >= 18 px inside the image."""
+    with pytest.warns(UserWarning, match="corrupt PSFs"):
+        truth = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
+    S = _WFC3_SIZE
+    img, pts, _ = _field(truth, n, shape=(S, S), seed=1, sep=sep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EPSFWarning)
+        start = pts + np.random.default_rng(5).normal(0, 0.1, pts.shape)
+        psf, st = build_epsf_grid(img, start, grid=grid, **WFC3_BUILD, **kw)
+    return truth, psf, st
+
+
+def _wfc3_core_rms(truth, psf, x, y):
+    """Core rms (of peak) of the ePSF at (x, y) against the rim-subtracted truth there."""
+    tp, r = _truth_samples(truth.psf_at(x, y), 21, pedestal=True)
+    e = psf.psf_at(x, y)
+    return _core_rms(e, tp * e.array.sum() / 16, r, 3.0)
+
+
+def _wfc3_pulls(truth, psf):
+    """Pulls and dmag on an independent 2000-star field over the whole detector."""
+    S = _WFC3_SIZE
+    img2, pts2, f2 = _field(truth, 2000, shape=(S, S), flux=(1e3, 3e4), seed=101, sep=70)
+    return _pulls(*_photometry(img2, pts2, psf, size=15), f2)
+
+
 @pytest.mark.slow
 def test_wfc3_varying_gridded_epsf(shared_data):
     """WFC3/UVIS F814W varying as the library grid (6 x 6 valid nodes) over 4096^2 px.
@@ -89,28 +120,14 @@ def test_wfc3_varying_gridded_epsf(shared_data):
     from 200 stars x 1.09-1.10, flux 1.06-1.07 (the library PSF changes too much across the
     detector for one quadratic).
     """
-    with pytest.warns(UserWarning, match="corrupt PSFs"):
-        truth = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
-    S = 4096
-    # sep=60 keeps every star >= 18 px inside the image (all 3600 usable)
-    img, pts, f = _field(truth, 3600, shape=(S, S), seed=1, sep=60)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EPSFWarning)
-        start = pts + np.random.default_rng(5).normal(0, 0.1, pts.shape)
-        psf, st = build_epsf_grid(img, start, grid=(6, 6), **WFC3_BUILD)
+    truth, psf, st = _wfc3_grid_build(shared_data, 3600, sep=60, grid=(6, 6))
     assert st.meta["grid"] == (6, 6) and np.all(st.meta["nstars"] >= 90)
     assert np.all((1.035 < st.meta["apcor"]) & (st.meta["apcor"] < 1.055))
-
-    def core(x, y):
-        tp, r = _truth_samples(truth.psf_at(x, y), 21, pedestal=True)
-        e = psf.psf_at(x, y)
-        return _core_rms(e, tp * e.array.sum() / 16, r, 3.0)
-
-    assert max(core(x, y) for x in psf.grid_x for y in psf.grid_y) < 0.005
+    assert max(_wfc3_core_rms(truth, psf, x, y) for x in psf.grid_x for y in psf.grid_y) < 0.005
+    S = _WFC3_SIZE
     for x, y in [(100, 100), (S - 100, 100), (100, S - 100), (S - 100, S - 100)]:
-        assert core(x, y) < 0.012, (x, y)
-    img2, pts2, f2 = _field(truth, 2000, shape=(S, S), flux=(1e3, 3e4), seed=101, sep=70)
-    got = _pulls(*_photometry(img2, pts2, psf, size=15), f2)
+        assert _wfc3_core_rms(truth, psf, x, y) < 0.012, (x, y)
+    got = _wfc3_pulls(truth, psf)
     assert abs(got["dmag"]) < 0.005, got
     for k in ("flux", "x", "y"):
         assert abs(got[k] - 1.0) < 0.07, got
@@ -125,24 +142,10 @@ def test_wfc3_varying_gridded_epsf_lowpass_prior(shared_data):
     16/14 s (the Moffat reference: x 1.087/1.052, 76-83 s). On 6 x 6 regions (3600 stars):
     flux 0.992/0.998, x 1.024/1.013, y 1.008/1.002, nodes <= 0.20 %, build 37/34 s.
     """
-    with pytest.warns(UserWarning, match="corrupt PSFs"):
-        truth = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
-    S = 4096
-    img, pts, f = _field(truth, 1600, shape=(S, S), seed=1, sep=80)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EPSFWarning)
-        start = pts + np.random.default_rng(5).normal(0, 0.1, pts.shape)
-        psf, st = build_epsf_grid(img, start, grid=(4, 4), prior="lowpass", **WFC3_BUILD)
+    truth, psf, st = _wfc3_grid_build(shared_data, 1600, sep=80, grid=(4, 4), prior="lowpass")
     assert st.meta["grid"] == (4, 4)
-
-    def core(x, y):
-        tp, r = _truth_samples(truth.psf_at(x, y), 21, pedestal=True)
-        e = psf.psf_at(x, y)
-        return _core_rms(e, tp * e.array.sum() / 16, r, 3.0)
-
-    assert max(core(x, y) for x in psf.grid_x for y in psf.grid_y) < 0.003
-    img2, pts2, f2 = _field(truth, 2000, shape=(S, S), flux=(1e3, 3e4), seed=101, sep=70)
-    got = _pulls(*_photometry(img2, pts2, psf, size=15), f2)
+    assert max(_wfc3_core_rms(truth, psf, x, y) for x in psf.grid_x for y in psf.grid_y) < 0.003
+    got = _wfc3_pulls(truth, psf)
     assert abs(got["dmag"]) < 0.005, got
     for k in ("flux", "x", "y"):
         assert abs(got[k] - 1.0) < 0.05, got

@@ -7,8 +7,8 @@
   ``--psf auto``;
 - :mod:`.grid`: :func:`build_epsf_grid`, regional ePSFs interpolated across the image;
 - :mod:`.apcorr`: :func:`aperture_correction` from the PSF stars;
-- internals: ``_spline`` (the linear sub-problem), ``_moffat`` (the analytic reference of the
-  smoothness penalty), ``_pin`` (normalisation and centre).
+- internals: ``_spline`` (the linear sub-problem), ``_reference`` (what the
+  smoothness penalty pulls toward), ``_pin`` (normalisation and centre).
 """
 
 from .apcorr import ApertureCorrection, aperture_correction

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..kernels import bspline_prefilter
 from ..psf_grid import _samples
-from ._moffat import _fwhm_samples, _moffat_prf
+from ._reference import _fwhm_samples, _moffat_lsq
 
 
 def _kernel_matrix(n: int, shift: float) -> np.ndarray:
@@ -56,19 +56,12 @@ def _core_centre(samples: np.ndarray, s: int, radius: float) -> _CoreCentre | No
     first moment by 51 / 60 mpx. A centre that drifts across the field becomes a position error
     that varies with the star's position, which no global offset removes.
     """
-    from scipy.optimize import least_squares
-
     n = samples.shape[0]
     off = (np.arange(n) - (n - 1) / 2.0) / s
-    u, v = np.meshgrid(off, off)
-    core = np.hypot(u, v) <= radius / s
-    fw = max(_fwhm_samples(samples) / s, 0.5)
-    alpha2 = (fw / 2.0) ** 2 / (2 ** (1 / 4.0) - 1)  # start at beta = 4
-    p0 = np.array([samples.max(), 0, 0, -np.log(alpha2), -np.log(alpha2), 0.0, np.log(3.0)])
-    uc, vc, sc = u[core], v[core], samples[core]
+    core = np.hypot(off[None, :], off[:, None]) <= radius / s
     try:
+        r, _, _ = _moffat_lsq(samples, s, core)
         with np.errstate(all="ignore"):
-            r = least_squares(lambda p: _moffat_prf(p, uc, vc) - sc, p0, method="lm")
             gain = np.linalg.pinv(r.jac)[1:3] * s
     except (ValueError, np.linalg.LinAlgError):
         return None

@@ -60,8 +60,8 @@ from astropy.table import Table
 from ..fit import fit_cutouts
 from ..psf import DiscretePSF
 from ..psf_grid import PolynomialPSF, _poly_scale, _samples, poly_terms
-from ._moffat import _lowpass_reference_terms, _moffat_reference_terms
 from ._pin import _pin
+from ._reference import _lowpass_reference_terms, _moffat_reference_terms
 from ._spline import _model_pixels, _solve_coeffs
 from .apcorr import aperture_correction
 

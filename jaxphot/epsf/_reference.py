@@ -1,4 +1,4 @@
-"""The analytic reference (an elliptical Moffat PRF) that the smoothness penalty pulls toward."""
+"""What the ePSF smoothness penalty pulls toward: an elliptical Moffat PRF or the ePSF's own low-pass."""
 
 from __future__ import annotations
 
@@ -37,11 +37,13 @@ def _moffat_prf(p, u, v):
     return amp * np.sum(w * (1.0 + q) ** -beta, axis=(-2, -1))
 
 
-def _moffat_fit(samples: np.ndarray, s: int):
-    """Samples (n, n) of the elliptical Moffat PRF that best fits the ePSF samples, or None.
+def _moffat_lsq(samples: np.ndarray, s: int, core: np.ndarray | None = None):
+    """Least-squares elliptical Moffat PRF fit to ePSF samples (n, n), over ``core`` (bool) if given.
 
-    Every fit starts afresh from the samples' FWHM (warm starts from the previous iteration's
-    parameters changed the Spitzer ePSF's EE(2 px) enough to fail its 3 % check).
+    Returns ``(result, u, v)``: scipy's ``least_squares`` result (``x``, ``jac``, ``success``) and
+    the sample offsets in pixels; raises ``ValueError`` / ``LinAlgError`` on a failed fit. Every
+    fit starts afresh at beta = 4 and the samples' FWHM (warm starts from the previous
+    iteration's parameters changed the Spitzer ePSF's EE(2 px) enough to fail its 3 % check).
     """
     from scipy.optimize import least_squares
 
@@ -49,11 +51,20 @@ def _moffat_fit(samples: np.ndarray, s: int):
     off = (np.arange(n) - (n - 1) / 2.0) / s
     u, v = np.meshgrid(off, off)
     fw = max(_fwhm_samples(samples) / s, 0.5)
-    alpha2 = (fw / 2.0) ** 2 / (2 ** (1 / 4.0) - 1)  # start at beta = 4
+    alpha2 = (fw / 2.0) ** 2 / (2 ** (1 / 4.0) - 1)
     p0 = np.array([samples.max(), 0, 0, -np.log(alpha2), -np.log(alpha2), 0.0, np.log(3.0)])
+    sel = np.ones(samples.shape, bool) if core is None else core
+    uc, vc, sc = u[sel], v[sel], samples[sel]
+    with np.errstate(all="ignore"):
+        r = least_squares(lambda p: _moffat_prf(p, uc, vc) - sc, p0, method="lm")
+    return r, u, v
+
+
+def _moffat_fit(samples: np.ndarray, s: int):
+    """Samples (n, n) of the elliptical Moffat PRF that best fits the ePSF samples, or None."""
     try:
+        r, u, v = _moffat_lsq(samples, s)
         with np.errstate(all="ignore"):
-            r = least_squares(lambda p: (_moffat_prf(p, u, v) - samples).ravel(), p0, method="lm")
             ref = _moffat_prf(r.x, u, v)
     except (ValueError, np.linalg.LinAlgError):
         return None
