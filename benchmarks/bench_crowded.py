@@ -35,9 +35,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxphot.demo import completeness_by_mag, score, simulate_cluster  # noqa: E402
-from jaxphot.photometry import EXCLUDED_FROM_MODEL, photometry  # noqa: E402
+from jaxphot.image import EXCLUDED_FROM_MODEL, photometry  # noqa: E402
 from jaxphot.psf import DiscretePSF, GaussianPRF, MoffatPSF  # noqa: E402
+from jaxphot.sim import completeness_by_mag, score, simulate_cluster  # noqa: E402
 
 FWHM = 3.0
 MATCH_RADIUS = 1.5  # px: 0.5 FWHM; faint stars' position errors reach ~0.5 px
@@ -229,7 +229,7 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in row.items() if k != "by_mag"}), flush=True)
         if args.scale or args.skip_photutils:
             continue
-        from jaxphot.background import estimate_background
+        from jaxphot.image.background import estimate_background
 
         b = estimate_background(field.image, 64, 3)
         for thr in (5.0, 2.5):

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxphot.epsf import build_epsf
+from jaxphot.image.render import render_image
 from jaxphot.psf import MoffatPSF
-from jaxphot.psf_grid import render_image
-from jaxphot.simulate import add_noise
+from jaxphot.sim.cutouts import add_noise
 
 
 def make_field(n, fwhm, seed=0):

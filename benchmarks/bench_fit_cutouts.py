@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from _common import device_info, emit_json, peak_rss_gb, print_table  # noqa: E402
 
 from jaxphot import DiscretePSF, GaussianPRF, fit_cutouts  # noqa: E402
-from jaxphot.simulate import gaussian_psf_matrix, simulate_cutouts  # noqa: E402
+from jaxphot.sim.cutouts import gaussian_psf_matrix, simulate_cutouts  # noqa: E402
 
 FWHM, SHAPE, POOL = 2.5, (15, 15), 65536
 

@@ -18,7 +18,7 @@ import numpy as np
 from _common import device_info, emit_json, print_table
 
 from jaxphot import DiscretePSF, GaussianPRF, fit_cutouts
-from jaxphot.simulate import gaussian_psf_matrix, simulate_cutouts
+from jaxphot.sim.cutouts import gaussian_psf_matrix, simulate_cutouts
 
 
 def main(argv=None):

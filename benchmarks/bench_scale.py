@@ -1,6 +1,6 @@
 """Scale-out benchmark (issue 7): devices, a Dask cluster, the compilation cache, the GPU.
 
-1. **Devices.** fits/s of :func:`jaxphot.sharding.fit_sharded` with 1 and with 2 CPU host
+1. **Devices.** fits/s of :func:`jaxphot.scale.sharding.fit_sharded` with 1 and with 2 CPU host
    devices (``--xla_force_host_platform_device_count``), each in its own subprocess (the flag
    must be set before JAX starts), with fit_cutouts' thread pool disabled so that the
    comparison is about devices. Workload: the core benchmark, 15x15 cutouts, a 4x4
@@ -70,7 +70,7 @@ def core_data(n: int, seed: int = 1):
     import numpy as np
 
     from jaxphot.psf import GaussianPRF
-    from jaxphot.simulate import simulate_cutouts
+    from jaxphot.sim.cutouts import simulate_cutouts
 
     pool = min(n, 16384)
     sim = simulate_cutouts(GaussianPRF(FWHM), pool, SHAPE, flux=(300.0, 1e5), seed=seed)
@@ -97,8 +97,8 @@ FIT_KW = dict(background="constant", gain=1.0, read_noise=5.0)
 def child_devices(n: int, reps: int) -> dict:
     import jax
 
-    import jaxphot.fit as fit_mod
-    from jaxphot.sharding import fit_sharded
+    import jaxphot.core.batching as fit_mod
+    from jaxphot.scale.sharding import fit_sharded
 
     fit_mod.default_threads = lambda: 1  # devices, not threads, provide the parallelism
     psf = core_psf()
@@ -126,8 +126,8 @@ def child_latency(t_start: float) -> dict:
     import numpy as np
 
     from jaxphot import fit_cutouts, photometry
-    from jaxphot.demo import simulate_cluster
     from jaxphot.psf import GaussianPRF
+    from jaxphot.sim import simulate_cluster
 
     d, x, y, f = core_data(256)
     res = fit_cutouts(d, core_psf(), x, y, f, **FIT_KW)
@@ -212,8 +212,8 @@ def part_cluster(quick: bool, work: Path) -> dict:
     from astropy.table import Table
     from distributed import Client, LocalCluster
 
-    from jaxphot.demo import simulate_cluster
-    from jaxphot.distributed import batch, catalog_path
+    from jaxphot.scale.images import batch, catalog_path
+    from jaxphot.sim import simulate_cluster
 
     n_img, size, n_stars = 20, (96 if quick else 160), (12 if quick else 40)
     img_dir = work / "images"
@@ -312,10 +312,10 @@ def part_gpu(quick: bool) -> dict:
         return dict(skipped="no GPU")
     import numpy as np
 
-    from jaxphot.demo import score, simulate_cluster
-    from jaxphot.photometry import photometry
+    from jaxphot import photometry
     from jaxphot.psf import GaussianPRF
-    from jaxphot.sharding import adaptive_chunk_size, fit_sharded
+    from jaxphot.scale.sharding import adaptive_chunk_size, fit_sharded
+    from jaxphot.sim import score, simulate_cluster
 
     n = (1 << 18) if quick else (1 << 21)
     psf = core_psf()
@@ -402,7 +402,7 @@ def main(argv=None) -> int:
     cache = work / "xla_cache"
     # This process: a cache of its own (parts 2 and 4); GPU allocator settings for a GPU run.
     os.environ.setdefault("JAXPHOT_CACHE_DIR", str(cache))
-    from jaxphot.distributed import configure_accelerator_memory
+    from jaxphot.scale.images import configure_accelerator_memory
 
     configure_accelerator_memory(processes_per_device=2)
     load0 = os.getloadavg()

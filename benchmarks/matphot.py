@@ -43,11 +43,11 @@ import numpy as np
 from scipy import stats
 
 from jaxphot import theory
+from jaxphot.core.fit import fit_cutouts
 from jaxphot.datasets import DataNotFoundError, find_data_dir
-from jaxphot.detector import DetectorPRF, ugly_detector_sensitivity
-from jaxphot.fit import fit_cutouts
 from jaxphot.psf import FWHM_TO_SIGMA, DiscretePSF, GaussianPRF
-from jaxphot.simulate import simulate_cutouts
+from jaxphot.psf.detector import DetectorPRF, ugly_detector_sensitivity
+from jaxphot.sim.cutouts import simulate_cutouts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EDGES = 10.0 ** np.arange(2.0, 6.01, 0.5)  # intensity bins, photons (8 bins of 0.5 dex)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import jaxphot
-from jaxphot.simulate import gaussian_psf_matrix
+from jaxphot.sim.cutouts import gaussian_psf_matrix
 
 
 def main():

@@ -18,8 +18,7 @@ from astropy.io import fits
 
 from jaxphot.datasets import DataNotFoundError, find_data_dir
 from jaxphot.epsf import build_epsf_from_image
-from jaxphot.psf import DiscretePSF
-from jaxphot.psf_grid import write_psf_fits
+from jaxphot.psf import DiscretePSF, write_psf_fits
 
 
 def encircled(psf, radii, size=41, norm_radius=7.0):

@@ -106,9 +106,9 @@ def run(data_dir: Path, *, psf_kind: str = "irac", verbose: bool = True) -> dict
     from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
-    from jaxphot.background import estimate_background
+    from jaxphot.image import EXCLUDED_FROM_MODEL, photometry
+    from jaxphot.image.background import estimate_background
     from jaxphot.io import read_image
-    from jaxphot.photometry import EXCLUDED_FROM_MODEL, photometry
 
     img = read_image(data_dir / "spitzer_example_image.fits")
     if psf_kind == "auto":

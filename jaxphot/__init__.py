@@ -1,19 +1,22 @@
 """jaxphot: differentiable, batched stellar photometry in JAX, on CPUs and GPUs.
 
-The public names below are imported lazily (on first use), so ``import jaxphot`` is quick and
-pulls in only what a program uses.
+The package is layered; each folder imports only from the ones above it in this list:
 
-Core engine
-    :class:`GaussianPRF`, :class:`MoffatPSF`, :class:`DiscretePSF` (``jaxphot.psf``);
-    :func:`fit_cutouts`, :class:`FitResult` (``jaxphot.fit``); :class:`FitFlag`.
-Whole images
-    :func:`photometry`, :func:`estimate_background`, :func:`find_stars`, :func:`group_stars`.
-Apertures and shapes
-    :func:`aperture_photometry`, :func:`aperture_light_curves`, :func:`crossmatch`, morphology.
-Empirical PSFs
-    :func:`build_epsf`, :func:`select_stars`, spatially varying PSFs (``jaxphot.psf_grid``).
-Theory
-    ``jaxphot.theory``: PRF sharpness, beta, L, MATPHOT's performance model and exact CRLBs.
+``core``      the engine: parameter layout, scene model, solver, CRLB, batching, :func:`fit_cutouts`
+``psf``       PSF/PRF models (analytic, discrete, spatially varying), the PSF file format
+``aperture``  aperture photometry
+``image``     background, detection, grouping, rendering and the driver :func:`photometry`
+``epsf``      empirical PSFs built from stars
+``sim``       simulated cutouts and fields with known truth, and scoring
+``scale``     several devices, many images (Dask)
+``cli``       the ``jaxphot`` command and its demo
+
+Beside them: ``constants``, ``io`` (FITS and WCS), ``stats``, ``morphology``, ``matching``,
+``datasets`` (below every folder) and ``theory`` (MATPHOT's performance model; uses ``core``).
+
+The public names below are imported on first use, so ``import jaxphot`` is quick, pulls in only
+what a program uses, and changes no global setting (the compilation cache is switched on by the
+first fit, or by :func:`enable_compilation_cache`).
 """
 
 from __future__ import annotations
@@ -24,24 +27,33 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # core engine
+    "fit_cutouts": "core.fit",
+    "FitResult": "core.fit",
+    "model_cutouts": "core.fit",
+    "FitFlag": "core.flags",
+    "enable_compilation_cache": "core.config",
+    # PSF models
     "GaussianPRF": "psf",
     "MoffatPSF": "psf",
     "DiscretePSF": "psf",
-    "fit_cutouts": "fit",
-    "FitResult": "fit",
-    "model_cutouts": "fit",
-    "FitFlag": "flags",
-    "simulate_cutouts": "simulate",
-    # whole-image pipeline
-    "photometry": "photometry",
-    "estimate_background": "background",
-    "Background": "background",
-    "find_stars": "detection",
-    "segment": "detection",
-    "centroid_moments": "detection",
-    "centroid_gaussian_marginal": "detection",
-    "group_stars": "grouping",
-    "bucket_groups": "grouping",
+    "DetectorPRF": "psf",
+    "PolynomialPSF": "psf",
+    "GriddedPSF": "psf",
+    "read_psf_fits": "psf",
+    "write_psf_fits": "psf",
+    # whole images
+    "photometry": "image.pipeline",
+    "PhotometryResult": "image.pipeline",
+    "estimate_background": "image.background",
+    "Background": "image.background",
+    "find_stars": "image.detection",
+    "segment": "image.detection",
+    "centroid_moments": "image.detection",
+    "centroid_gaussian_marginal": "image.detection",
+    "group_stars": "image.grouping",
+    "bucket_groups": "image.grouping",
+    "make_model_image": "image.render",
+    "make_residual_image": "image.render",
     # apertures, morphology, catalogues
     "aperture_photometry": "aperture",
     "aperture_light_curves": "aperture",
@@ -54,34 +66,20 @@ _EXPORTS = {
     "kron_radius": "morphology",
     "flux_radius": "morphology",
     "ellipse_from_moments": "morphology",
-    "crossmatch": "crossmatch",
-    # empirical and spatially varying PSFs
+    "crossmatch": "matching",
+    # empirical PSFs
     "build_epsf": "epsf",
     "select_stars": "epsf",
     "build_epsf_from_image": "epsf",
     "build_epsf_grid": "epsf",
-    "PolynomialPSF": "psf_grid",
-    "GriddedPSF": "psf_grid",
-    "read_psf_fits": "psf_grid",
-    "write_psf_fits": "psf_grid",
-    # detector response
-    "DetectorPRF": "detector",
-    # whole-image results and simulated fields
-    "PhotometryResult": "photometry",
-    "make_model_image": "photometry",
-    "make_residual_image": "photometry",
-    "simulate_cluster": "demo",
+    # simulated data
+    "simulate_cutouts": "sim",
+    "simulate_cluster": "sim",
     # scale-out
-    "batch": "distributed",
-    "photometry_tiled": "distributed",
-    "fit_sharded": "sharding",
-    "use_devices": "sharding",
-}
-
-_SUBMODULES = {
-    "psf", "fit", "scene", "solve", "kernels", "flags", "simulate", "photometry", "background",
-    "detection", "grouping", "aperture", "morphology", "crossmatch", "stats", "epsf", "psf_grid",
-    "theory", "detector", "datasets", "io", "cli", "demo", "distributed", "sharding",
+    "batch": "scale.images",
+    "photometry_tiled": "scale.images",
+    "fit_sharded": "scale.sharding",
+    "use_devices": "scale.sharding",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -89,14 +87,16 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-        value = getattr(module, name)
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name in _SUBMODULES:
+    try:  # a submodule used as an attribute, e.g. jaxphot.theory.crlb(...)
         return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'jaxphot' has no attribute {name!r}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise  # the submodule exists but needs something missing: say what
+        raise AttributeError(f"module 'jaxphot' has no attribute {name!r}") from None
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,6 +17,7 @@ from astropy.table import Table
 __all__ = [
     "FitsImage",
     "read_image",
+    "hdu_key",
     "header_gain",
     "header_read_noise",
     "celestial_wcs",
@@ -74,14 +75,18 @@ class FitsImage:
         return str(v).strip() if v else None
 
 
-def _hdu_key(hdu):
+def hdu_key(hdu):
+    """An HDU given on the command line: ``'1'`` is the index 1, other strings are EXTNAMEs."""
     if isinstance(hdu, str) and hdu.lstrip("-").isdigit():
         return int(hdu)
     return hdu
 
 
-def read_image(path, hdu: int | str | None = None, *, what: str = "image") -> FitsImage:
-    """Read a 2-D image from a FITS file.
+def read_image(path, hdu: int | str | None = None, *, what: str = "image", cube: bool = False) -> FitsImage:
+    """Read a 2-D image (or, with ``cube=True``, an (N, H, W) stack) from a FITS file.
+
+    This is the package's one FITS image reader: images, error maps, masks and PSF files all
+    come through it, so every file gets the same checks and the same messages.
 
     Parameters
     ----------
@@ -91,6 +96,8 @@ def read_image(path, hdu: int | str | None = None, *, what: str = "image") -> Fi
         HDU index or EXTNAME. Default: the first HDU with 2-D image data.
     what : str
         Word used in error messages ("image", "error map", "mask"...).
+    cube : bool
+        Accept 3-D data as it is (PSF grids); otherwise a 3-D HDU is accepted only with one plane.
 
     Returns
     -------
@@ -125,7 +132,7 @@ def read_image(path, hdu: int | str | None = None, *, what: str = "image") -> Fi
             if idx is None:
                 raise ValueError(f"{what} {str(path)!r} has no HDU with 2-D image data")
         else:
-            idx = _hdu_key(hdu)
+            idx = hdu_key(hdu)
             try:
                 hdul[idx]
             except (KeyError, IndexError):
@@ -146,7 +153,7 @@ def read_image(path, hdu: int | str | None = None, *, what: str = "image") -> Fi
         data = np.asarray(data)
         if data.ndim > 2 and all(s == 1 for s in data.shape[:-2]):
             data = data.reshape(data.shape[-2:])
-        if data.ndim != 2 or data.dtype.kind not in "fiub":
+        if data.ndim not in ((2, 3) if cube else (2,)) or data.dtype.kind not in "fiub":
             raise ValueError(
                 f"HDU {idx!r} of {what} {str(path)!r} is not a 2-D image "
                 f"(shape {data.shape}, dtype {data.dtype})"

@@ -85,16 +85,14 @@ fit for the ``*_crlb`` columns).
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import scene
-from .fit import _slice_psf
-from .solve import covariance, decouple_fixed, normal_matrix
+from .constants import FWHM_CRITICAL, POGSON
+from .core.fisher import fisher_crlb
 
 __all__ = [
     "PRFQuantities",
@@ -111,10 +109,7 @@ __all__ = [
     "FWHM_CRITICAL",
 ]
 
-POGSON = 2.5 / math.log(10.0)  # 1.0857: d(mag) = POGSON * dE / E
-FWHM_CRITICAL = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM of the critically sampled Gaussian
 _PRF_CHUNK = 256  # phases per prf_quantities call
-_MAX_CHUNK = 512  # stars per compiled Fisher call (bounds memory for large PRFs)
 
 
 class PRFQuantities(NamedTuple):
@@ -315,129 +310,6 @@ def mixture_median(sigma, kind: str = "abs", axis=None) -> np.ndarray:
         else:
             hi = mid
     return 0.5 * (lo + hi)
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact Cramer-Rao lower bound
-# ---------------------------------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnames=("shape",))
-def _fisher_chunk(psf, p, free, var0, inv_gain, extra, valid, shape):
-    """CRLB of every parameter, batch-first in and out: p, free (N, P); extra, valid (N, H, W)."""
-    last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
-    pl = last(p)  # (P, N): the scene model is batch-last
-    model, jac, _ = scene.linearize(psf, pl, shape, order=1)
-    var = var0 + inv_gain * (jnp.maximum(model, 0.0) + last(extra))
-    var = jnp.maximum(var, inv_gain * inv_gain + 1e-30)  # Poisson floor: one electron, as the fit
-    w = jnp.where(last(valid), 1.0 / var, 0.0)
-    fisher = normal_matrix(jac, w)  # (P, P, N)
-    fr = last(free)  # (P, N)
-    # Same inversion as the fit's covariance (decoupled fixed parameters, Jacobi scaling).
-    cov, singular = covariance(decouple_fixed(fisher, fr), fr)
-    var_p = jnp.moveaxis(jnp.diagonal(cov, axis1=0, axis2=1), -1, 0)  # (P, N)
-    ok = ~singular[None, :] & jnp.isfinite(var_p) & (var_p > 0)
-    out = jnp.where(fr, jnp.where(ok, jnp.sqrt(jnp.where(ok, var_p, 1.0)), jnp.nan), 0.0)
-    return out.T  # (N, P)
-
-
-def fisher_crlb(
-    psf,
-    params,
-    shape,
-    free=None,
-    read_noise: float = 0.0,
-    gain: float = 1.0,
-    sky=None,
-    mask=None,
-    chunk_size: int | None = None,
-) -> np.ndarray:
-    """Exact Cramer-Rao lower bound of every packed parameter, from the Fisher information.
-
-    Parameters
-    ----------
-    psf : PSF model
-        The model that was (or will be) fitted, e.g. a :class:`~jaxphot.detector.DetectorPRF`.
-        A per-cutout PSF (array leaves with a trailing batch axis of length N, ``batch_size``
-        attribute) is sliced along with the parameters.
-    params : (N, P) array
-        Packed parameters ``[B0, Bx, By, F_1..F_K, x_1..x_K, y_1..y_K]`` (see
-        :mod:`jaxphot.scene`), in ADU, at which the bound is evaluated (truth for planning,
-        the fitted values for the catalogue columns). Rows with non-finite values give NaN.
-    shape : (H, W)
-        Cutout shape in pixels.
-    free : (N, P) or (P,) bool array, optional
-        Parameters that are (or would be) fitted; the bound accounts for their correlations
-        (plane, neighbours). Default: all free.
-    read_noise : float
-        Read noise (electrons rms).
-    gain : float
-        Electrons per ADU. Pixel variance (ADU^2): ``max(m, 0)/gain + (read_noise/gain)^2``,
-        floored at one electron, exactly the fit's noise model.
-    sky : float or array broadcastable to (N, H, W), optional
-        Counts (ADU) that add Poisson variance but are not in the model, e.g. a sky level
-        subtracted before fitting with ``background=None``. Default 0.
-    mask : bool array broadcastable to (N, H, W), optional
-        True for pixels left out of the fit (they carry no information).
-    chunk_size : int, optional
-        Rows per compiled call (bounds memory). Default 512.
-
-    Returns
-    -------
-    (N, P) float64 array
-        ``sqrt(diag(F^-1))`` for free parameters (ADU for fluxes and plane, px for positions),
-        0 for fixed ones, NaN where the Fisher matrix is singular or ``params`` is not finite.
-    """
-    from ._jaxsetup import default_dtype
-
-    params = np.asarray(params, np.float64)
-    if params.ndim == 1:
-        params = params[None]
-    n, n_par = params.shape
-    if (n_par - 3) % 3:
-        raise ValueError(f"params must have 3 + 3K columns, got {n_par}")
-    h, w = (int(a) for a in shape)
-    g = float(gain)
-    if not (math.isfinite(g) and g > 0):
-        raise ValueError(f"gain must be positive, got {gain!r}")
-    fr = np.ones((n, n_par), bool) if free is None else np.broadcast_to(np.asarray(free, bool), (n, n_par))
-    finite = np.all(np.isfinite(params), axis=1)
-    dtype = default_dtype(params)
-    extra = np.zeros((1, h, w)) if sky is None else np.asarray(sky, np.float64)
-    if extra.ndim == 1:
-        extra = extra[:, None, None]  # one level per cutout
-    extra = np.broadcast_to(extra, (n, h, w))
-    valid = np.ones((n, h, w), bool) if mask is None else ~np.broadcast_to(np.asarray(mask, bool), (n, h, w))
-    var0 = np.asarray((float(read_noise) / g) ** 2, dtype)
-    inv_gain = np.asarray(1.0 / g, dtype)
-    chunk = int(chunk_size or _MAX_CHUNK)
-    size = min(chunk, max(64, 1 << max(0, math.ceil(math.log2(max(n, 1))))))  # few compilations
-    out = np.empty((n, n_par))
-    for start in range(0, n, size):  # chunks of rows, not stars: each call is vectorised
-        stop = min(n, start + size)
-        pad = size - (stop - start)
-
-        def take(a, fill, start=start, stop=stop, pad=pad):
-            a = np.asarray(a[start:stop])
-            if pad:
-                a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
-            return a
-
-        p = take(np.where(finite[:, None], params, 0.0), 0.0)
-        sub_psf = _slice_psf(psf, start, stop, stop - start + pad)  # identity if not batched
-        res = _fisher_chunk(
-            sub_psf,
-            jnp.asarray(p, dtype),
-            jnp.asarray(take(fr, True)),
-            var0,
-            inv_gain,
-            jnp.asarray(take(extra, 0.0), dtype),
-            jnp.asarray(take(valid, True)),
-            (h, w),
-        )
-        out[start:stop] = np.asarray(res, np.float64)[: stop - start]
-    out[~finite] = np.nan
-    return out
 
 
 def crlb(

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from jaxphot.background import estimate_background
+from jaxphot.image.background import estimate_background
 
 
 def _read(path):

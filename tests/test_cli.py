@@ -6,8 +6,8 @@ from astropy.io import fits
 from astropy.table import Table
 
 from jaxphot.cli import main
-from jaxphot.demo import score, simulate_cluster
 from jaxphot.psf import GaussianPRF
+from jaxphot.sim import score, simulate_cluster
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from jaxphot.crossmatch import crossmatch
+from jaxphot import crossmatch
 
 
 def _cats(rng, n=200):

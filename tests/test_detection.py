@@ -5,7 +5,7 @@ import pytest
 from scipy.spatial import cKDTree
 from scipy.special import erf
 
-from jaxphot.detection import (
+from jaxphot.image.detection import (
     centroid_gaussian_marginal,
     centroid_moments,
     daofind_kernel,

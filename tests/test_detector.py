@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from jaxphot import theory
-from jaxphot.detector import DetectorPRF, ugly_detector_sensitivity
-from jaxphot.fit import fit_cutouts
+from jaxphot.core.fit import fit_cutouts
 from jaxphot.psf import DiscretePSF, GaussianPRF
-from jaxphot.simulate import simulate_cutouts
+from jaxphot.psf.detector import DetectorPRF, ugly_detector_sensitivity
+from jaxphot.sim.cutouts import simulate_cutouts
 
 
 def test_flat_response_is_the_psf_and_volume_scales():

@@ -16,8 +16,9 @@ from astropy.table import Table
 
 distributed = pytest.importorskip("distributed")
 
-from jaxphot.demo import simulate_cluster  # noqa: E402
-from jaxphot.distributed import (  # noqa: E402
+from jaxphot import photometry  # noqa: E402
+from jaxphot.psf import GaussianPRF  # noqa: E402
+from jaxphot.scale.images import (  # noqa: E402
     ERRORS_NAME,
     SUMMARY_NAME,
     _atomic_write_table,
@@ -28,8 +29,7 @@ from jaxphot.distributed import (  # noqa: E402
     photometry_tiled,
     run_batch_cli,
 )
-from jaxphot.photometry import photometry  # noqa: E402
-from jaxphot.psf import GaussianPRF  # noqa: E402
+from jaxphot.sim import simulate_cluster  # noqa: E402
 
 N_GOOD = 3
 OPTS = dict(maxiters=2, threshold=5.0)

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
+from jaxphot.core.fit import fit_cutouts
 from jaxphot.epsf import (
     ApertureCorrection,
     EPSFWarning,
@@ -13,11 +14,10 @@ from jaxphot.epsf import (
     build_epsf_from_image,
     select_stars,
 )
-from jaxphot.fit import fit_cutouts
-from jaxphot.kernels import bspline_prefilter
-from jaxphot.psf import DiscretePSF, MoffatPSF
-from jaxphot.psf_grid import read_wfc3_uvis_grid, render_image
-from jaxphot.simulate import add_noise
+from jaxphot.image.render import render_image
+from jaxphot.psf import DiscretePSF, MoffatPSF, read_wfc3_uvis_grid
+from jaxphot.psf.kernels import bspline_prefilter
+from jaxphot.sim.cutouts import add_noise
 
 # build_epsf settings for the WFC3/UVIS library PSF (25 px wide): a 21 px box, and the aperture
 # correction measured within 12.5 sqrt(2) = 17.7 px, which holds all of the PSF's light.
@@ -242,7 +242,7 @@ def test_spatially_varying_moffat_degree_2():
     0.994/0.974/1.023 (default smoothness 1e-2 for
     degree > 0; with 1e-3 the y pulls were 1.08-1.11).
     """
-    from jaxphot.psf_grid import GriddedPSF, PolynomialPSF
+    from jaxphot.psf import GriddedPSF, PolynomialPSF
 
     g = np.linspace(0, 2047, 5)
     arrs = np.array(
@@ -386,8 +386,8 @@ def _encircled(psf, size=41):
 
 def test_fwhm_estimate_moffat():
     # adaptive moments about a local sky: measured 2.21 px for FWHM 2 (plain 9 x 9 moments: 2.59)
-    from jaxphot.background import estimate_background
     from jaxphot.epsf.selection import _estimate_fwhm
+    from jaxphot.image.background import estimate_background
 
     img, _, _ = _field(MoffatPSF(2.0, 4.0), 80, shape=(600, 600), seed=8, sep=24)
     bad = ~np.isfinite(img)
@@ -401,8 +401,8 @@ def test_spitzer_fwhm_estimate(shared_data):
     # crowded, nebulous field: measured 1.88 px (ePSF FWHM 1.7-1.9); plain moments gave 2.70
     from astropy.io import fits
 
-    from jaxphot.background import estimate_background
     from jaxphot.epsf.selection import _estimate_fwhm
+    from jaxphot.image.background import estimate_background
 
     d = shared_data("spitzer_glimpse")
     img = fits.getdata(d / "spitzer_example_image.fits").astype(float)
@@ -437,8 +437,8 @@ def test_pin_fixes_the_core_centre_and_centre_free_variation_terms():
     it by ~40 mpx), and a variation term that only moves the core by 20 mpx has no centre shift
     left.
     """
-    from jaxphot.epsf._pin import _centroid, _core_centre, _pin
-    from jaxphot.psf_grid import _samples
+    from jaxphot.epsf._pin import _centroid, _core_centre, pin_psf
+    from jaxphot.psf.kernels import spline_samples as _samples
 
     s, m = 4, 15
     n = s * m + 1
@@ -453,7 +453,7 @@ def test_pin_fixes_the_core_centre_and_centre_free_variation_terms():
     blob = 0.02 * core.sum() / (np.pi * 2 * 1.5**2) * np.exp(-0.5 * ((uu - 4) ** 2 + vv**2) / 1.5**2)
     term1 = gauss(0.1, -0.03) - core  # the core moving by +20 mpx in y per unit field coordinate
     start = np.stack([bspline_prefilter(core + blob).ravel(), bspline_prefilter(term1).ravel()])
-    c, fwhm = _pin(start, s, n, centre=True)
+    c, fwhm = pin_psf(start, s, n, centre=True)
     s0 = _samples(c[0].reshape(n, n), "bspline3")
     radius = max(1.2 * fwhm * s, 1.5 * s)  # as _pin chose it
     got = _core_centre(s0, s, radius)
@@ -474,8 +474,8 @@ def test_wfc3_library_centres_agree_with_the_epsf_convention(shared_data):
     lie within 6 mpx of the origin (measured: max 5.3 mpx, std 1.1 / 1.5 mpx), while their first moments
     (radius 1.2 FWHM) drift by 17 mpx across the detector (std 4.1 / 4.5 mpx)."""
     from jaxphot.epsf._pin import _centroid, _core_centre
-    from jaxphot.epsf._reference import _fwhm_samples
-    from jaxphot.psf_grid import _samples
+    from jaxphot.epsf._reference import fwhm_samples
+    from jaxphot.psf.kernels import spline_samples as _samples
 
     with pytest.warns(UserWarning, match="corrupt PSFs"):
         grid = read_wfc3_uvis_grid(shared_data("hst_wfc3_psf") / "emp_psf_f814w_4x.npy")
@@ -483,7 +483,7 @@ def test_wfc3_library_centres_agree_with_the_epsf_convention(shared_data):
     for row in np.asarray(grid.coeffs):
         for c in row:
             smp = _samples(c, "bspline3")
-            radius = 1.2 * _fwhm_samples(smp)
+            radius = 1.2 * fwhm_samples(smp)
             got = _core_centre(smp, 4, radius)
             core.append((got.x / 4, got.y / 4))
             moment.append(np.array(_centroid(smp, radius)) / 4)
@@ -496,7 +496,7 @@ def test_lowpass_reference_keeps_the_band_and_drops_the_ripple():
     """The "lowpass" prior's reference removes a 1 cycle/pixel ripple (the S-curve band) and
     keeps a smooth core. A Gaussian is not band-limited: ~1 % of its peak lies above the band
     edge (1.2 / FWHM cycles/px) and is left to the penalty."""
-    from jaxphot.epsf._reference import _lowpass_reference_terms
+    from jaxphot.epsf._reference import lowpass_reference_terms
 
     s, m = 4, 15
     n = s * m + 1
@@ -506,6 +506,6 @@ def test_lowpass_reference_keeps_the_band_and_drops_the_ripple():
     ripple = 0.01 * np.cos(2 * np.pi * uu) * np.exp(-0.5 * (uu**2 + vv**2) / 2.0**2)
 
     terms = [bspline_prefilter(a).ravel() for a in (smooth + ripple, ripple, smooth)]
-    got = _lowpass_reference_terms(np.stack(terms), n, s)  # the cut-off comes from term 0
+    got = lowpass_reference_terms(np.stack(terms), n, s)  # the cut-off comes from term 0
     assert np.max(np.abs(got[1])) < 1e-3 * np.max(np.abs(terms[1]))
     assert np.max(np.abs(got[2] - terms[2])) < 0.015 * terms[2].max()

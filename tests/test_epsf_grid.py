@@ -14,8 +14,7 @@ from test_epsf import (
 )
 
 from jaxphot.epsf import EPSFWarning, build_epsf_grid
-from jaxphot.psf import MoffatPSF
-from jaxphot.psf_grid import GriddedPSF, read_wfc3_uvis_grid
+from jaxphot.psf import GriddedPSF, MoffatPSF, read_wfc3_uvis_grid
 
 
 def _moffat_truth(size, fwhm=(2.0, 3.0), m=15):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from test_psf import gaussian_matrix
 
-from jaxphot import fit as fitmod
-from jaxphot.fit import fit_cutouts
-from jaxphot.flags import FitFlag
+from jaxphot.core import fit as fitmod
+from jaxphot.core.fit import fit_cutouts
+from jaxphot.core.flags import FitFlag
 from jaxphot.psf import DiscretePSF, GaussianPRF, MoffatPSF
-from jaxphot.simulate import simulate_cutouts
+from jaxphot.sim.cutouts import simulate_cutouts
 
 N = 2048
 NOISE = dict(gain=1.0, read_noise=5.0)
@@ -127,10 +127,10 @@ def test_new_batch_size_reuses_compiled_buckets():
     psf = GaussianPRF(2.5)
     sim = simulate_cutouts(psf, 64, (11, 11), flux=(1e3, 1e4), seed=41)
     fit_cutouts(sim.data[:40], psf, sim.x[:40], sim.y[:40], **NOISE)
-    before = fitmod._fit_chunk._cache_size()
+    before = fitmod.solve_chunk._cache_size()
     for n in (33, 50, 64):
         fit_cutouts(sim.data[:n], psf, sim.x[:n], sim.y[:n], **NOISE)
-    assert fitmod._fit_chunk._cache_size() == before
+    assert fitmod.solve_chunk._cache_size() == before
 
 
 def test_fixed_positions_forced_photometry():

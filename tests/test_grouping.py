@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxphot.grouping import bucket_groups, group_sizes, group_stars, pair_critical_separation
+from jaxphot.image.grouping import bucket_groups, group_sizes, group_stars, pair_critical_separation
 
 
 def test_pairs_near_and_far():

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import matphot  # noqa: E402
 
 from jaxphot import theory  # noqa: E402
-from jaxphot.simulate import simulate_cutouts  # noqa: E402
+from jaxphot.sim.cutouts import simulate_cutouts  # noqa: E402
 
 
 def _run(number, n, seed, flux=(1e3, 1e6)):

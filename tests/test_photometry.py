@@ -4,16 +4,15 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from jaxphot.demo import match_to_truth, score, simulate_cluster
-from jaxphot.flags import FitFlag
-from jaxphot.photometry import (
+from jaxphot.core.flags import FitFlag
+from jaxphot.image import (
     EXCLUDED_FROM_MODEL,
     make_model_image,
     make_residual_image,
     photometry,
-    psf_fwhm,
 )
-from jaxphot.psf import DiscretePSF, GaussianPRF
+from jaxphot.psf import DiscretePSF, GaussianPRF, psf_fwhm
+from jaxphot.sim import match_to_truth, score, simulate_cluster
 
 PSF = GaussianPRF(3.0)
 
@@ -102,10 +101,10 @@ def test_close_pair_fitted_as_group():
     x = np.array([23.3, 25.1])
     y = np.array([24.0, 24.9])
     f = np.array([20000.0, 12000.0])
-    from jaxphot.photometry import _scatter_stamps, _stamps
+    from jaxphot.image.render import scatter_stamps, stamps
 
-    st, x0, y0 = _stamps(PSF, x, y, f, 9)
-    img = _scatter_stamps(shape, st, x0, y0) + 100.0
+    st, x0, y0 = stamps(PSF, x, y, f, 9)
+    img = scatter_stamps(shape, st, x0, y0) + 100.0
     img = rng.poisson(img).astype(float)
     init = Table({"x": x + [0.4, -0.3], "y": y + [-0.3, 0.2]})
     t = photometry(img, PSF, gain=1.0, init_params=init, detection=False, background=100.0)
@@ -217,7 +216,7 @@ def test_sky_variance_uses_ccd_equation_only_when_it_describes_the_image():
     """With a gain, the fit weights use level/gain + (read_noise/gain)^2 rather than the mesh
     rms, which a crowded field inflates with faint-star confusion; a sky-subtracted or rescaled
     image (CCD value far from the rms) keeps the measured rms."""
-    from jaxphot.photometry import _sky_variance
+    from jaxphot.image.pipeline import _sky_variance
 
     level = np.full((8, 8), 100.0)
     ccd = 100.0 / 2.0 + (5.0 / 2.0) ** 2  # gain 2 e-/ADU, read noise 5 e-

@@ -7,7 +7,7 @@ import pytest
 
 from jaxphot import scene
 from jaxphot.psf import FWHM_TO_SIGMA, DiscretePSF, GaussianPRF, MoffatPSF
-from jaxphot.simulate import gaussian_psf_matrix
+from jaxphot.sim.cutouts import gaussian_psf_matrix
 
 SHAPE = (15, 15)
 

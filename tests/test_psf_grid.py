@@ -4,19 +4,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxphot.fit import fit_cutouts
-from jaxphot.psf import DiscretePSF, MoffatPSF
-from jaxphot.psf_grid import (
+from jaxphot.core.fit import fit_cutouts
+from jaxphot.image.render import render_image
+from jaxphot.psf import (
+    DiscretePSF,
     GriddedPSF,
+    MoffatPSF,
     PolynomialPSF,
     PSFGridWarning,
     read_psf_fits,
     read_wfc3_uvis_grid,
-    render_image,
     wfc3_uvis_grid_positions,
     write_psf_fits,
 )
-from jaxphot.simulate import simulate_cutouts
+from jaxphot.sim.cutouts import simulate_cutouts
 
 
 def _moffat_samples(fwhm, m=15, s=4, beta=4.0):

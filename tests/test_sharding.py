@@ -14,16 +14,16 @@ import textwrap
 
 import numpy as np
 
-from jaxphot.sharding import adaptive_chunk_size, is_out_of_memory
+from jaxphot.scale.sharding import adaptive_chunk_size, is_out_of_memory
 
 _CHILD = textwrap.dedent(
     """
     import json
     import numpy as np
     import jax
-    import jaxphot.sharding as S
+    import jaxphot.scale.sharding as S
     from jaxphot import GaussianPRF, fit_cutouts
-    from jaxphot.simulate import simulate_cutouts
+    from jaxphot.sim.cutouts import simulate_cutouts
 
     assert len(jax.devices()) == 2, jax.devices()
     psf = GaussianPRF(2.5)
@@ -92,7 +92,7 @@ def test_out_of_memory_detection():
 
 
 def test_adaptive_chunk_size_on_cpu_is_default():
-    from jaxphot.fit import default_chunk_size
+    from jaxphot.core.fit import default_chunk_size
 
     # CPUs report no memory statistics: cache-sized chunks, as fit_cutouts uses.
     assert adaptive_chunk_size((15, 15), 6) == default_chunk_size()

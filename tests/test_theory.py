@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from jaxphot import theory
-from jaxphot.fit import fit_cutouts
+from jaxphot.core.fit import fit_cutouts
 from jaxphot.psf import FWHM_TO_SIGMA, GaussianPRF
-from jaxphot.simulate import simulate_cutouts
+from jaxphot.sim.cutouts import simulate_cutouts
 
 FREE_CONST = np.array([1, 0, 0, 1, 1, 1], bool)  # constant sky, flux, x, y
 

@@ -6,9 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..kernels import bspline_prefilter
-from ..psf_grid import _samples
-from ._reference import _fwhm_samples, _moffat_lsq
+from ..psf.kernels import bspline_prefilter, spline_samples
+from ._reference import fwhm_samples, moffat_lsq
 
 
 def _kernel_matrix(n: int, shift: float) -> np.ndarray:
@@ -60,7 +59,7 @@ def _core_centre(samples: np.ndarray, s: int, radius: float) -> _CoreCentre | No
     off = (np.arange(n) - (n - 1) / 2.0) / s
     core = np.hypot(off[None, :], off[:, None]) <= radius / s
     try:
-        r, _, _ = _moffat_lsq(samples, s, core)
+        r, _, _ = moffat_lsq(samples, s, core)
         with np.errstate(all="ignore"):
             gain = np.linalg.pinv(r.jac)[1:3] * s
     except (ValueError, np.linalg.LinAlgError):
@@ -80,7 +79,7 @@ def _moments(samples: np.ndarray, radius: float) -> tuple[float, float, float]:
     return float(w.sum()), float((w * u).sum()), float((w * v).sum())
 
 
-def _pin(coeffs: np.ndarray, s: int, n: int, centre: bool) -> tuple[np.ndarray, float]:
+def pin_psf(coeffs: np.ndarray, s: int, n: int, centre: bool) -> tuple[np.ndarray, float]:
     """Rescale to sum s^2 (term 0), recentre all terms on term 0's centre, fix the centre.
 
     The centre is that of a Moffat fitted to the core (:func:`_core_centre`), or the first moment
@@ -90,13 +89,13 @@ def _pin(coeffs: np.ndarray, s: int, n: int, centre: bool) -> tuple[np.ndarray, 
     exactly). Returns the coefficients and the FWHM in detector pixels.
     """
     c = coeffs.reshape(-1, n, n).astype(np.float64)
-    s0 = _samples(c[0], "bspline3")
-    fwhm = _fwhm_samples(s0)
+    s0 = spline_samples(c[0], "bspline3")
+    fwhm = fwhm_samples(s0)
     radius = max(1.2 * fwhm, 1.5 * s)
     fit = None
     if centre:
         for _ in range(3):
-            s0 = _samples(c[0], "bspline3")
+            s0 = spline_samples(c[0], "bspline3")
             fit = _core_centre(s0, s, radius)
             mx, my = (fit.x, fit.y) if fit is not None else _centroid(s0, radius)
             if max(abs(mx), abs(my)) < 1e-4:
@@ -107,7 +106,7 @@ def _pin(coeffs: np.ndarray, s: int, n: int, centre: bool) -> tuple[np.ndarray, 
         # A centre that drifts across the field is degenerate with star positions that drift
         # alike (the start positions' errors leak into it): give each variation term a zero
         # centre shift, C_t += a dC_0/du + b dC_0/dv, as a shift of the PSF by (-a, -b) would.
-        s0 = _samples(c[0], "bspline3")
+        s0 = spline_samples(c[0], "bspline3")
         gy, gx = np.gradient(s0)
         if fit is None:
             fit = _core_centre(s0, s, radius)
@@ -117,10 +116,10 @@ def _pin(coeffs: np.ndarray, s: int, n: int, centre: bool) -> tuple[np.ndarray, 
             shift = lambda img: np.array(_moments(img, radius)[1:]) / _moments(s0, radius)[0]  # noqa: E731
         g = np.stack([shift(gx), shift(gy)], 1)  # (2, 2): centre shift per unit gradient
         for t in range(1, len(c)):
-            st = _samples(c[t], "bspline3")
+            st = spline_samples(c[t], "bspline3")
             a, b = np.linalg.solve(g, -shift(st))
             c[t] = bspline_prefilter(st + a * gx + b * gy)
-    sums = np.array([_samples(t, "bspline3").sum() for t in c])
+    sums = np.array([spline_samples(t, "bspline3").sum() for t in c])
     if not sums[0] > 0:
         raise ValueError("the ePSF update has a non-positive sum: the PSF stars carry no signal")
     c[1:] -= (sums[1:] / sums[0])[:, None, None] * c[0][None]

@@ -6,13 +6,13 @@ import math
 
 import numpy as np
 
-from ..kernels import bspline_prefilter
-from ..psf_grid import _samples, poly_terms
+from ..psf.kernels import bspline_prefilter, spline_samples
+from ..psf.varying import poly_terms
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(5)
 
 
-def _fwhm_samples(samples: np.ndarray) -> float:
+def fwhm_samples(samples: np.ndarray) -> float:
     """FWHM (array units) from the area above half maximum."""
     peak = samples.max()
     area = np.count_nonzero(samples >= 0.5 * peak)
@@ -37,7 +37,7 @@ def _moffat_prf(p, u, v):
     return amp * np.sum(w * (1.0 + q) ** -beta, axis=(-2, -1))
 
 
-def _moffat_lsq(samples: np.ndarray, s: int, core: np.ndarray | None = None):
+def moffat_lsq(samples: np.ndarray, s: int, core: np.ndarray | None = None):
     """Least-squares elliptical Moffat PRF fit to ePSF samples (n, n), over ``core`` (bool) if given.
 
     Returns ``(result, u, v)``: scipy's ``least_squares`` result (``x``, ``jac``, ``success``) and
@@ -50,7 +50,7 @@ def _moffat_lsq(samples: np.ndarray, s: int, core: np.ndarray | None = None):
     n = samples.shape[0]
     off = (np.arange(n) - (n - 1) / 2.0) / s
     u, v = np.meshgrid(off, off)
-    fw = max(_fwhm_samples(samples) / s, 0.5)
+    fw = max(fwhm_samples(samples) / s, 0.5)
     alpha2 = (fw / 2.0) ** 2 / (2 ** (1 / 4.0) - 1)
     p0 = np.array([samples.max(), 0, 0, -np.log(alpha2), -np.log(alpha2), 0.0, np.log(3.0)])
     sel = np.ones(samples.shape, bool) if core is None else core
@@ -63,7 +63,7 @@ def _moffat_lsq(samples: np.ndarray, s: int, core: np.ndarray | None = None):
 def _moffat_fit(samples: np.ndarray, s: int):
     """Samples (n, n) of the elliptical Moffat PRF that best fits the ePSF samples, or None."""
     try:
-        r, u, v = _moffat_lsq(samples, s)
+        r, u, v = moffat_lsq(samples, s)
         with np.errstate(all="ignore"):
             ref = _moffat_prf(r.x, u, v)
     except (ValueError, np.linalg.LinAlgError):
@@ -79,7 +79,7 @@ _REF_POINTS = {
 }
 
 
-def _moffat_reference_terms(coeffs: np.ndarray, n: int, s: int, degree: int):
+def moffat_reference_terms(coeffs: np.ndarray, n: int, s: int, degree: int):
     """Moffat references (T, n*n coefficients) of every polynomial term of a varying ePSF.
 
     The ePSF is evaluated at the points of ``_REF_POINTS``, a Moffat is fitted at each, and the
@@ -89,7 +89,7 @@ def _moffat_reference_terms(coeffs: np.ndarray, n: int, s: int, degree: int):
     vs 0.24 %, pulls unchanged); the smoothness weight matters more (see :func:`build_epsf`). None when a fit
     fails (the penalty then pulls toward zero curvature).
     """
-    terms = [_samples(t.reshape(n, n), "bspline3") for t in coeffs]
+    terms = [spline_samples(t.reshape(n, n), "bspline3") for t in coeffs]
     if degree == 0:
         ref = _moffat_fit(terms[0], s)
         return None if ref is None else bspline_prefilter(ref).ravel()[None]
@@ -105,7 +105,7 @@ def _moffat_reference_terms(coeffs: np.ndarray, n: int, s: int, degree: int):
     return np.stack([bspline_prefilter(t.reshape(n, n)).ravel() for t in sol])
 
 
-def _lowpass_reference_terms(coeffs: np.ndarray, n: int, s: int, cutoff: float = 1.2) -> np.ndarray:
+def lowpass_reference_terms(coeffs: np.ndarray, n: int, s: int, cutoff: float = 1.2) -> np.ndarray:
     """Each term's coefficients with the spatial frequencies above ``~cutoff / FWHM`` removed.
 
     The reference of ``prior="lowpass"``: the penalty then acts only on the ePSF's content
@@ -118,7 +118,7 @@ def _lowpass_reference_terms(coeffs: np.ndarray, n: int, s: int, cutoff: float =
     ``cutoff / FWHM`` keeps the low band.
     """
     c = np.asarray(coeffs, np.float64).reshape(-1, n, n)
-    fwhm = max(_fwhm_samples(_samples(c[0], "bspline3")) / s, 0.5)  # pixels
+    fwhm = max(fwhm_samples(spline_samples(c[0], "bspline3")) / s, 0.5)  # pixels
     fc = cutoff / fwhm  # cycles per pixel
     f = np.fft.fftfreq(n) * s
     r = np.hypot(f[:, None], f[None, :])

@@ -56,7 +56,7 @@ def _second_diff_penalty(c, n):
 
 
 @functools.partial(jax.jit, static_argnames=("n", "s", "shape", "max_cg"))
-def _solve_coeffs(c0, c_ref, target, wgt, x, y, amp, smoothness, *, n, s, shape, max_cg, cg_tol):
+def solve_coeffs(c0, c_ref, target, wgt, x, y, amp, smoothness, *, n, s, shape, max_cg, cg_tol):
     """Regularised weighted least squares for the coefficients, by Jacobi-preconditioned CG.
 
     Minimises ``sum wgt (target - A c)^2 + lam |D2 (c - c_ref)|^2 + ridge |c|^2`` with ``lam =
@@ -108,6 +108,6 @@ def _solve_coeffs(c0, c_ref, target, wgt, x, y, amp, smoothness, *, n, s, shape,
 
 
 @functools.partial(jax.jit, static_argnames=("n", "s", "shape"))
-def _model_pixels(c, x, y, amp, *, n, s, shape):
+def model_pixels(c, x, y, amp, *, n, s, shape):
     idx, wt = _stencil(x, y, shape, n, s)
     return _forward(c, idx, wt, amp)

@@ -57,12 +57,13 @@ import numpy as np
 from astropy.stats import mad_std
 from astropy.table import Table
 
-from ..fit import fit_cutouts
-from ..psf import DiscretePSF
-from ..psf_grid import PolynomialPSF, _poly_scale, _samples, poly_terms
-from ._pin import _pin
-from ._reference import _lowpass_reference_terms, _moffat_reference_terms
-from ._spline import _model_pixels, _solve_coeffs
+from ..core.fit import fit_cutouts
+from ..psf import DiscretePSF, PolynomialPSF, poly_terms
+from ..psf.kernels import spline_samples
+from ..psf.varying import poly_scale
+from ._pin import pin_psf
+from ._reference import lowpass_reference_terms, moffat_reference_terms
+from ._spline import model_pixels, solve_coeffs
 from .apcorr import aperture_correction
 
 
@@ -83,7 +84,7 @@ class EPSFStars(Table):
     """
 
 
-def _as_positions(positions) -> np.ndarray:
+def as_positions(positions) -> np.ndarray:
     if isinstance(positions, Table):
         for xn, yn in (
             ("x_centroid", "y_centroid"),
@@ -103,7 +104,7 @@ def _as_positions(positions) -> np.ndarray:
     return p
 
 
-def _odd_shape(shape) -> tuple[int, int]:
+def odd_shape(shape) -> tuple[int, int]:
     h, w = (shape, shape) if np.ndim(shape) == 0 else tuple(shape)
     h, w = int(h), int(w)
     if h < 5 or w < 5 or h % 2 == 0 or w % 2 == 0:
@@ -241,7 +242,7 @@ def build_epsf(
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
-    pos = _as_positions(positions)
+    pos = as_positions(positions)
     if len(pos) == 0:
         raise ValueError("no PSF star positions given")
     if degree not in (0, 1, 2):
@@ -249,7 +250,7 @@ def build_epsf(
     s = int(oversampling)
     if s < 1 or s != oversampling:
         raise ValueError(f"oversampling must be a positive integer, got {oversampling!r}")
-    h, w = _odd_shape(shape)
+    h, w = odd_shape(shape)
     if smoothness is not None and not smoothness >= 0:
         raise ValueError(f"smoothness must be >= 0, got {smoothness}")
     if prior not in ("lowpass", "moffat", None):
@@ -351,7 +352,7 @@ def build_epsf(
     n = s * max(h, w) + 1
     if h != w:
         raise ValueError(f"shape must be square for now, got {(h, w)}")
-    center, scale = _poly_scale(img.shape)
+    center, scale = poly_scale(img.shape)
     gx_img, gy_img = org[:, 0] + xl, org[:, 1] + yl
     yy, xx = np.mgrid[0:h, 0:w]
     basis = np.stack([np.ones((h, w)), xx - (w - 1) / 2.0, yy - (h - 1) / 2.0])
@@ -381,12 +382,12 @@ def build_epsf(
         # The first update has no iterate to fit a reference to: it smooths toward zero curvature.
         c_ref = np.zeros_like(coeffs)
         if prior == "moffat" and it > 0:
-            got = _moffat_reference_terms(coeffs, n, s, degree)
+            got = moffat_reference_terms(coeffs, n, s, degree)
             if got is not None:
                 c_ref[: len(got)] = got
         elif prior == "lowpass" and it > 0:
-            c_ref = _lowpass_reference_terms(coeffs, n, s).astype(coeffs.dtype)
-        c_new, n_cg = _solve_coeffs(
+            c_ref = lowpass_reference_terms(coeffs, n, s).astype(coeffs.dtype)
+        c_new, n_cg = solve_coeffs(
             jnp.asarray(coeffs, jnp.float32),
             jnp.asarray(c_ref, jnp.float32),
             jnp.asarray(target.reshape(n_st, -1), jnp.float32),
@@ -401,9 +402,9 @@ def build_epsf(
             max_cg=400 if it == 0 else 150,
             cg_tol=jnp.float32(1e-5),
         )
-        coeffs, fwhm_px = _pin(np.asarray(c_new), s, n, centre=True)
+        coeffs, fwhm_px = pin_psf(np.asarray(c_new), s, n, centre=True)
         coeffs = coeffs.astype(np.float32)
-        s0 = _samples(coeffs[0].reshape(n, n), "bspline3")
+        s0 = spline_samples(coeffs[0].reshape(n, n), "bspline3")
         change = np.inf if prev is None else np.max(np.abs(s0 - prev)) / s0.max()
         prev = s0
         if change < tol:
@@ -414,7 +415,7 @@ def build_epsf(
             kw = {}
         else:
             psf = PolynomialPSF(
-                np.stack([_samples(t.reshape(n, n), "bspline3") for t in coeffs]),
+                np.stack([spline_samples(t.reshape(n, n), "bspline3") for t in coeffs]),
                 s,
                 degree,
                 center,
@@ -459,7 +460,7 @@ def build_epsf(
         v = (gy_img - center[1]) / scale[1]
         amp = np.stack([flux * u**a * v**b for a, b in poly_terms(degree)])
         stars_model = np.asarray(
-            _model_pixels(
+            model_pixels(
                 jnp.asarray(coeffs),
                 jnp.asarray(xl, jnp.float32),
                 jnp.asarray(yl, jnp.float32),
@@ -513,7 +514,7 @@ def build_epsf(
     norm = apc.value if normalize == "aperture" else 1.0
 
     # ---- result
-    arrays = np.stack([_samples(t.reshape(n, n).astype(np.float64), "bspline3") for t in coeffs])
+    arrays = np.stack([spline_samples(t.reshape(n, n).astype(np.float64), "bspline3") for t in coeffs])
     if degree == 0:
         # samples summing to s^2 / apcor: fitted fluxes come out aperture-corrected
         a0 = arrays[0] * (s * s / arrays[0].sum() / norm)

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from .builder import EPSFStars, EPSFWarning, _as_positions, _odd_shape, build_epsf
+from .builder import EPSFStars, EPSFWarning, as_positions, build_epsf, odd_shape
 
 
 def build_epsf_grid(
@@ -69,12 +69,12 @@ def build_epsf_grid(
     ValueError
         Bad arguments, or fewer usable stars in a region than :func:`build_epsf` accepts.
     """
-    from ..psf_grid import GriddedPSF
+    from ..psf import GriddedPSF
 
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
-    pos = _as_positions(positions)
+    pos = as_positions(positions)
     if build_kwargs.pop("degree", 0) != 0:
         raise ValueError("build_epsf_grid builds constant ePSFs per region: degree must be 0")
     try:
@@ -84,7 +84,7 @@ def build_epsf_grid(
     if ny < 1 or nx < 1:
         raise ValueError(f"grid must be (ny, nx) positive integers, got {grid!r}")
     H, W = img.shape
-    h, w = _odd_shape(build_kwargs.get("shape", 15))
+    h, w = odd_shape(build_kwargs.get("shape", 15))
     # the stars whose cutout fits on the image are the ones build_epsf can use
     ok = np.all(np.isfinite(pos), axis=1)
     ok &= (pos[:, 0] >= w // 2) & (pos[:, 0] <= W - 1 - w // 2)

@@ -9,9 +9,9 @@ import numpy as np
 from astropy.stats import mad_std
 from astropy.table import Table
 
-from ..fit import fit_cutouts
-from ..photometry import _scatter_stamps, _stamps
-from .builder import EPSFWarning, _odd_shape, build_epsf
+from ..core.fit import fit_cutouts
+from ..image.render import scatter_stamps, stamps
+from .builder import EPSFWarning, build_epsf, odd_shape
 
 
 def _catalog_xy_flux(catalog):
@@ -96,7 +96,7 @@ def select_stars(
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
     x, y, f = _catalog_xy_flux(catalog)
     H, W = img.shape
-    h, w = _odd_shape(shape)
+    h, w = odd_shape(shape)
     r_iso = float(isolation) if isolation is not None else max(h, w) / 2.0 * math.sqrt(2.0)
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(f) & (f > 0)
     xi, yi = np.rint(np.where(ok, x, 0)).astype(int), np.rint(np.where(ok, y, 0)).astype(int)
@@ -213,8 +213,8 @@ def build_epsf_from_image(
     -------
     DiscretePSF or PolynomialPSF (and EPSFStars)
     """
-    from ..background import estimate_background
-    from ..detection import find_stars
+    from ..image.background import estimate_background
+    from ..image.detection import find_stars
 
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
@@ -256,7 +256,7 @@ def build_epsf_from_image(
     pos = np.stack([np.asarray(chosen["x_centroid"]), np.asarray(chosen["y_centroid"])], 1)
     work = img
     if neighbour_passes > 0:
-        hw = _odd_shape(shape)
+        hw = odd_shape(shape)
         for _ in range(int(neighbour_passes)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", EPSFWarning)
@@ -366,8 +366,8 @@ def _subtract_neighbours(sub, bad, psf, psf_xy, cat_xy, shape, min_sep: float, k
     first = np.lexsort((d[ii, kk], kk))
     first = first[np.r_[True, kk[first][1:] != kk[first][:-1]]] if len(first) else first
     ii, jj = ii[first], jj[first]
-    st, sx0, sy0 = _stamps(psf, xf[ii, jj], yf[ii, jj], ff[ii, jj], max(h, w) // 2)
-    return np.asarray(sub, np.float64) - _scatter_stamps((H, W), st, sx0, sy0)
+    st, sx0, sy0 = stamps(psf, xf[ii, jj], yf[ii, jj], ff[ii, jj], max(h, w) // 2)
+    return np.asarray(sub, np.float64) - scatter_stamps((H, W), st, sx0, sy0)
 
 
 def _estimate_fwhm(sub, rms, bad) -> float:
@@ -379,7 +379,7 @@ def _estimate_fwhm(sub, rms, bad) -> float:
     Spitzer/IRAC GLIMPSE (ePSF FWHM ~1.8 px) 1.88 px (2.70 with plain moments); Moffat(beta=4)
     FWHM 1.5/2/3/4 px: 1.69/2.21/3.22/4.02 (plain: 2.00/2.59/3.57/4.26).
     """
-    from ..detection import find_stars
+    from ..image.detection import find_stars
 
     cat = find_stars(np.where(bad, np.nan, sub), 2.5, threshold=10.0, rms=rms, mask=bad)
     if len(cat) < 3:

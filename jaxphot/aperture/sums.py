@@ -1,41 +1,27 @@
-"""Batched aperture photometry: exact/center/subpixel apertures, local sky, CCD-equation errors.
+"""The functional core of aperture photometry: batched weighted sums with annulus sky.
 
-Functional core: :func:`aperture_sums` (any aperture kind, one batched call, chunked over sources with
-a fixed chunk size so a new N does not recompile). Friendly shell: :func:`aperture_photometry`
-(circular apertures with an optional sky annulus, returning an astropy Table) and
-:func:`aperture_light_curves` (a (T, H, W) cube to (T, N) arrays).
-
-Conventions: ``positions`` are (N, 2) ``(x, y)`` 0-based pixel coordinates; pixel ``data[j, i]`` is
-centred at ``x = i, y = j``. Geometry runs in float64 (under a local ``jax.enable_x64`` context; the
-global JAX config is never changed).
-
-Flags (:class:`ApertureFlag`) are set per source and per radius; no bad row raises for the batch.
+:func:`aperture_sums` handles any aperture kind in one batched call, chunked over sources with a
+fixed chunk size so a new N does not recompile. Geometry runs in float64 (under a local
+``jax.enable_x64`` context; the global JAX config is never changed). Conventions: ``positions``
+are (N, 2) ``(x, y)`` 0-based pixel coordinates; pixel ``data[j, i]`` is centred at ``x = i, y = j``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import enum
 import functools
 import math
-import os
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from astropy.table import Table
 
-from . import _overlap, stats
+from .. import stats
+from ..core.batching import map_chunks
+from . import overlap
 
-__all__ = [
-    "ApertureFlag",
-    "aperture_corrections",
-    "aperture_light_curves",
-    "aperture_photometry",
-    "aperture_sums",
-    "growth_curve",
-]
+__all__ = ["aperture_sums", "ApertureFlag", "SKY_METHODS", "as_positions", "radius_array", "as_image"]
 
 SKY_METHODS = ("median", "mean", "sigma_clip", "mode", "mmm", "biweight")
 
@@ -52,11 +38,11 @@ class ApertureFlag(enum.IntFlag):
     NONPOSITIVE = 64  #: flux <= 0, so mag is NaN
 
 
-# ----------------------------------------------------------------------------------------------------
-# input handling
 
 
-def _as_positions(positions) -> np.ndarray:
+
+
+def as_positions(positions) -> np.ndarray:
     p = np.asarray(positions, dtype=float)
     if p.ndim == 1 and p.shape[0] == 2:
         p = p[None, :]
@@ -65,7 +51,7 @@ def _as_positions(positions) -> np.ndarray:
     return p
 
 
-def _radius_array(name: str, value, n: int) -> np.ndarray:
+def radius_array(name: str, value, n: int) -> np.ndarray:
     """Radii -> (N, R) float array. Scalar, per-source (N,), list of R radii, or (N, R)."""
     if value is None:
         raise ValueError(f"{name} is required")
@@ -89,7 +75,7 @@ def _radius_array(name: str, value, n: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _image(name: str, value, shape=None) -> np.ndarray:
+def as_image(name: str, value, shape=None) -> np.ndarray:
     a = np.asarray(value)
     if a.ndim not in (2, 3):
         raise ValueError(f"{name} must be a 2-D image or a (T, H, W) cube; got shape {a.shape}")
@@ -98,8 +84,6 @@ def _image(name: str, value, shape=None) -> np.ndarray:
     return a
 
 
-# ----------------------------------------------------------------------------------------------------
-# functional core
 
 
 def _cutout_edges(x, y, K):
@@ -185,7 +169,7 @@ def _core(
     out = {k: [] for k in ("sum", "var", "area", "geom", "off", "bad")}
     for r in range(R):
         p = tuple(q[:, r] for q in params[:nparams])
-        w = _overlap.weights(kind, method, p, ua, va, subpixels)  # (N, Ka, Ka)
+        w = overlap.weights(kind, method, p, ua, va, subpixels)  # (N, Ka, Ka)
         wv = jnp.where(ok_a, w, 0.0)
         if cube:
             s = jnp.einsum("nkl,ntkl->nt", wv, dz_a)
@@ -221,11 +205,11 @@ def _core(
         if sky == "mean":
             # exact-weighted annulus mean (area-weighted, like summing an annulus aperture)
             if method == "exact":  # only summed (no flags): one convolution of F (see _overlap)
-                wa = _overlap.corner_difference_conv(
-                    _overlap.circle_corner_integral(rout, u, v) - _overlap.circle_corner_integral(rin, u, v)
+                wa = overlap.corner_difference_conv(
+                    overlap.circle_corner_integral(rout, u, v) - overlap.circle_corner_integral(rin, u, v)
                 )
             else:
-                wa = _overlap.weights("circle", method, (rout,), u, v, subpixels) - _overlap.weights(
+                wa = overlap.weights("circle", method, (rout,), u, v, subpixels) - overlap.weights(
                     "circle", method, (rin,), u, v, subpixels
                 )
             wa = jnp.where(ok, wa, 0.0)
@@ -308,8 +292,8 @@ def _core_clean_circle(data, var, x, y, radii, ann, *, K, Ka, pad, has_var, has_
 
     out = {k: [] for k in ("sum", "var", "area")}
     for r in range(radii.shape[1]):
-        F = _overlap.circle_corner_integral(radii[:, r], ua, va)
-        w = _overlap.corner_difference_conv(F)
+        F = overlap.circle_corner_integral(radii[:, r], ua, va)
+        w = overlap.corner_difference_conv(F)
         out["sum"].append(jnp.einsum("nkl,nkl->n", w, d_a))
         if has_var:
             out["var"].append(jnp.einsum("nkl,nkl->n", w, vz_a))
@@ -324,8 +308,8 @@ def _core_clean_circle(data, var, x, y, radii, ann, *, K, Ka, pad, has_var, has_
         m = jnp.where(inann, 1.0, 0.0)  # one 0/1 array for all sums: XLA would rebuild `inann` in each
         n = jnp.sum(m, axis=(1, 2))
         if sky == "mean":
-            Fa = _overlap.circle_corner_integral(rout, u, v) - _overlap.circle_corner_integral(rin, u, v)
-            wa = _overlap.corner_difference_conv(Fa)
+            Fa = overlap.circle_corner_integral(rout, u, v) - overlap.circle_corner_integral(rin, u, v)
+            wa = overlap.corner_difference_conv(Fa)
             wsum = outer(Fa)
             level = jnp.einsum("nkl,nkl->n", wa, d) / jnp.where(wsum > 0, wsum, 1.0)
             level = jnp.where(wsum > 0, level, jnp.nan)
@@ -434,8 +418,8 @@ def aperture_sums(
     nparams = {"circle": 1, "ellipse": 3, "rectangle": 3}[kind]
     if len(params) != nparams:
         raise ValueError(f"params for kind={kind!r} must have {nparams} entries; got {len(params)}")
-    data = _image("data", data)
-    pos = _as_positions(positions)
+    data = as_image("data", data)
+    pos = as_positions(positions)
     N = pos.shape[0]
     H, W = data.shape[-2:]
     T = data.shape[0] if data.ndim == 3 else 0
@@ -443,7 +427,7 @@ def aperture_sums(
         kind
     ]
     P = [
-        _radius_array(nm, pv, N) if nm != "theta" else None
+        radius_array(nm, pv, N) if nm != "theta" else None
         for nm, pv in zip(names, params, strict=True)
     ]
     R = max(p.shape[1] for p in P if p is not None)
@@ -464,8 +448,8 @@ def aperture_sums(
     ap_reach = reach
     ann = None
     if annulus is not None:
-        rin = _radius_array("r_in", annulus[0], N)[:, 0]
-        rout = _radius_array("r_out", annulus[1], N)[:, 0]
+        rin = radius_array("r_in", annulus[0], N)[:, 0]
+        rout = radius_array("r_out", annulus[1], N)[:, 0]
         if np.any(rout < rin):
             raise ValueError("r_out must be >= r_in")
         ann = np.stack([rin, rout], axis=1)
@@ -543,14 +527,7 @@ def aperture_sums(
                 n = min(idx.size, start + chunk) - start
                 return idx[start : start + n], {k: np.asarray(val)[:n] for k, val in r.items()}
 
-        # XLA CPU runs one fused kernel on one core; independent chunks on a small thread pool use
-        # the other cores (JAX releases the GIL while a computation runs).
-        nthreads = min(len(jobs), os.cpu_count() or 1, 8)
-        if nthreads > 1:
-            with concurrent.futures.ThreadPoolExecutor(nthreads) as ex:
-                parts = list(ex.map(run, jobs))
-        else:
-            parts = [run(j) for j in jobs]
+        parts = map_chunks(run, jobs)  # the package's one chunk runner (threads on CPUs)
         out = {}
         for rows, part in parts:
             for k, val in part.items():
@@ -566,315 +543,3 @@ def aperture_sums(
         out.pop("var", None)
     out["finite_position"] = finite_pos
     return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# shell
-
-
-def _flags_and_values(core: dict, n_r: int, cube: bool):
-    """Compute flags (N, R) and NaN-out invalid values."""
-    tol = 1e-12
-    geom = core["geom_area"]
-    off = core["off_area"] > tol
-    whole_off = core["off_area"] >= geom - tol
-    badpix = core["bad_area"] > tol
-    area = core["area"]
-    none_left = area <= tol
-    flags = np.zeros(geom.shape, dtype=np.int32)
-    flags |= np.where(off & ~whole_off, int(ApertureFlag.TRUNCATED), 0)
-    flags |= np.where(whole_off | ~core["finite_position"][:, None], int(ApertureFlag.OFF_IMAGE), 0)
-    flags |= np.where(badpix, int(ApertureFlag.HAS_MASKED), 0)
-    flags |= np.where(badpix & none_left & ~whole_off, int(ApertureFlag.ALL_MASKED), 0)
-    invalid = none_left | ~core["finite_position"][:, None]
-    return flags, invalid
-
-
-def aperture_photometry(
-    data,
-    positions,
-    r,
-    *,
-    r_in=None,
-    r_out=None,
-    method: str = "exact",
-    subpixels: int = 5,
-    error=None,
-    mask=None,
-    gain: float | None = None,
-    read_noise: float | None = None,
-    sky: str = "median",
-    sky_sigma: float = 3.0,
-    sky_maxiters: int = 5,
-    zeropoint: float = 0.0,
-) -> Table:
-    """Circular aperture photometry with local annulus sky, CCD-equation errors and magnitudes.
-
-    Parameters
-    ----------
-    data : array_like, shape (H, W) or (T, H, W)
-        Image in counts (ADU) or a cube of T images (e.g. TESS cut-outs); the cube gives light
-        curves in one batched call.
-    positions : array_like, shape (N, 2)
-        ``(x, y)`` 0-based pixel coordinates.
-    r : float, array (N,), list of R radii, or array (N, R)
-        Aperture radius/radii in pixels.
-    r_in, r_out : float or array (N,), optional
-        Sky annulus radii in pixels. Without them the sky is 0 (data assumed sky-subtracted).
-    method : {"exact", "center", "subpixel"}
-        Pixel overlap: exact area, pixel centre inside, or n×n sub-pixel sampling (``subpixels``).
-    subpixels : int
-        n for ``method="subpixel"`` (Source Extractor uses 5).
-    error : array_like, optional
-        1-sigma error per pixel (counts), same shape as data (or (H, W) for a cube), or a scalar.
-        Its square is summed with the aperture weights: ``var = Σ w σ²``.
-    mask : array_like of bool (H, W), optional
-        True marks bad pixels; they and non-finite pixels are excluded (flag ``HAS_MASKED``).
-    gain : float, optional
-        e⁻/ADU. With ``error`` it adds the source Poisson term ``flux/gain``; without ``error`` the
-        per-pixel variance is the CCD equation ``max(data, 0)/gain + (read_noise/gain)²`` (data must
-        then be un-sky-subtracted ADU).
-    read_noise : float, optional
-        Read noise in e⁻ (used only without ``error``).
-    sky : {"median", "mean", "sigma_clip", "mode", "mmm", "biweight"}
-        Annulus sky estimator. ``mean`` is the exact-overlap-weighted annulus mean; the others use the
-        pixels whose centres lie in ``r_in <= d < r_out``. ``sigma_clip`` is the sigma-clipped mean,
-        ``mode`` is 3·median − 2·mean of the sigma-clipped sample, ``mmm`` is DAOPHOT-MMM-like.
-    sky_sigma, sky_maxiters : float, int
-        Clipping parameters of the robust sky estimators.
-    zeropoint : float
-        Added to the instrumental magnitudes ``-2.5 log10(flux)``.
-
-    Returns
-    -------
-    astropy.table.Table
-        One row per input position, in input order: ``id, x, y, aperture_sum, aperture_sum_err, area,
-        sky, sky_err, flux, flux_err, mag, mag_err, flags`` (+ ``n_sky``, ``sky_std``). ``sky`` is per
-        pixel; ``sky_err = sky_std/sqrt(n_sky)``; ``flux = aperture_sum - area·sky``;
-        ``flux_err² = aperture_sum_err² + area²·sky_err²`` (the N_A²σ_sky²/N_B term of the CCD
-        equation); ``mag_err = 2.5/ln10 · flux_err/flux``. With R radii, the aperture columns are
-        (N, R); with a cube of T images, (N, T) or (N, R, T).
-    """
-    data = _image("data", data)
-    cube = data.ndim == 3
-    pos = _as_positions(positions)
-    N = pos.shape[0]
-    if sky not in SKY_METHODS:
-        raise ValueError(f"sky must be one of {SKY_METHODS}, got {sky!r}")
-    if (r_in is None) != (r_out is None):
-        raise ValueError("r_in and r_out must be given together")
-    if gain is not None and not gain > 0:
-        raise ValueError(f"gain must be > 0, got {gain}")
-    multi = isinstance(r, list | tuple) or np.ndim(r) == 2
-    radii = _radius_array("r", r, N)
-    variance = None
-    if error is not None:
-        e = np.asarray(error, dtype=float)
-        if e.ndim not in (0, 2, 3):
-            raise ValueError(f"error must be a scalar or an image; got shape {e.shape}")
-        if e.ndim > 0 and e.shape[-2:] != data.shape[-2:]:
-            raise ValueError(f"error must have the shape of data {data.shape}; got {e.shape}")
-        if e.ndim > 0:
-            variance = np.broadcast_to(e**2, data.shape)
-    elif gain is not None:
-        rn = 0.0 if read_noise is None else float(read_noise)
-        variance = np.maximum(np.asarray(data, dtype=float), 0.0) / gain + (rn / gain) ** 2
-    elif read_noise is not None:
-        raise ValueError("read_noise needs gain (e-/ADU) to convert to counts")
-    annulus = None if r_in is None else (r_in, r_out)
-    core = aperture_sums(
-        data, pos, "circle", (radii,), method=method, subpixels=subpixels, mask=mask,
-        variance=variance, annulus=annulus, sky=sky, sky_sigma=sky_sigma, sky_maxiters=sky_maxiters,
-    )  # fmt: skip
-    R = radii.shape[1]
-    flags, invalid = _flags_and_values(core, R, cube)
-    asum = core["sum"]  # (N, R) or (N, R, T)
-    area = core["area"]
-    ex = (lambda a: a[..., None]) if cube else (lambda a: a)
-    asum = np.where(ex(invalid), np.nan, asum)
-    area_v = np.where(invalid, np.nan, area)
-    scalar_err = error is not None and np.ndim(error) == 0
-    if variance is not None or scalar_err:
-        # a scalar error needs no per-pixel gather: Σ w σ² = σ² · area
-        var = core["sum_var"] if not scalar_err else float(error) ** 2 * ex(area)
-        if error is not None and gain is not None:
-            var = var + np.maximum(asum, 0.0) / gain  # source Poisson term on top of the error map
-        sum_err = np.sqrt(np.where(ex(invalid), np.nan, var))
-    else:
-        sum_err = np.full_like(asum, np.nan)
-    if annulus is not None:
-        skyv = core["sky"]  # (N,) or (N, T)
-        n_sky = core["n_sky"]
-        sky_std = core["sky_std"]
-        sky_empty = (n_sky == 0) if not cube else np.all(n_sky == 0, axis=-1)
-        flags |= np.where(sky_empty, int(ApertureFlag.SKY_EMPTY), 0)[:, None]
-        sky_trunc = (core["sky_off_n"] > 0) & ~sky_empty
-        flags |= np.where(sky_trunc, int(ApertureFlag.SKY_TRUNCATED), 0)[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sky_err = sky_std / np.sqrt(n_sky)
-        skyv = np.where(n_sky > 0, skyv, np.nan)
-        sky_err = np.where(n_sky > 0, sky_err, np.nan)
-        sky_b = skyv[:, None] if not cube else skyv[:, None, :]
-        skyerr_b = sky_err[:, None] if not cube else sky_err[:, None, :]
-        flux = asum - ex(area_v) * sky_b
-        flux_err = np.sqrt(sum_err**2 + (ex(area_v) * skyerr_b) ** 2)
-    else:
-        skyv = np.zeros((N,) + ((data.shape[0],) if cube else ()))
-        sky_err = np.zeros_like(skyv)
-        n_sky = np.zeros(N, dtype=int)
-        sky_std = np.zeros_like(skyv)
-        flux = asum
-        flux_err = sum_err
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
-        mag_err = np.where(flux > 0, (2.5 / np.log(10)) * flux_err / np.abs(flux), np.nan)
-    nonpos = ~(flux > 0) & np.isfinite(flux)
-    flags |= np.where(
-        nonpos if not cube else np.any(nonpos, axis=-1), int(ApertureFlag.NONPOSITIVE), 0
-    )
-
-    def shape(a):
-        if multi:
-            return a
-        return a[:, 0]
-
-    t = Table()
-    t["id"] = np.arange(1, N + 1)
-    t["x"] = pos[:, 0]
-    t["y"] = pos[:, 1]
-    if multi:
-        t["r"] = radii
-    t["aperture_sum"] = shape(asum)
-    t["aperture_sum_err"] = shape(sum_err)
-    t["area"] = shape(area_v)
-    t["sky"] = skyv
-    t["sky_err"] = sky_err
-    t["flux"] = shape(flux)
-    t["flux_err"] = shape(flux_err)
-    t["mag"] = shape(mag)
-    t["mag_err"] = shape(mag_err)
-    t["flags"] = shape(flags) if multi else np.bitwise_or.reduce(flags, axis=1)
-    t["n_sky"] = n_sky
-    t["sky_std"] = sky_std
-    t.meta["method"] = method
-    t.meta["sky"] = sky if annulus is not None else "none"
-    if cube:
-        t.meta["time_axis"] = "last"
-    return t
-
-
-def aperture_light_curves(cube, positions, r, **kwargs) -> dict[str, np.ndarray]:
-    """Light curves from a (T, H, W) cube in one batched call.
-
-    Parameters
-    ----------
-    cube : array_like, shape (T, H, W)
-        Image stack (e.g. TESS FFI cut-outs or target-pixel ``FLUX``).
-    positions : array_like, shape (N, 2)
-        ``(x, y)`` 0-based pixel coordinates (fixed over time).
-    r : float or array (N,)
-        Aperture radius in pixels.
-    **kwargs
-        As for :func:`aperture_photometry`.
-
-    Returns
-    -------
-    dict
-        ``flux, flux_err, sky, aperture_sum, mag`` as (T, N) arrays and ``flags`` (N,).
-    """
-    c = np.asarray(cube)
-    if c.ndim != 3:
-        raise ValueError(f"cube must have shape (T, H, W); got {c.shape}")
-    t = aperture_photometry(c, positions, r, **kwargs)
-    out = {k: np.asarray(t[k]).T for k in ("flux", "flux_err", "sky", "aperture_sum", "mag")}
-    out["flags"] = np.asarray(t["flags"])
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# growth curves and aperture corrections
-
-
-def growth_curve(
-    data, positions, radii, *, normalize_radius=None, **kwargs
-) -> dict[str, np.ndarray]:
-    """Curves of growth of (bright, isolated) stars.
-
-    Parameters
-    ----------
-    data : array_like (H, W)
-        Image in counts.
-    positions : array_like (N, 2)
-        Star positions ``(x, y)``.
-    radii : sequence of float
-        Increasing aperture radii (px).
-    normalize_radius : float, optional
-        Radius whose flux normalises each curve; default the largest radius.
-    **kwargs
-        Passed to :func:`aperture_photometry` (sky annulus etc.).
-
-    Returns
-    -------
-    dict
-        ``radii`` (R,), ``flux`` (N, R), ``fraction`` (N, R) flux/flux(normalize_radius),
-        ``mean_fraction`` (R,) and ``std_fraction`` (R,) over stars (NaN-aware).
-    """
-    radii = [float(x) for x in radii]
-    if normalize_radius is not None and normalize_radius not in radii:
-        radii = sorted(radii + [float(normalize_radius)])
-    t = aperture_photometry(data, positions, list(radii), **kwargs)
-    flux = np.asarray(t["flux"], dtype=float)
-    iref = radii.index(float(normalize_radius)) if normalize_radius is not None else len(radii) - 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = flux / flux[:, iref : iref + 1]
-    return {
-        "radii": np.asarray(radii),
-        "flux": flux,
-        "fraction": frac,
-        "mean_fraction": np.nanmean(frac, axis=0),
-        "std_fraction": np.nanstd(frac, axis=0, ddof=1)
-        if frac.shape[0] > 1
-        else np.zeros(len(radii)),
-    }
-
-
-def aperture_corrections(
-    data, positions, r, r_ref, *, sigma: float = 3.0, **kwargs
-) -> tuple[float, float, np.ndarray]:
-    """Aperture correction from radius ``r`` to the reference (large) radius ``r_ref``.
-
-    The correction per star is ``Δm = m(r_ref) - m(r)`` (negative: the large aperture is brighter);
-    it is combined over stars with a sigma-clipped mean, and its uncertainty is the standard error of
-    that mean.
-
-    Parameters
-    ----------
-    data : array_like (H, W)
-    positions : array_like (N, 2)
-        Bright, isolated stars.
-    r, r_ref : float
-        Measurement and reference radii (px).
-    sigma : float
-        Clipping threshold over stars.
-    **kwargs
-        Passed to :func:`aperture_photometry`.
-
-    Returns
-    -------
-    corr, corr_err : float
-        Magnitudes to add to ``m(r)`` to get ``m(r_ref)``, and its uncertainty.
-    per_star : ndarray (N,)
-        The individual corrections (NaN for unusable stars).
-    """
-    t = aperture_photometry(data, positions, [float(r), float(r_ref)], **kwargs)
-    mag = np.asarray(t["mag"], dtype=float)
-    d = mag[:, 1] - mag[:, 0]
-    with jax.enable_x64(True):
-        keep = np.asarray(stats.sigma_clip_mask(d, sigma=sigma, maxiters=5))
-    n = int(keep.sum())
-    if n == 0:
-        return float("nan"), float("nan"), d
-    vals = d[keep]
-    corr = float(vals.mean())
-    err = float(vals.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    return corr, err, d

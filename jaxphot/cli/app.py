@@ -11,67 +11,20 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["main", "parse_psf_spec"]
+__all__ = ["main", "CLIError"]
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def parse_psf_spec(spec: str, oversampling: int | None = None):
-    """Build a PSF from a command-line spec.
-
-    ``gaussian:fwhm=3``, ``moffat:fwhm=3,beta=2.5``, a FITS file (with ``oversampling`` or the
-    header's OVERSAMP; ``--integrated`` style ePSFs carry ``EPSF=T`` or ``INTEGRAT=T``), or
-    ``auto`` (an ePSF built from the image; the caller handles it).
-    """
-    from .psf import DiscretePSF, GaussianPRF, MoffatPSF
-
-    s = spec.strip()
-    low = s.lower()
-    if low.startswith(("gaussian", "moffat")):
-        kind, _, rest = s.partition(":")
-        kw = {}
-        for item in filter(None, (p.strip() for p in rest.split(","))):
-            k, eq, v = item.partition("=")
-            if not eq:
-                raise CLIError(f"--psf {spec!r}: expected key=value, got {item!r}")
-            try:
-                kw[k.strip().lower()] = float(v)
-            except ValueError:
-                raise CLIError(f"--psf {spec!r}: {k.strip()} must be a number, got {v!r}") from None
-        allowed = {"gaussian": {"fwhm"}, "moffat": {"fwhm", "beta"}}[kind.lower()]
-        extra = set(kw) - allowed
-        if extra:
-            raise CLIError(
-                f"--psf {spec!r}: unknown parameter(s) {sorted(extra)}; "
-                f"{kind.lower()} takes {sorted(allowed)}"
-            )
-        if "fwhm" not in kw:
-            raise CLIError(f"--psf {spec!r}: fwhm is required, e.g. {kind.lower()}:fwhm=3")
-        try:
-            if kind.lower() == "gaussian":
-                return GaussianPRF(kw["fwhm"])
-            return MoffatPSF(kw["fwhm"], kw.get("beta", 2.5))
-        except ValueError as exc:
-            raise CLIError(f"--psf {spec!r}: {exc}") from None
-    path = Path(s)
-    if not path.exists():
-        raise CLIError(
-            f"--psf {spec!r}: not gaussian:fwhm=..., moffat:fwhm=...,beta=..., "
-            "auto, or an existing FITS file"
-        )
-    from .io import read_image
+def _psf_from_spec(spec: str, oversampling: int | None):
+    from ..psf import PSFSpecError, parse_psf_spec
 
     try:
-        img = read_image(path, what="PSF")
-        over = oversampling
-        if over is None:
-            over = int(img.header.get("OVERSAMP", 1))
-        integrated = bool(img.header.get("EPSF", False) or img.header.get("INTEGRAT", False))
-        return DiscretePSF(img.data, oversampling=over, integrated=integrated)
-    except ValueError as exc:
-        raise CLIError(f"PSF {str(path)!r}: {exc}") from None
+        return parse_psf_spec(spec, oversampling)
+    except PSFSpecError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -141,20 +94,20 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fwhm", type=float, default=None, help="FWHM guess in pixels")
     e.add_argument("-o", "--output", required=True, help="output FITS file")
 
-    from .distributed import add_batch_subcommand  # imports no JAX
+    from ..scale.images import add_batch_subcommand  # imports no JAX
 
     add_batch_subcommand(sub)
     return ap
 
 
 def _cmd_batch(a) -> int:
-    from .distributed import run_batch_cli
+    from ..scale.images import run_batch_cli
 
     return run_batch_cli(a)
 
 
 def _read_aux(path, hdu, shape, what):
-    from .io import read_image
+    from ..io import read_image
 
     img = read_image(path, hdu, what=what)
     if img.data.shape != shape:
@@ -164,7 +117,7 @@ def _read_aux(path, hdu, shape, what):
 
 def _auto_psf(data, mask, oversampling):
     try:
-        from .epsf import build_epsf_from_image
+        from ..epsf import build_epsf_from_image
     except ImportError:
         raise CLIError(
             "--psf auto needs the ePSF builder (jaxphot.epsf), which is not "
@@ -182,8 +135,8 @@ def _auto_psf(data, mask, oversampling):
 def _cmd_photometry(a) -> int:
     import numpy as np
 
-    from .io import read_image, write_catalog, write_image
-    from .photometry import photometry
+    from ..image.pipeline import photometry
+    from ..io import read_image, write_catalog, write_image
 
     img = read_image(a.image, a.hdu)
     shape = img.data.shape
@@ -195,7 +148,7 @@ def _cmd_photometry(a) -> int:
     if a.psf.strip().lower() == "auto":
         psf = _auto_psf(img.data, mask, a.oversampling)
     else:
-        psf = parse_psf_spec(a.psf, a.oversampling)
+        psf = _psf_from_spec(a.psf, a.oversampling)
     gain = a.gain if a.gain is not None else img.gain
     rn = a.read_noise if a.read_noise is not None else img.read_noise
     if rn is not None and gain is None and error is None:
@@ -256,24 +209,20 @@ def _cmd_demo(a) -> int:
 
 
 def _cmd_epsf(a) -> int:
-    from astropy.io import fits
-
-    from .io import read_image
+    from ..io import read_image
+    from ..psf import write_psf_fits
 
     img = read_image(a.image, a.hdu)
     try:
-        from .epsf import build_epsf_from_image
+        from ..epsf import build_epsf_from_image
     except ImportError:
         raise CLIError("the ePSF builder (jaxphot.epsf) is not available") from None
     try:
         psf = build_epsf_from_image(img.data, fwhm_guess=a.fwhm, oversampling=a.oversampling)
     except ValueError as exc:
         raise CLIError(f"cannot build an ePSF from {a.image!r}: {exc}") from None
-    hdr = fits.Header()
-    hdr["OVERSAMP"] = (int(psf.oversampling), "samples per detector pixel")
-    hdr["EPSF"] = (bool(psf.integrated), "array samples the PRF (ePSF convention)")
     try:
-        fits.PrimaryHDU(psf.array, header=hdr).writeto(a.output, overwrite=True)
+        write_psf_fits(psf, a.output, overwrite=True)  # the one PSF file format
     except OSError as exc:
         raise CLIError(f"cannot write {a.output!r}: {exc}") from None
     print(f"jaxphot: ePSF {psf.array.shape} at {psf.oversampling}x -> {a.output}", file=sys.stderr)

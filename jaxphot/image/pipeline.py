@@ -32,29 +32,16 @@ import numpy as np
 from astropy.stats import mad_std
 from astropy.table import Table
 
+from ..core.fit import fit_cutouts
+from ..core.flags import FitFlag
+from ..psf.measure import check_psf, psf_fwhm, support_half
 from .background import Background, estimate_background
+from .cutouts import extract_cutouts
 from .detection import find_stars
-from .fit import fit_cutouts, model_cutouts
-from .flags import FitFlag
-from .grouping import group_stars
+from .grouping import group_buckets
+from .render import EXCLUDED_FROM_MODEL, scatter_stamps, stamps
 
-__all__ = [
-    "photometry",
-    "PhotometryResult",
-    "make_model_image",
-    "make_residual_image",
-    "psf_fwhm",
-    "EXCLUDED_FROM_MODEL",
-]
-
-#: Flag bits of stars that are not part of the model image (removed or failed).
-EXCLUDED_FROM_MODEL = int(
-    FitFlag.MERGED
-    | FitFlag.FADED
-    | FitFlag.NON_FINITE
-    | FitFlag.TOO_FEW_PIXELS
-    | FitFlag.OUTSIDE_CUTOUT
-)
+__all__ = ["photometry", "PhotometryResult"]
 
 # Cutouts per compiled call. fit_cutouts pads every call (and its re-run of stragglers) to a
 # power of two >= 64, capped at the chunk size; with exactly 64 every call has one shape, so
@@ -64,8 +51,6 @@ _FIT_CHUNK = 64
 _FIT_FLOAT_COLUMNS = (
     "x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err", "bkg", "bkg_x", "bkg_y", "chi2",
 )
-_MODEL_CHUNK = 256
-_STAR_BUCKETS = (1, 2, 4, 8, 16)
 
 
 @dataclasses.dataclass
@@ -88,167 +73,6 @@ class PhotometryResult:
     model: np.ndarray
     residual: np.ndarray
     background: np.ndarray
-
-
-# --------------------------------------------------------------------------------------
-# PSF helpers
-# --------------------------------------------------------------------------------------
-
-
-def psf_fwhm(psf) -> float:
-    """FWHM of a PSF model in detector pixels.
-
-    Uses ``psf.fwhm`` (the larger of ``fwhm``/``fwhm_y``) when the model has one, else the
-    area above half maximum of the PSF matrix (``psf.array``), ``2 sqrt(area / pi)``, in
-    detector pixels. Falls back to the PRF evaluated on a pixel grid.
-    """
-    if hasattr(psf, "fwhm"):
-        try:
-            return float(max(float(psf.fwhm), float(getattr(psf, "fwhm_y", psf.fwhm))))
-        except (TypeError, ValueError):
-            pass
-    if hasattr(psf, "array") and hasattr(psf, "oversampling"):
-        a = np.asarray(psf.array, float)
-        s = float(psf.oversampling)
-    else:
-        a = np.asarray(psf.evaluate(15.0, 15.0, (31, 31)), float)
-        s = 1.0
-    if not np.all(np.isfinite(a)) or not a.max() > 0:
-        raise ValueError("psf evaluates to non-finite or non-positive values")
-    area = np.count_nonzero(a >= 0.5 * a.max()) / s**2
-    return float(max(2.0 * math.sqrt(area / math.pi), 0.5))
-
-
-def _support_half(psf, fwhm: float) -> int:
-    """Half size (pixels) of the stamp on which one star's model is evaluated."""
-    if hasattr(psf, "coeffs") and hasattr(psf, "oversampling"):
-        ny, nx = np.shape(psf.coeffs)
-        return int(math.ceil(max(ny, nx) / (2.0 * psf.oversampling))) + 1
-    # Gaussian: 2.5 FWHM is 5.9 sigma (negligible flux beyond); Moffat wings get more room.
-    factor = 2.5 if type(psf).__name__ == "GaussianPRF" else 4.0
-    return int(math.ceil(factor * fwhm)) + 1
-
-
-def _check_psf(psf, half: int) -> None:
-    n = 2 * half + 1
-    try:
-        prf = np.asarray(psf.evaluate(float(half), float(half), (n, n)), float)
-    except Exception as exc:  # any failure of a user's PSF object is a bad-input error
-        raise ValueError(f"psf cannot be evaluated: {exc}") from exc
-    if prf.shape != (n, n):
-        raise ValueError(f"psf.evaluate returned shape {prf.shape}, expected {(n, n)}")
-    if not np.all(np.isfinite(prf)):
-        raise ValueError("psf evaluates to non-finite values (NaN or inf)")
-    if not prf.sum() > 0:
-        raise ValueError("psf evaluates to a non-positive total")
-
-
-# --------------------------------------------------------------------------------------
-# Star stamps, model image, cutouts
-# --------------------------------------------------------------------------------------
-
-
-def _stamps(psf, x, y, flux, half: int):
-    """Models of single stars on (2h+1)^2 stamps around their nearest pixel.
-
-    Returns ``(stamps (N, P, P), x0 (N,), y0 (N,))`` with ``x0, y0`` the image coordinates of
-    each stamp's pixel [0, 0].
-    """
-    n = len(x)
-    p = 2 * half + 1
-    x0 = np.rint(x).astype(np.int64) - half
-    y0 = np.rint(y).astype(np.int64) - half
-    if n == 0:
-        return np.zeros((0, p, p)), x0, y0
-    size = -(-n // _MODEL_CHUNK) * _MODEL_CHUNK  # pad so model_cutouts compiles one shape
-    params = np.zeros((size, 6))
-    params[:n, 3] = flux
-    params[:n, 4] = x - x0
-    params[:n, 5] = y - y0
-    params[n:, 4:] = half
-    st = model_cutouts(psf, params, (p, p), chunk_size=_MODEL_CHUNK)[:n]
-    return np.asarray(st, np.float64), x0, y0
-
-
-def _scatter_stamps(shape, stamps, x0, y0, out=None, offset=None) -> np.ndarray:
-    """Sum stamps into images. ``shape`` is (H, W) for one image or (G, H, W) with ``offset``.
-
-    For ``(G, H, W)``, ``offset`` is ``(g (N,), ox (N,), oy (N,))``: stamp ``i`` goes into
-    image ``g[i]`` whose pixel [0, 0] is at image coordinates ``(ox[i], oy[i])``.
-    """
-    n, p, _ = stamps.shape
-    if offset is None:
-        g = np.zeros(n, np.int64)
-        ox = oy = np.zeros(n, np.int64)
-        h, w = shape
-        ng = 1
-    else:
-        g, ox, oy = offset
-        ng, h, w = shape
-    out = np.zeros(ng * h * w) if out is None else out.reshape(-1)
-    d = np.arange(p)
-    # Process stars in blocks to bound the index arrays' memory (100k stars x P^2 entries).
-    block = max(1, 4_000_000 // (p * p))
-    for s in range(0, n, block):
-        sl = slice(s, s + block)
-        yy = (y0[sl] - oy[sl])[:, None, None] + d[None, :, None]
-        xx = (x0[sl] - ox[sl])[:, None, None] + d[None, None, :]
-        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-        flat = (g[sl][:, None, None] * h + yy) * w + xx
-        out += np.bincount(flat[ok], weights=stamps[sl][ok], minlength=out.size)
-    return out.reshape((h, w) if offset is None else (ng, h, w))
-
-
-def _cut(image: np.ndarray, ox: np.ndarray, oy: np.ndarray, size: int, fill):
-    """(G, S, S) cutouts with pixel [0, 0] at (ox, oy); outside pixels get ``fill``."""
-    h, w = image.shape
-    d = np.arange(size)
-    yy = oy[:, None, None] + d[None, :, None]
-    xx = ox[:, None, None] + d[None, None, :]
-    inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-    vals = image[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
-    return np.where(inside, vals, fill), inside
-
-
-def make_model_image(catalog: Table, psf, shape, *, support: int | None = None) -> np.ndarray:
-    """Model image of the stars of a :func:`photometry` catalog (no background).
-
-    Parameters
-    ----------
-    catalog : Table
-        Needs ``x_fit, y_fit, flux_fit`` and ``flags``; rows whose flags contain any bit of
-        :data:`EXCLUDED_FROM_MODEL`, or with non-finite values, are left out.
-    psf : PSF model
-        The PSF used for the photometry.
-    shape : (H, W)
-        Image shape in pixels.
-    support : int, optional
-        Half size of each star's stamp in pixels (default from the PSF's extent).
-
-    Returns
-    -------
-    (H, W) ndarray
-        Sum of ``flux_fit * PRF`` over the kept stars, image units.
-    """
-    x = np.asarray(catalog["x_fit"], float)
-    y = np.asarray(catalog["y_fit"], float)
-    f = np.asarray(catalog["flux_fit"], float)
-    flags = np.asarray(catalog["flags"], np.int64)
-    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(f) & ((flags & EXCLUDED_FROM_MODEL) == 0)
-    half = support if support is not None else _support_half(psf, psf_fwhm(psf))
-    st, x0, y0 = _stamps(psf, x[keep], y[keep], f[keep], half)
-    return _scatter_stamps(tuple(shape), st, x0, y0)
-
-
-def make_residual_image(image, catalog: Table, psf, *, background=None) -> np.ndarray:
-    """``image - background - model``, with the model from :func:`make_model_image`.
-
-    ``background`` is a scalar or an (H, W) map (default 0: only the stars are removed).
-    """
-    image = np.asarray(image, float)
-    model = make_model_image(catalog, psf, image.shape)
-    bkg = 0.0 if background is None else np.asarray(background, float)
-    return image - bkg - model
 
 
 # --------------------------------------------------------------------------------------
@@ -360,82 +184,6 @@ class _Progress:
             if frac >= 1.0:
                 sys.stderr.write("\n")
             sys.stderr.flush()
-
-
-# --------------------------------------------------------------------------------------
-# Grouping into buckets
-# --------------------------------------------------------------------------------------
-
-
-def _group_stats(gid, x, y):
-    """Size and extent (max of x/y span, +1 px for the rounding of the cutout centre)."""
-    ng = int(gid.max()) + 1
-    size = np.bincount(gid, minlength=ng)
-    lo_x = np.full(ng, np.inf)
-    hi_x = np.full(ng, -np.inf)
-    lo_y, hi_y = lo_x.copy(), hi_x.copy()
-    np.minimum.at(lo_x, gid, x)
-    np.maximum.at(hi_x, gid, x)
-    np.minimum.at(lo_y, gid, y)
-    np.maximum.at(hi_y, gid, y)
-    with np.errstate(invalid="ignore"):
-        extent = np.maximum(hi_x - lo_x, hi_y - lo_y) + 1.0
-    extent[size <= 1] = 0.0
-    return size, extent
-
-
-def _relabel(gid):
-    return np.unique(gid, return_inverse=True)[1].ravel() + 1
-
-
-def _group_buckets(x, y, crit_sep, max_k, fit_half):
-    """Groups and their (cutout size, K) buckets.
-
-    Returns ``group_id (N,)`` (1..G) and a list of ``(size, k, group_ids)``. A group whose
-    member count or extent does not fit the largest bucket is re-grouped with a tighter
-    separation, and what still does not fit is split into single stars (neighbour
-    subtraction then couples them across outer iterations).
-    """
-    ks = [k for k in _STAR_BUCKETS if k <= max(1, max_k)]
-    sep = int(math.ceil(crit_sep))
-    # Extent (px) a K bucket holds: a pair is at most crit_sep apart; bigger groups are
-    # compact chains, allowed ~log2(K) links, so cutouts stay small (fast, few shapes).
-    ext = {k: 0 if k == 1 else (int(math.log2(k)) * sep + 1) for k in ks}
-    sizes = {k: 2 * fit_half + 1 + 2 * int(math.ceil(ext[k] / 2)) for k in ks}
-    n = len(x)
-    if n == 0:
-        return np.zeros(0, np.int64), []
-    gid = group_stars(x, y, crit_sep=crit_sep, max_group_size=ks[-1])
-    scale = 1.0
-    for _ in range(6):
-        size, extent = _group_stats(gid, x, y)
-        bad_g = (size > ks[-1]) | (extent > ext[ks[-1]])
-        if not bad_g.any():
-            break
-        bad = bad_g[gid]
-        scale *= 0.7
-        sub = group_stars(x[bad], y[bad], crit_sep=crit_sep * scale, max_group_size=ks[-1])
-        gid = gid.copy()
-        gid[bad] = gid.max() + sub
-        gid = _relabel(gid)
-    size, extent = _group_stats(gid, x, y)
-    bad_g = (size > ks[-1]) | (extent > ext[ks[-1]])
-    if bad_g.any():
-        bad = bad_g[gid]
-        gid = gid.copy()
-        gid[bad] = gid.max() + 1 + np.arange(bad.sum())
-        gid = _relabel(gid)
-        size, extent = _group_stats(gid, x, y)
-    which = np.full(len(size), -1)
-    for i in range(len(ks) - 1, -1, -1):
-        which[(size <= ks[i]) & (extent <= ext[ks[i]])] = i
-    which[0] = -1
-    out = []
-    for i, k in enumerate(ks):
-        ids = np.nonzero(which == i)[0]
-        if len(ids):
-            out.append((sizes[k], k, ids))
-    return gid, out
 
 
 # --------------------------------------------------------------------------------------
@@ -603,8 +351,8 @@ def photometry(
         raise ValueError("detection=False needs init_params (there is nothing to fit)")
 
     fwhm = psf_fwhm(psf)
-    half_s = _support_half(psf, fwhm)
-    _check_psf(psf, half_s)
+    half_s = support_half(psf, fwhm)
+    check_psf(psf, half_s)
     # Effective background area (px^2) of the PRF, 1 / sum(PRF^2) (DESIGN: beta).
     _c = float(half_s)
     _prf = np.asarray(psf.evaluate(_c, _c, (2 * half_s + 1, 2 * half_s + 1)), float)
@@ -660,8 +408,8 @@ def photometry(
 
     def first_flux(x, y):
         """Linear least-squares flux of a star at fixed (x, y) over its stamp."""
-        st, x0, y0 = _stamps(psf, x, y, np.ones(len(x)), fh)
-        cut, inside = _cut(np.where(good, data, np.nan), x0, y0, 2 * fh + 1, np.nan)
+        st, x0, y0 = stamps(psf, x, y, np.ones(len(x)), fh)
+        cut, inside = extract_cutouts(np.where(good, data, np.nan), x0, y0, 2 * fh + 1, np.nan)
         ok = np.isfinite(cut)
         num = np.sum(np.where(ok, cut * st, 0.0), axis=(1, 2))
         den = np.sum(np.where(ok, st * st, 0.0), axis=(1, 2))
@@ -709,12 +457,12 @@ def photometry(
         live = (flags & EXCLUDED_FROM_MODEL) == 0
         idx = np.nonzero(live)[0]
         # Current model of all live stars (warm values; first pass: initial fluxes).
-        st, sx0, sy0 = _stamps(psf, xs[idx], ys[idx], fs[idx], half_s)
-        model = _scatter_stamps(img.shape, st, sx0, sy0)
+        st, sx0, sy0 = stamps(psf, xs[idx], ys[idx], fs[idx], half_s)
+        model = scatter_stamps(img.shape, st, sx0, sy0)
         sigma_img = noise_rms(model)
 
         prog(f"iteration {it}: grouping {len(idx)} stars", (it - 1 + 0.1) / maxiters)
-        gid_live, buckets = _group_buckets(xs[idx], ys[idx], csep, int(max_group_size), fh)
+        gid_live, buckets = group_buckets(xs[idx], ys[idx], csep, int(max_group_size), fh)
         # Removed stars keep the group of their last fit.
         group_id = np.r_[group_id, np.zeros(len(xs) - len(group_id), np.int64)]
         group_id[idx] = gid_live
@@ -773,8 +521,8 @@ def photometry(
 
         live = (flags & EXCLUDED_FROM_MODEL) == 0
         idx = np.nonzero(live)[0]
-        st, sx0, sy0 = _stamps(psf, xs[idx], ys[idx], fs[idx], half_s)
-        model = _scatter_stamps(img.shape, st, sx0, sy0)
+        st, sx0, sy0 = stamps(psf, xs[idx], ys[idx], fs[idx], half_s)
+        model = scatter_stamps(img.shape, st, sx0, sy0)
         history.append(
             {
                 "iteration": it,
@@ -917,20 +665,20 @@ def _fit_buckets(
         cx = np.rint(0.5 * (np.nanmin(sx, 1) + np.nanmax(sx, 1))).astype(np.int64)
         cy = np.rint(0.5 * (np.nanmin(sy, 1) + np.nanmax(sy, 1))).astype(np.int64)
         ox, oy = cx - size // 2, cy - size // 2
-        cut, inside = _cut(data, ox, oy, size, 0.0)
+        cut, inside = extract_cutouts(data, ox, oy, size, 0.0)
         # Remove every star's model, then add back the group's own stars: what is left is
         # the group plus sky, with all neighbours outside the group subtracted.
-        cut = cut - _cut(model, ox, oy, size, 0.0)[0]
+        cut = cut - extract_cutouts(model, ox, oy, size, 0.0)[0]
         mem = slot[act]
         gi = np.nonzero(act)[0]
-        own = _scatter_stamps(
+        own = scatter_stamps(
             (ng, size, size), st[mem], sx0[mem], sy0[mem], offset=(gi, ox[gi], oy[gi])
         )
         cut = cut + own
-        nanc = _cut(nan_px.astype(np.float64), ox, oy, size, 0.0)[0] > 0
+        nanc = extract_cutouts(nan_px.astype(np.float64), ox, oy, size, 0.0)[0] > 0
         cut = np.where(nanc, np.nan, cut)
-        msk = ~inside | (_cut(user_mask.astype(np.float64), ox, oy, size, 0.0)[0] > 0)
-        err = _cut(sigma_img, ox, oy, size, 1.0)[0]
+        msk = ~inside | (extract_cutouts(user_mask.astype(np.float64), ox, oy, size, 0.0)[0] > 0)
+        err = extract_cutouts(sigma_img, ox, oy, size, 1.0)[0]
         lx = np.where(act, sx - ox[:, None], (size - 1) / 2.0)
         ly = np.where(act, sy - oy[:, None], (size - 1) / 2.0)
         lf = np.where(act, f[np.maximum(slot, 0)], 0.0)
@@ -1064,7 +812,7 @@ def _catalog(
     for name in ("x_init", "y_init", "x_fit", "y_fit", "x_err", "y_err"):
         t[name].unit = "pix"
     if wcs is not None:
-        from .io import pixel_to_radec
+        from ..io import pixel_to_radec
 
         radec = pixel_to_radec(wcs, np.asarray(t["x_fit"]), np.asarray(t["y_fit"]))
         if radec is not None:

@@ -1,0 +1,13 @@
+"""The ``jaxphot`` command line: a thin shell over the library.
+
+``app``
+    :func:`main`, the parser and the ``photometry`` and ``epsf`` commands.
+``demo``
+    ``jaxphot demo``: the pipeline on a simulated cluster, with its picture.
+"""
+
+from __future__ import annotations
+
+from .app import CLIError, main
+
+__all__ = ["main", "CLIError"]

@@ -1,0 +1,528 @@
+"""Batched PSF fitting of star cutouts: :func:`fit_cutouts`.
+
+This is the shell around the pure core (:mod:`jaxphot.scene`, :mod:`jaxphot.solve`): it validates
+input, builds the noise model, pads the batch to a few bucket sizes (so a new N does not recompile),
+runs fixed-size chunks through one jitted, vmapped solver (so memory is bounded for any N), and
+returns a :class:`FitResult` whose :meth:`~FitResult.to_table` gives one row per star.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import functools
+import math
+import warnings
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.table import Table
+
+from . import params, scene
+from .batching import (
+    chunks,
+    concat_trees,
+    default_chunk_size,
+    default_threads,
+    map_chunks,
+    pad,
+    scatter_rows,
+    slice_psf,
+    take_psf,
+)
+from .config import default_dtype, enable_compilation_cache
+from .fisher import fisher_crlb
+from .flags import FitFlag
+from .solve import LAMBDA0, levenberg_marquardt
+
+__all__ = ["fit_cutouts", "FitResult", "model_cutouts", "solve_chunk", "chunk_runner", "thread_runner",
+           "default_chunk_size", "default_threads"]
+
+_BACKGROUNDS = ("plane", "constant", None)
+_FIXABLE = params.PARAM_NAMES  # the parameters that can be held fixed
+# The function that runs padded chunks through the solver. jaxphot.sharding.use_devices()
+# sets a multi-device runner here for the calling thread/context; None means thread_runner.
+chunk_runner: contextvars.ContextVar = contextvars.ContextVar("jaxphot_chunk_runner", default=None)
+
+_MAX_SHIFT = 1.0  # px per iteration
+_FIRST_PASS_ITER = 5  # ~80 % of problems converge by then; the rest are re-run together
+
+
+@functools.partial(jax.jit, static_argnames=("newton",))
+def solve_chunk(psf, data, var0, valid, p0, free, done0, lam0, it0, inv_gain, max_iter, step_tol,
+               newton=True):
+    """Solve one padded chunk: inputs batch-first (N, ...), solved batch-last, outputs batch-first.
+
+    The compiled unit of the fit (one per cutout shape, K and PSF structure); the thread runner
+    here and the sharded runner of :mod:`jaxphot.scale.sharding` both call it.
+    """
+    shape = data.shape[1:]
+    last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
+    k = params.n_stars(p0.T)
+    # At most one pixel of motion per iteration for positions; fluxes and the plane are free.
+    max_step = jnp.concatenate([jnp.full(3 + k, jnp.inf), jnp.full(2 * k, _MAX_SHIFT)])
+    res = levenberg_marquardt(
+        lambda q: scene.linearize(psf, q, shape, order=2 if newton else 1),
+        lambda q: scene.model_image(psf, q, shape),
+        last(p0), last(data), last(var0), inv_gain, last(valid), last(free),
+        max_iter=max_iter, step_tol=step_tol, done0=done0, lam0=lam0, it0=it0, newton=newton,
+        max_step=max_step.astype(p0.dtype)[:, None],
+    )
+    return res._replace(p=res.p.T, cov=jnp.moveaxis(res.cov, -1, 0))
+
+
+@jax.jit
+def _model_chunk(psf, p, dummy):
+    return jnp.moveaxis(scene.model_image(psf, p.T, dummy.shape[1:]), -1, 0)
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Results of :func:`fit_cutouts`. Per-star arrays are (N, K); per-cutout arrays are (N,).
+
+    Positions are in each cutout's pixel frame, fluxes in the data's units times pixels (the
+    star's total intensity, see DESIGN conventions). ``bkg`` is the plane's value at the cutout
+    centre; ``bkg_x``, ``bkg_y`` its slopes per pixel.
+    """
+
+    x_init: np.ndarray
+    y_init: np.ndarray
+    flux_init: np.ndarray
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    flux_fit: np.ndarray
+    x_err: np.ndarray
+    y_err: np.ndarray
+    flux_err: np.ndarray
+    bkg: np.ndarray
+    bkg_x: np.ndarray
+    bkg_y: np.ndarray
+    bkg_err: np.ndarray
+    chi2: np.ndarray
+    dof: np.ndarray
+    n_iter: np.ndarray
+    flags: np.ndarray
+    active: np.ndarray
+    params: np.ndarray  # (N, P) packed solution, see jaxphot.scene
+    covariance: np.ndarray  # (N, P, P)
+    extra: dict = dataclasses.field(default_factory=dict)  # further (N, K) columns, e.g. CRLBs
+
+    @property
+    def n_stars(self) -> int:
+        return int(self.active.sum())
+
+    def to_table(self) -> Table:
+        """Astropy Table, one row per active star, in cutout order then star order."""
+        n, k = self.active.shape
+        cut, star = np.nonzero(self.active)
+        t = Table()
+        t["id"] = np.arange(1, cut.size + 1)
+        t["cutout_id"] = cut
+        if k > 1:
+            t["star_id"] = star
+        for name in ("x_init", "y_init", "flux_init", "x_fit", "y_fit", "flux_fit",
+                     "x_err", "y_err", "flux_err"):
+            t[name] = getattr(self, name)[cut, star]
+        for name, col in self.extra.items():
+            t[name] = np.asarray(col)[cut, star]
+        for name in ("bkg", "bkg_x", "bkg_y", "bkg_err", "chi2", "dof", "n_iter"):
+            t[name] = getattr(self, name)[cut]
+        t["flags"] = self.flags[cut, star]
+        t["x_fit"].unit = t["y_fit"].unit = t["x_err"].unit = t["y_err"].unit = "pix"
+        t.meta["flag_bits"] = {f.name: int(f.value) for f in FitFlag}
+        return t
+
+
+def _as_stars(name: str, value, n: int) -> np.ndarray:
+    a = np.asarray(value, dtype=np.float64)
+    if a.ndim == 0:
+        a = np.full((n, 1), float(a))
+    elif a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] != n:
+        raise ValueError(
+            f"{name} must have shape (N,) or (N, K) with N={n} cutouts, got {np.shape(value)}"
+        )
+    return a
+
+
+def _broadcast_pixels(name, value, shape, dtype):
+    """A read-only broadcast view of ``value`` with the data's shape (no copy)."""
+    try:
+        return np.broadcast_to(np.asarray(value, dtype=dtype), shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be broadcastable to the data shape {shape}, got {np.shape(value)}"
+        ) from None
+
+
+@dataclasses.dataclass
+class _Pixels:
+    """The per-pixel inputs of a fit, materialised one chunk at a time.
+
+    ``error`` and ``mask`` may be broadcast views (a scalar error costs no memory). A pixel is
+    valid when it is not masked, its datum is finite and its error is positive and finite.
+    """
+
+    data: np.ndarray
+    error: np.ndarray | None
+    mask: np.ndarray | None
+    var_const: float | None
+    dtype: type
+
+    def _valid(self, sel):
+        d = self.data[sel]
+        good = np.isfinite(d)
+        if self.error is not None:
+            e = self.error[sel]
+            good &= np.isfinite(e) & (e > 0)
+        user = np.zeros(d.shape, bool) if self.mask is None else self.mask[sel]
+        return d, good & ~user, np.any(~user & ~good, axis=(1, 2))
+
+    def chunk(self, sel):
+        """``(data, var0, valid)`` for rows ``sel``, in the working dtype; invalid data zeroed."""
+        d, valid, _ = self._valid(sel)
+        clean = np.where(valid, d, 0).astype(self.dtype)
+        if self.error is None:
+            var0 = np.full(d.shape, self.var_const, self.dtype)
+        else:
+            e = np.asarray(self.error[sel], np.float64)
+            var0 = np.where(valid, e, 1.0).astype(self.dtype) ** 2
+        return clean, var0, valid
+
+    def row_stats(self, block: int = 65536):
+        """Per row: valid-pixel count, bad-pixel flag, border median and valid sum (one pass)."""
+        n = self.data.shape[0]
+        border = np.zeros(self.data.shape[1:], bool)
+        border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+        out = [np.empty(n, np.int64), np.empty(n, bool), np.empty(n), np.empty(n)]
+        for start in range(0, n, block):
+            sel = slice(start, min(n, start + block))
+            d, valid, bad = self._valid(sel)
+            out[0][sel] = valid.sum(axis=(1, 2))
+            out[1][sel] = bad
+            out[2][sel] = _masked_median(d, valid & border, valid)
+            out[3][sel] = np.sum(np.where(valid, d, 0.0), axis=(1, 2), dtype=np.float64)
+        return out
+
+
+def _masked_median(d, first, fallback):
+    """Median of ``d`` over ``first`` pixels per row, else over ``fallback``, else 0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rows = len(d)
+        b = np.nanmedian(np.where(first, d, np.nan).reshape(rows, -1), axis=1)
+        alt = np.nanmedian(np.where(fallback, d, np.nan).reshape(rows, -1), axis=1)
+    b = np.where(np.isfinite(b), b, alt)
+    return np.where(np.isfinite(b), b, 0.0)
+
+
+def fit_cutouts(
+    data,
+    psf,
+    x,
+    y,
+    flux=None,
+    *,
+    error=None,
+    mask=None,
+    background: str | None = "plane",
+    fixed: Iterable[str] = (),
+    max_iter: int = 50,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    bkg=None,
+    active=None,
+    step_tol: float = 1e-3,
+    scale_errors: bool = False,
+    chunk_size: int | None = None,
+    newton: bool = True,
+    origin=None,
+) -> FitResult:
+    """Fit a PSF model to a batch of cutouts at once (Levenberg-Marquardt, vmapped).
+
+    Each cutout is modelled as ``B0 + Bx (x - xc) + By (y - yc) + sum_k F_k PRF(x - x_k, y - y_k)``.
+
+    Parameters
+    ----------
+    data : (N, H, W) array
+        The cutouts, in counts (ADU, or electrons when ``gain`` is 1 or None). A single (H, W)
+        cutout is accepted as N = 1.
+    psf : PSF model
+        :class:`~jaxphot.GaussianPRF`, :class:`~jaxphot.MoffatPSF`, :class:`~jaxphot.DiscretePSF`...
+    x, y : (N,) or (N, K) arrays
+        Initial star positions in each cutout's pixel frame (pixel ``[j, i]`` is centred at
+        ``(i, j)``). K stars per cutout are fitted simultaneously.
+    flux : (N,) or (N, K) array, optional
+        Initial total fluxes (counts). Default: the background-subtracted cutout sum split evenly.
+    error : array broadcastable to (N, H, W), optional
+        1-sigma uncertainty of each pixel (counts). Pixels with a non-positive or non-finite error
+        are ignored and the row is flagged ``BAD_PIXELS``. When None, the noise model is
+        ``var = max(model, 0)/gain + (read_noise/gain)**2`` (Poisson on the *model* plus read noise,
+        ``read_noise`` in electrons, ``gain`` in electrons/ADU). When ``error``, ``gain`` and
+        ``read_noise`` are all None the fit is unweighted and errors are scaled by
+        ``sqrt(chi2/dof)``.
+    mask : bool array broadcastable to (N, H, W), optional
+        True for pixels to ignore.
+    background : {"plane", "constant", None}
+        Local background model. None fixes the background at ``bkg`` (default 0).
+    fixed : iterable of str
+        Parameters held at their initial values: any of "bkg", "bkg_x", "bkg_y", "flux", "x", "y"
+        (e.g. ``fixed=("x", "y")`` for forced photometry).
+    max_iter : int
+        Iteration cap per cutout; rows that hit it are flagged ``NOT_CONVERGED``.
+    gain, read_noise : float, optional
+        Detector gain (e-/ADU, default 1) and read noise (e-, default 0), used when ``error`` is None.
+    bkg : (N,) array, optional
+        Initial (or fixed) background level. Default: median of each cutout's border.
+    active : (N, K) bool array, optional
+        False marks unused star slots (padding of groups with fewer than K stars): their flux is
+        held at 0 and they produce no output row.
+    step_tol : float
+        Convergence threshold on the step, in units of each parameter's conditional error.
+    scale_errors : bool
+        Multiply the errors by ``sqrt(chi2/dof)`` (off by default: errors are the square roots of
+        the diagonal of the inverse undamped ``J^T W J``).
+    chunk_size : int, optional
+        Cutouts per compiled call (bounds memory). Default :func:`default_chunk_size`.
+    newton : bool
+        Use Newton steps (with the residual-curvature term) when they are safe; faster on faint
+        stars. False gives plain Levenberg-Marquardt (Gauss-Newton) steps.
+    origin : (N, 2) array, optional
+        Image coordinates (x, y) of each cutout's pixel [0, 0]. Required by spatially varying
+        PSFs (objects with an ``at(x, y)`` method returning one PSF per cutout, whose leaves carry
+        a trailing batch axis of length N); each cutout then gets the PSF at its first star.
+
+    Returns
+    -------
+    FitResult
+        Call ``.to_table()`` for an astropy Table with one row per star: ``x_fit, y_fit,
+        flux_fit, x_err, y_err, flux_err, bkg, bkg_x, bkg_y, chi2, dof, n_iter, flags`` ...
+        Every input star comes back; failed fits have NaN values and non-zero ``flags``
+        (see :class:`~jaxphot.FitFlag`).
+    """
+    enable_compilation_cache()  # on the first fit, never at import
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or min(data.shape) == 0:
+        raise ValueError(f"data must have shape (N, H, W), got {data.shape}")
+    if not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"data must be numeric, got dtype {data.dtype}")
+    n, h, w = data.shape
+    dtype = default_dtype(data)
+
+    xs, ys = _as_stars("x", x, n), _as_stars("y", y, n)
+    if xs.shape != ys.shape:
+        raise ValueError(f"x and y must have the same shape, got {xs.shape} and {ys.shape}")
+    k = xs.shape[1]
+    for name, a in (("x", xs), ("y", ys)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains non-finite initial positions")
+    act = np.ones((n, k), bool) if active is None else np.asarray(active, bool)
+    if act.shape != (n, k):
+        raise ValueError(f"active must have shape {(n, k)}, got {act.shape}")
+    if background not in _BACKGROUNDS:
+        raise ValueError(f"background must be one of {_BACKGROUNDS}, got {background!r}")
+    fixed = tuple(fixed)
+    bad = [f for f in fixed if f not in _FIXABLE]
+    if bad:
+        raise ValueError(f"fixed may contain only {_FIXABLE}, got {bad}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+
+    # Valid pixels and the noise model, built chunk by chunk (bounded memory for any N).
+    if error is not None:
+        error = _broadcast_pixels("error", error, data.shape, None)
+        inv_gain, var_const = 0.0, None
+    else:
+        g = 1.0 if gain is None else float(gain)
+        if not (math.isfinite(g) and g > 0):
+            raise ValueError(f"gain must be a positive number of electrons/ADU, got {gain!r}")
+        rn = 0.0 if read_noise is None else float(read_noise)
+        if not (math.isfinite(rn) and rn >= 0):
+            raise ValueError(
+                f"read_noise must be a non-negative number of electrons, got {read_noise!r}"
+            )
+        unweighted = gain is None and read_noise is None
+        var_const = 1.0 if unweighted else (rn / g) ** 2
+        inv_gain = 0.0 if unweighted else 1.0 / g
+    if mask is not None:
+        mask = _broadcast_pixels("mask", mask, data.shape, bool)
+    pix = _Pixels(data, error, mask, var_const, dtype)
+    n_valid, bad_pixels, b_med, total = pix.row_stats()
+
+    # Starting values.
+    b0 = b_med if bkg is None else _as_stars("bkg", bkg, n)[:, 0]
+    if flux is None:
+        total = total - b0 * n_valid  # background-subtracted sum of the valid pixels
+        f0 = np.repeat(np.maximum(total, 1.0)[:, None] / np.maximum(act.sum(1), 1)[:, None], k, 1)
+    else:
+        f0 = _as_stars("flux", flux, n)
+        if f0.shape != xs.shape:
+            raise ValueError(f"flux must have the same shape as x, got {f0.shape} and {xs.shape}")
+        if not np.all(np.isfinite(f0[act])):
+            raise ValueError("flux contains non-finite initial fluxes")
+    f0 = np.where(act, f0, 0.0)
+    zeros = np.zeros(n)
+    p0 = np.concatenate([np.stack([b0, zeros, zeros], 1), f0, xs, ys], axis=1)
+
+    free = np.ones(p0.shape, bool)
+    if background is None:
+        free[:, :3] = False
+    elif background == "constant":
+        free[:, 1:3] = False
+    for name in fixed:
+        if name in ("bkg", "bkg_x", "bkg_y"):
+            free[:, _FIXABLE.index(name)] = False
+        else:
+            j = 3 + k * ("flux", "x", "y").index(name)
+            free[:, j : j + k] = False
+    inactive = ~np.concatenate([np.ones((n, 3), bool), act, act, act], axis=1)
+    free &= ~inactive
+    n_free = free.sum(1)
+    too_few = n_valid < n_free + 1
+
+    if hasattr(psf, "at"):
+        if origin is None:
+            raise ValueError("origin is required with a spatially varying psf (it has .at())")
+        org = np.asarray(origin, np.float64)
+        if org.shape != (n, 2):
+            raise ValueError(f"origin must have shape ({n}, 2), got {org.shape}")
+        psf = psf.at(org[:, 0] + xs[:, 0], org[:, 1] + ys[:, 0])
+    chunk = int(chunk_size or default_chunk_size())
+    rows = (p0.astype(dtype), free, too_few)
+    res = _solve_all(psf, pix, rows, dtype(inv_gain), max_iter, dtype(step_tol), chunk, newton)
+    unweighted = error is None and gain is None and read_noise is None
+    result = _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels,
+                       (h, w), k, scale_errors or unweighted)
+    _add_crlb(result, psf, free, (h, w), k, error, gain, read_noise, mask, unweighted, n_valid)
+    return result
+
+
+def _add_crlb(result, psf, free, shape, k, error, gain, read_noise, mask, unweighted, n_valid):
+    """``flux_crlb, x_crlb, y_crlb``: the Cramer-Rao bound of the model that was fitted.
+
+    With the Poisson + read-noise model (or a given error map) the covariance at the solution is
+    already the inverse Fisher matrix at the fitted parameters, so the bound is its diagonal
+    (unscaled). With an error map *and* a known gain/read noise, the bound uses the Poisson
+    variance of the fitted model instead (:func:`jaxphot.theory.fisher_crlb`). An unweighted fit
+    has no noise model and no bound (NaN).
+    """
+    n = result.params.shape[0]
+    if unweighted:
+        crlb = np.full(result.params.shape, np.nan)
+    elif error is not None and (gain is not None or read_noise is not None):
+        crlb = fisher_crlb(psf, result.params, shape, free=free,
+                           read_noise=0.0 if read_noise is None else float(read_noise),
+                           gain=1.0 if gain is None else float(gain), mask=mask)
+    else:
+        var = np.einsum("npp->np", result.covariance)
+        crlb = np.sqrt(np.where(free, np.maximum(var, 0.0), 0.0))
+    crlb = np.where(np.isfinite(result.params).all(1, keepdims=True) & (n_valid > 0)[:, None],
+                    crlb, np.nan)
+    for name, j in (("flux_crlb", 3), ("x_crlb", 3 + k), ("y_crlb", 3 + 2 * k)):
+        result.extra[name] = crlb[:, j : j + k].reshape(n, k)
+
+
+def thread_runner(psf, pix, rows, state, inv_gain, max_iter, step_tol, chunk, newton,
+                  index=None, min_bucket=0):
+    """Run rows (all, or ``index``) through :func:`solve_chunk` in padded chunks, on threads.
+
+    The default chunk runner (:data:`chunk_runner` unset). ``rows`` is ``(p0, free, done0)``
+    and ``state`` ``(lam0, it0)``, all (N, ...) arrays; ``pix`` gives the pixel inputs of any
+    row selection. Returns the solver's result for every row, batch-first, as numpy.
+    """
+    n = rows[0].shape[0]
+
+    def run(span):
+        start, stop, size = span
+        sel = slice(start, stop) if index is None else index[start:stop]
+        pixels = pix.chunk(sel)
+        a = [pad(x, size, fill) for x, fill in zip(pixels, (0.0, 1.0, False), strict=True)]
+        a += [pad(x[start:stop], size, fill) for x, fill in zip(rows, (0.0, False, True),
+                                                                strict=True)]
+        lam0 = pad(state[0][start:stop], size, 1.0)
+        it0 = pad(state[1][start:stop], size, 0)
+        p = slice_psf(psf, start, stop, size)
+        r = solve_chunk(p, *a, lam0, it0, inv_gain, jnp.int32(max_iter), step_tol, newton=newton)
+        return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], r)
+
+    spans = [(a, b, max(size, min_bucket)) for a, b, size in chunks(n, chunk)]
+    return concat_trees(map_chunks(run, spans))
+
+
+def _solve_all(psf, pix, rows, inv_gain, max_iter, step_tol, chunk, newton):
+    """Solve every row: a first pass with a short iteration cap, then the stragglers together.
+
+    Under batching, a chunk runs as long as its slowest member; for batches larger than one
+    chunk, capping the first pass and re-running the few unconverged rows as a compact batch keeps
+    one hard star from holding thousands of easy ones. The re-run uses the same chunk size, so it
+    needs no new compilation. Batches of at most one chunk run in a single pass.
+    """
+    run_chunks = chunk_runner.get() or thread_runner
+    n = rows[0].shape[0]
+    state = (np.full(n, LAMBDA0, rows[0].dtype), np.zeros(n, np.int32))
+    first = min(max_iter, _FIRST_PASS_ITER) if n > chunk else max_iter
+    res = run_chunks(psf, pix, rows, state, inv_gain, first, step_tol, chunk, newton)
+    todo = ~res.converged & ~rows[2] & (res.n_iter < max_iter)
+    if first < max_iter and np.any(todo):
+        idx = np.nonzero(todo)[0]
+        sub = (res.p[idx], rows[1][idx], rows[2][idx])
+        again = run_chunks(take_psf(psf, idx), pix, sub, (res.lam[idx], res.n_iter[idx]),
+                            inv_gain, max_iter, step_tol, chunk, newton, index=idx,
+                            min_bucket=chunk)
+        res = jax.tree_util.tree_map(lambda full, part: scatter_rows(full, idx, part), res, again)
+    return res
+
+
+def _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels, shape, k, rescale):
+    p = res.p.astype(np.float64)
+    cov = np.asarray(res.cov, np.float64)
+    var = np.einsum("npp->np", cov)
+    err = np.sqrt(np.where(free, var, 0.0))
+    dof = (n_valid - n_free).astype(np.int64)
+    chi2 = np.asarray(res.chi2, np.float64)
+    if rescale:
+        err = err * np.sqrt(np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan))[:, None]
+
+    cut_flags = np.zeros(len(p), np.int64)
+    nonfinite = ~np.all(np.isfinite(p), axis=1) | ~np.isfinite(chi2)
+    cut_flags |= np.where(~res.converged & ~too_few & ~nonfinite, FitFlag.NOT_CONVERGED, 0)
+    cut_flags |= np.where(res.singular & ~too_few, FitFlag.SINGULAR_COVARIANCE, 0)
+    cut_flags |= np.where(nonfinite & ~too_few, FitFlag.NON_FINITE, 0)
+    cut_flags |= np.where(too_few, FitFlag.TOO_FEW_PIXELS, 0)
+    cut_flags |= np.where(bad_pixels, FitFlag.BAD_PIXELS, 0)
+    failed = too_few | nonfinite
+    p = np.where(failed[:, None], np.nan, p)
+    err = np.where((failed | res.singular)[:, None], np.nan, err)
+    err = np.where(free, err, np.where(np.isnan(err), np.nan, 0.0))
+    chi2 = np.where(too_few, np.nan, chi2)
+
+    _, fl, xf, yf = (a.T for a in scene.unpack(p.T))
+    _, fe, xe, ye = (a.T for a in scene.unpack(err.T))
+    _, f0, x0, y0 = (a.T for a in scene.unpack(p0.T))
+    h, w = shape
+    outside = (xf < -0.5) | (xf > w - 0.5) | (yf < -0.5) | (yf > h - 0.5)
+    flags = cut_flags[:, None] | np.where(outside, FitFlag.OUTSIDE_CUTOUT, 0)
+    return FitResult(
+        x_init=x0, y_init=y0, flux_init=f0, x_fit=xf, y_fit=yf, flux_fit=fl,
+        x_err=xe, y_err=ye, flux_err=fe,
+        bkg=p[:, 0], bkg_x=p[:, 1], bkg_y=p[:, 2], bkg_err=err[:, 0],
+        chi2=chi2, dof=dof, n_iter=np.asarray(res.n_iter), flags=flags.astype(np.int32),
+        active=act, params=p, covariance=cov,
+    )
+
+
+def model_cutouts(psf, params, shape, chunk_size: int | None = None) -> np.ndarray:
+    """Model images (N, H, W) for packed parameters ``params`` (N, 3+3K) (see :mod:`jaxphot.scene`)."""
+    params = np.asarray(params)
+    chunk = int(chunk_size or default_chunk_size())
+    dtype = default_dtype(params)
+    out = []
+    for start, stop, size in chunks(len(params), chunk):
+        p = pad(np.nan_to_num(params[start:stop]).astype(dtype), size, 0.0)
+        out.append(np.asarray(_model_chunk(psf, p, np.zeros((1,) + tuple(shape))))[: stop - start])
+    return np.concatenate(out) if out else np.zeros((0,) + tuple(shape))

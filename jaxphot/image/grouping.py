@@ -1,0 +1,337 @@
+"""Grouping of stars whose PSFs overlap, and bucketing of group sizes for batched fits.
+
+Stars closer than a critical separation are linked, and groups are the connected
+components of that graph (DAOPHOT's NSTAR groups; photutils' ``SourceGrouper``). Here the
+separation grows with the brighter star's flux, because a bright star's wings disturb a
+neighbour further away. Groups larger than ``max_group_size`` are split, first by tightening
+the separation (which keeps the closest pairs together), then by median cuts in space, so
+that no group can exhaust memory in the batched fitter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+__all__ = ["group_stars", "pair_critical_separation", "group_sizes", "bucket_groups", "group_buckets",
+           "STAR_BUCKETS"]
+
+
+def pair_critical_separation(
+    flux_i, flux_j, crit_sep: float, sigma: float, flux_ref: float, max_factor: float = 3.0
+) -> np.ndarray:
+    """Critical separation of pairs of stars, widened for bright stars.
+
+    For a Gaussian PSF of width σ, a star of flux F disturbs a neighbour at distance d by
+    F·exp(−d²/2σ²). Asking the brighter star of the pair to be no more disturbing than a
+    ``flux_ref`` star at ``crit_sep`` gives
+
+        d_crit² = crit_sep² + 2σ² · max(0, ln(max(F_i, F_j) / flux_ref)),
+
+    capped at ``max_factor · crit_sep``.
+
+    Parameters
+    ----------
+    flux_i, flux_j : array_like, shape (P,)
+        Fluxes of the two stars of each pair (non-finite or ≤ 0 counts as faint).
+    crit_sep, sigma, flux_ref : float
+        Base separation (pixels), PSF σ (pixels), reference flux.
+    max_factor : float
+        Upper bound of d_crit / crit_sep.
+
+    Returns
+    -------
+    ndarray, shape (P,)
+        Critical separation in pixels.
+    """
+    f = np.fmax(np.asarray(flux_i, float), np.asarray(flux_j, float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boost = np.where(np.isfinite(f) & (f > 0), np.log(f / flux_ref), 0.0)
+    d2 = crit_sep**2 + 2.0 * sigma**2 * np.maximum(boost, 0.0)
+    return np.minimum(np.sqrt(d2), max_factor * crit_sep)
+
+
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    g = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    return connected_components(g, directed=False)[1]
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Consecutive ids 1..G, numbered in order of each group's first star."""
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)
+    return rank[inv.ravel()]
+
+
+def _bisect(labels: np.ndarray, x: np.ndarray, y: np.ndarray, max_size: int) -> np.ndarray:
+    """Split every group larger than ``max_size`` by median cuts along its longer axis."""
+    labels = _relabel(labels)
+    for _ in range(64):  # each pass halves the oversized groups
+        size = np.bincount(labels)
+        big = size[labels] > max_size
+        if not big.any():
+            break
+        lab = labels[big]
+        xs, ys = x[big], y[big]
+        ng = labels.max() + 1
+        ext_x = np.full(ng, -np.inf)
+        ext_y = np.full(ng, -np.inf)
+        np.maximum.at(ext_x, lab, xs)
+        np.maximum.at(ext_y, lab, ys)
+        lo_x = np.full(ng, np.inf)
+        lo_y = np.full(ng, np.inf)
+        np.minimum.at(lo_x, lab, xs)
+        np.minimum.at(lo_y, lab, ys)
+        use_x = (ext_x - lo_x) >= (ext_y - lo_y)
+        coord = np.where(use_x[lab], xs, ys)
+        # Rank of each star within its group along the chosen axis.
+        order = np.lexsort((coord, lab))
+        start = np.searchsorted(lab[order], lab[order], side="left")
+        rank = np.empty(len(lab), np.int64)
+        rank[order] = np.arange(len(lab)) - start
+        half = rank >= size[lab] // 2
+        new = labels.copy()
+        new[np.nonzero(big)[0][half]] = ng + lab[half]
+        labels = _relabel(new)
+    return labels
+
+
+def group_stars(
+    x,
+    y,
+    flux=None,
+    *,
+    crit_sep: float,
+    max_group_size: int = 25,
+    sigma: float | None = None,
+    flux_ref: float | None = None,
+    max_factor: float = 3.0,
+    shrink: float = 0.8,
+    max_shrink_steps: int = 8,
+) -> np.ndarray:
+    """Group stars whose PSFs overlap.
+
+    Two stars are linked when their distance is below their pair's critical separation
+    (see :func:`pair_critical_separation`; just ``crit_sep`` when ``flux`` is None). Groups
+    are the connected components. A group of more than ``max_group_size`` stars is
+    re-linked with the separation multiplied by ``shrink`` (up to ``max_shrink_steps``
+    times), and whatever is still too large is cut at the median along its longer axis
+    until every group fits.
+
+    Parameters
+    ----------
+    x, y : array_like, shape (N,)
+        Star positions in pixels.
+    flux : array_like, shape (N,), optional
+        Star fluxes (any consistent unit). Widens the separation around bright stars.
+    crit_sep : float
+        Base critical separation in pixels (a common choice is 2–2.5 × FWHM).
+    max_group_size : int
+        Largest group allowed.
+    sigma : float, optional
+        PSF σ in pixels for the flux widening; default ``crit_sep / 6`` (i.e. crit_sep ≈
+        2.5 FWHM).
+    flux_ref : float, optional
+        Flux at which no widening happens; default the median finite positive flux.
+    max_factor : float
+        Cap on the widening, as a multiple of ``crit_sep``.
+    shrink, max_shrink_steps : float, int
+        Tightening factor and number of tries before spatial bisection.
+
+    Returns
+    -------
+    group_id : ndarray of int64, shape (N,)
+        1..G, numbered in order of each group's first star. Every input row gets an id; a
+        star with a non-finite position is a group of its own.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or ``crit_sep``/``max_group_size`` are not positive.
+    """
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"x and y must have the same length, got {n} and {len(y)}")
+    if not (np.isfinite(crit_sep) and crit_sep > 0):
+        raise ValueError(f"crit_sep must be a positive number of pixels, got {crit_sep}")
+    if int(max_group_size) < 1:
+        raise ValueError(f"max_group_size must be >= 1, got {max_group_size}")
+    if not 0 < shrink < 1:
+        raise ValueError(f"shrink must be in (0, 1), got {shrink}")
+    if n == 0:
+        return np.zeros(0, np.int64)
+    if flux is not None:
+        flux = np.asarray(flux, dtype=float).ravel()
+        if len(flux) != n:
+            raise ValueError(f"flux must have the same length as x ({n}), got {len(flux)}")
+    sig = crit_sep / 6.0 if sigma is None else float(sigma)
+    ok = np.isfinite(x) & np.isfinite(y)
+    idx = np.nonzero(ok)[0]
+    pts = np.c_[x[idx], y[idx]]
+
+    def link(scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cs = crit_sep * scale
+        if flux is None:
+            pairs = cKDTree(pts).query_pairs(cs, output_type="ndarray")
+            return pairs[:, 0], pairs[:, 1], np.full(len(pairs), cs)
+        good = flux[idx][np.isfinite(flux[idx]) & (flux[idx] > 0)]
+        fref = float(np.median(good)) if flux_ref is None and len(good) else flux_ref or 1.0
+        rmax = max_factor * cs
+        pairs = cKDTree(pts).query_pairs(rmax, output_type="ndarray")
+        i, j = pairs[:, 0], pairs[:, 1]
+        dc = pair_critical_separation(flux[idx][i], flux[idx][j], cs, sig * scale, fref, max_factor)
+        return i, j, dc
+
+    i, j, dc = link(1.0)
+    d = np.hypot(*(pts[i] - pts[j]).T) if len(i) else np.zeros(0)
+    linked = d < dc
+    lab = _components(len(idx), i[linked], j[linked])
+    # Tighten only the oversized groups, keeping the others as they are.
+    for step in range(1, max_shrink_steps + 1):
+        size = np.bincount(lab)
+        big = size[lab] > max_group_size
+        if not big.any():
+            break
+        keep_pair = linked & big[i] & big[j] & (d < dc * shrink**step)
+        sub = _components(len(idx), i[keep_pair], j[keep_pair])
+        lab = np.where(big, lab.max() + 1 + sub, lab)
+        lab = _relabel(lab)
+    lab = _bisect(lab, pts[:, 0], pts[:, 1], int(max_group_size))
+
+    out = np.empty(n, np.int64)
+    out[idx] = lab
+    nbad = n - len(idx)
+    out[~ok] = lab.max(initial=0) + 1 + np.arange(nbad)
+    return _relabel(out)
+
+
+def group_sizes(group_id) -> tuple[np.ndarray, np.ndarray]:
+    """Unique group ids and the number of stars in each.
+
+    Parameters
+    ----------
+    group_id : array_like of int, shape (N,)
+
+    Returns
+    -------
+    ids, sizes : ndarray, shape (G,)
+    """
+    ids, sizes = np.unique(np.asarray(group_id), return_counts=True)
+    return ids, sizes
+
+
+def bucket_groups(group_id, buckets=None) -> dict[int, np.ndarray]:
+    """Assign groups to a few padded sizes, so a batched fit compiles once per bucket.
+
+    Parameters
+    ----------
+    group_id : array_like of int, shape (N,)
+    buckets : sequence of int, optional
+        Allowed padded group sizes, ascending. Default: powers of two up to the largest
+        group (1, 2, 4, 8, ...).
+
+    Returns
+    -------
+    dict
+        ``{bucket_size: group ids}`` for every non-empty bucket; each group goes to the
+        smallest bucket that holds it.
+
+    Raises
+    ------
+    ValueError
+        If a group is larger than the largest bucket.
+    """
+    ids, sizes = group_sizes(group_id)
+    if len(ids) == 0:
+        return {}
+    if buckets is None:
+        top = int(2 ** np.ceil(np.log2(sizes.max())))
+        buckets = 2 ** np.arange(int(np.log2(top)) + 1)
+    b = np.sort(np.asarray(buckets, dtype=np.int64))
+    if sizes.max() > b[-1]:
+        raise ValueError(f"a group of {sizes.max()} stars exceeds the largest bucket {b[-1]}")
+    which = b[np.searchsorted(b, sizes, side="left")]
+    return {int(s): ids[which == s] for s in np.unique(which)}
+
+
+#: Stars per cutout that the whole-image fit compiles for (groups are padded up to one of these).
+STAR_BUCKETS = (1, 2, 4, 8, 16)
+
+
+def _group_stats(gid, x, y):
+    """Size and extent (max of x/y span, +1 px for the rounding of the cutout centre)."""
+    ng = int(gid.max()) + 1
+    size = np.bincount(gid, minlength=ng)
+    lo_x = np.full(ng, np.inf)
+    hi_x = np.full(ng, -np.inf)
+    lo_y, hi_y = lo_x.copy(), hi_x.copy()
+    np.minimum.at(lo_x, gid, x)
+    np.maximum.at(hi_x, gid, x)
+    np.minimum.at(lo_y, gid, y)
+    np.maximum.at(hi_y, gid, y)
+    with np.errstate(invalid="ignore"):
+        extent = np.maximum(hi_x - lo_x, hi_y - lo_y) + 1.0
+    extent[size <= 1] = 0.0
+    return size, extent
+
+
+def _relabel_by_id(gid):
+    """Consecutive ids 1..G in order of the old ids."""
+    return np.unique(gid, return_inverse=True)[1].ravel() + 1
+
+
+def group_buckets(x, y, crit_sep, max_k, fit_half):
+    """Groups and their (cutout size, K) buckets.
+
+    Returns ``group_id (N,)`` (1..G) and a list of ``(size, k, group_ids)``. A group whose
+    member count or extent does not fit the largest bucket is re-grouped with a tighter
+    separation, and what still does not fit is split into single stars (neighbour
+    subtraction then couples them across outer iterations).
+    """
+    ks = [k for k in STAR_BUCKETS if k <= max(1, max_k)]
+    sep = int(math.ceil(crit_sep))
+    # Extent (px) a K bucket holds: a pair is at most crit_sep apart; bigger groups are
+    # compact chains, allowed ~log2(K) links, so cutouts stay small (fast, few shapes).
+    ext = {k: 0 if k == 1 else (int(math.log2(k)) * sep + 1) for k in ks}
+    sizes = {k: 2 * fit_half + 1 + 2 * int(math.ceil(ext[k] / 2)) for k in ks}
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, np.int64), []
+    gid = group_stars(x, y, crit_sep=crit_sep, max_group_size=ks[-1])
+    scale = 1.0
+    for _ in range(6):
+        size, extent = _group_stats(gid, x, y)
+        bad_g = (size > ks[-1]) | (extent > ext[ks[-1]])
+        if not bad_g.any():
+            break
+        bad = bad_g[gid]
+        scale *= 0.7
+        sub = group_stars(x[bad], y[bad], crit_sep=crit_sep * scale, max_group_size=ks[-1])
+        gid = gid.copy()
+        gid[bad] = gid.max() + sub
+        gid = _relabel_by_id(gid)
+    size, extent = _group_stats(gid, x, y)
+    bad_g = (size > ks[-1]) | (extent > ext[ks[-1]])
+    if bad_g.any():
+        bad = bad_g[gid]
+        gid = gid.copy()
+        gid[bad] = gid.max() + 1 + np.arange(bad.sum())
+        gid = _relabel_by_id(gid)
+        size, extent = _group_stats(gid, x, y)
+    which = np.full(len(size), -1)
+    for i in range(len(ks) - 1, -1, -1):
+        which[(size <= ks[i]) & (extent <= ext[ks[i]])] = i
+    which[0] = -1
+    out = []
+    for i, k in enumerate(ks):
+        ids = np.nonzero(which == i)[0]
+        if len(ids):
+            out.append((sizes[k], k, ids))
+    return gid, out
