@@ -212,7 +212,8 @@ def part_cluster(quick: bool, work: Path) -> dict:
     from astropy.table import Table
     from distributed import Client, LocalCluster
 
-    from jaxphot.scale.images import batch, catalog_path
+    from jaxphot.scale.files import catalog_path
+    from jaxphot.scale.images import batch
     from jaxphot.sim import simulate_cluster
 
     n_img, size, n_stars = 20, (96 if quick else 160), (12 if quick else 40)
@@ -402,7 +403,7 @@ def main(argv=None) -> int:
     cache = work / "xla_cache"
     # This process: a cache of its own (parts 2 and 4); GPU allocator settings for a GPU run.
     os.environ.setdefault("JAXPHOT_CACHE_DIR", str(cache))
-    from jaxphot.scale.images import configure_accelerator_memory
+    from jaxphot.scale.accelerator import configure_accelerator_memory
 
     configure_accelerator_memory(processes_per_device=2)
     load0 = os.getloadavg()

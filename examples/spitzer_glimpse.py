@@ -34,14 +34,14 @@ What it takes to match the catalog (each step measured on this image; see
 Result: 197/224 matched, median ratio 1.002, robust scatter 4.6 %.
 
 ``--psf auto`` builds the ePSF from the image instead (:func:`jaxphot.epsf.build_epsf_from_image`):
-224/224 matched, median 0.976, robust scatter 4.8 % (2026-11-21, core-fit ePSF origin). Before, 0.999 / 6.6 %: the
-FWHM estimate (plain second moments in 9 x 9 boxes, inflated by neighbours and nebulosity) was
-2.7 px instead of ~1.9, which set a too-broad detection kernel and box. Now adaptive moments
-about a local sky give 1.88 px, the box is 3 FWHM each side (13 px), and the PSF stars'
-neighbours (detections down to 5 sigma) are fitted with a first ePSF and subtracted before the
-ePSF is built again (DAOPHOT's way). Encircled energy at 2-6 px vs the IRAC ch2 PSF: within
--1.8/+0.3 % (examples/spitzer_epsf.py). The median below 1 is light in the wings beyond the box's
-rim level.
+224/224 matched, median 0.976, robust scatter 4.8 % (2026-11-21, core-fit ePSF origin).
+Before, 0.999 / 6.6 %: the FWHM estimate (plain second moments in 9 x 9 boxes, inflated by
+neighbours and nebulosity) was 2.7 px instead of ~1.9, which set a too-broad detection kernel and
+box. Now adaptive moments about a local sky give 1.88 px, the box is 3 FWHM each side (13 px), and
+the PSF stars' neighbours (detections down to 5 sigma) are fitted with a first ePSF and subtracted
+before the ePSF is built again (DAOPHOT's way). Encircled energy at 2-6 px vs the IRAC ch2 PSF:
+within -1.8/+0.3 % (examples/spitzer_epsf.py). The median below 1 is light in the wings beyond the
+box's rim level.
 
 Skips cleanly (exit 0 with a message) when the data set is absent.
 

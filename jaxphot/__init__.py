@@ -4,8 +4,8 @@ The package is layered; each folder imports only from the ones above it in this 
 
 ``core``      the engine: parameter layout, scene model, solver, CRLB, batching, :func:`fit_cutouts`
 ``psf``       PSF/PRF models (analytic, discrete, spatially varying), the PSF file format
+``image``     background, detection, grouping, cutouts, rendering and the driver :func:`photometry`
 ``aperture``  aperture photometry
-``image``     background, detection, grouping, rendering and the driver :func:`photometry`
 ``epsf``      empirical PSFs built from stars
 ``sim``       simulated cutouts and fields with known truth, and scoring
 ``scale``     several devices, many images (Dask)

@@ -16,7 +16,9 @@ from astropy.table import Table
 
 __all__ = [
     "FitsImage",
+    "ImageInfo",
     "read_image",
+    "image_info",
     "hdu_key",
     "header_gain",
     "header_read_noise",
@@ -37,18 +39,41 @@ _CATALOG_FORMATS = {
 }
 
 
+class _HeaderKeywords:
+    """Detector keywords of an image's header (shared by :class:`FitsImage` and :class:`ImageInfo`)."""
+
+    header: object
+
+    @property
+    def gain(self) -> float | None:
+        """Electrons per image unit from the header (see :func:`header_gain`)."""
+        return header_gain(self.header)
+
+    @property
+    def read_noise(self) -> float | None:
+        """Read noise in electrons from the header (see :func:`header_read_noise`)."""
+        return header_read_noise(self.header)
+
+    @property
+    def bunit(self) -> str | None:
+        """The header's BUNIT (unit of the pixel values), or None."""
+        v = self.header.get("BUNIT") if self.header is not None else None
+        return str(v).strip() if v else None
+
+
 @dataclasses.dataclass
-class FitsImage:
-    """An image read by :func:`read_image`.
+class FitsImage(_HeaderKeywords):
+    """An image (or a section of one) read by :func:`read_image`.
 
     Attributes
     ----------
     data : (H, W) float64 ndarray
-        Pixel values (BSCALE/BZERO applied).
+        Pixel values (BSCALE/BZERO applied), in the image's units.
     header : astropy.io.fits.Header
         The HDU's header.
     wcs : astropy.wcs.WCS or None
-        Celestial WCS of the image when the header has one.
+        Celestial WCS of the whole image when the header has one (pixel positions of a
+        section are offset by the section's start).
     path : Path
     hdu : int or str
         The HDU that was read.
@@ -60,19 +85,27 @@ class FitsImage:
     path: Path
     hdu: int | str
 
-    @property
-    def gain(self) -> float | None:
-        """Electrons per image unit from the header (see :func:`header_gain`)."""
-        return header_gain(self.header)
 
-    @property
-    def read_noise(self) -> float | None:
-        return header_read_noise(self.header)
+@dataclasses.dataclass
+class ImageInfo(_HeaderKeywords):
+    """Shape and header of a FITS image, read without its pixels (see :func:`image_info`).
 
-    @property
-    def bunit(self) -> str | None:
-        v = self.header.get("BUNIT") if self.header is not None else None
-        return str(v).strip() if v else None
+    Attributes
+    ----------
+    shape : (int, int)
+        (H, W) in pixels.
+    header : astropy.io.fits.Header
+    wcs : astropy.wcs.WCS or None
+    path : Path
+    hdu : int or str
+        The HDU found; pass it to :func:`read_image` to read sections of the same image.
+    """
+
+    shape: tuple[int, int]
+    header: object
+    wcs: object
+    path: Path
+    hdu: int | str
 
 
 def hdu_key(hdu):
@@ -82,11 +115,89 @@ def hdu_key(hdu):
     return hdu
 
 
-def read_image(path, hdu: int | str | None = None, *, what: str = "image", cube: bool = False) -> FitsImage:
-    """Read a 2-D image (or, with ``cube=True``, an (N, H, W) stack) from a FITS file.
+def _open_fits(path: Path, what: str, memmap: bool):
+    """``fits.open`` with one-line errors; the caller closes the HDU list."""
+    from astropy.io import fits
 
-    This is the package's one FITS image reader: images, error maps, masks and PSF files all
-    come through it, so every file gets the same checks and the same messages.
+    if not path.exists():
+        raise ValueError(f"{what} file {str(path)!r} does not exist")
+    try:
+        with warnings.catch_warnings():  # junk files warn before they fail: just fail
+            warnings.simplefilter("ignore")
+            hdul = fits.open(path, memmap=memmap)
+            try:
+                hdul.verify("silentfix")
+            except Exception:
+                hdul.close()
+                raise
+    except Exception as exc:  # astropy raises OSError, TypeError, ValueError... on junk
+        raise ValueError(f"cannot read {what} {str(path)!r} as FITS: {exc}") from None
+    return hdul
+
+
+def _has_pixels(h) -> bool:
+    # From the header only: finding the HDU must not read any HDU's pixels.
+    return bool(getattr(h, "is_image", False) and len(h.shape) >= 2 and all(h.shape))
+
+
+def _find_hdu(hdul, hdu, path: Path, what: str) -> int | str:
+    """The index or EXTNAME of the HDU to read: ``hdu``, or the first with 2-D image data."""
+    if hdu is None:
+        idx = next((i for i, h in enumerate(hdul) if _has_pixels(h)), None)
+        if idx is None:
+            raise ValueError(f"{what} {str(path)!r} has no HDU with 2-D image data")
+        return idx
+    idx = hdu_key(hdu)
+    try:
+        hdul[idx]
+    except (KeyError, IndexError):
+        raise ValueError(
+            f"{what} {str(path)!r} has no HDU {idx!r} (it has {len(hdul)} HDU"
+            f"{'s' if len(hdul) != 1 else ''}: "
+            f"{', '.join(str(i) + ':' + (h.name or '?') for i, h in enumerate(hdul))})"
+        ) from None
+    return idx
+
+
+def _plane_shape(h, idx, path: Path, what: str) -> tuple[int, int]:
+    """(H, W) of a 2-D image HDU (leading axes of length 1 allowed), from its header alone."""
+    shape = tuple(int(s) for s in h.shape) if getattr(h, "is_image", False) else ()
+    if not shape:
+        raise ValueError(f"HDU {idx!r} of {what} {str(path)!r} holds no image data")
+    if len(shape) < 2 or any(s != 1 for s in shape[:-2]):
+        raise ValueError(f"HDU {idx!r} of {what} {str(path)!r} is not a 2-D image (shape {shape})")
+    return shape[-2], shape[-1]
+
+
+def _read_pixels(h, idx, path: Path, what: str, section) -> np.ndarray:
+    """All of the HDU's data, or only ``section`` (read from the file, not the whole image)."""
+    if section is not None:
+        _plane_shape(h, idx, path, what)  # a section of a 2-D image only
+    try:
+        if section is None:
+            data = h.data
+        else:
+            data = h.section[(0,) * (len(h.shape) - 2) + tuple(section)]
+    except Exception as exc:
+        raise ValueError(f"cannot read the data of HDU {idx!r} of {str(path)!r}: {exc}") from None
+    if data is None:
+        raise ValueError(f"HDU {idx!r} of {what} {str(path)!r} holds no image data")
+    return np.asarray(data)
+
+
+def read_image(
+    path,
+    hdu: int | str | None = None,
+    *,
+    what: str = "image",
+    cube: bool = False,
+    section: tuple[slice, slice] | None = None,
+) -> FitsImage:
+    """Read a 2-D image, a section of it, or (``cube=True``) an (N, H, W) stack from a FITS file.
+
+    This is the package's one FITS image reader: images, tiles of large images, error maps,
+    masks and PSF files all come through it, so every file gets the same checks and the same
+    messages. :func:`image_info` gives the shape and header without the pixels.
 
     Parameters
     ----------
@@ -98,6 +209,9 @@ def read_image(path, hdu: int | str | None = None, *, what: str = "image", cube:
         Word used in error messages ("image", "error map", "mask"...).
     cube : bool
         Accept 3-D data as it is (PSF grids); otherwise a 3-D HDU is accepted only with one plane.
+    section : (slice, slice), optional
+        Rows and columns (0-based pixels, ``(slice(y0, y1), slice(x0, x1))``) to read: only
+        they are read from the (memory-mapped) file, never the whole image.
 
     Returns
     -------
@@ -109,48 +223,11 @@ def read_image(path, hdu: int | str | None = None, *, what: str = "image", cube:
         If the file is missing or not FITS, the HDU does not exist, or it holds no 2-D
         image (a 3-D cube with one plane is accepted).
     """
-    from astropy.io import fits
-
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{what} file {str(path)!r} does not exist")
-    try:
-        hdul = fits.open(path, memmap=False)
-        hdul.verify("silentfix")
-    except Exception as exc:  # astropy raises OSError, TypeError, ValueError... on junk
-        raise ValueError(f"cannot read {what} {str(path)!r} as FITS: {exc}") from None
-    with hdul:
-        if hdu is None:
-            idx = next(
-                (
-                    i
-                    for i, h in enumerate(hdul)
-                    if getattr(h, "data", None) is not None and np.ndim(h.data) >= 2
-                ),
-                None,
-            )
-            if idx is None:
-                raise ValueError(f"{what} {str(path)!r} has no HDU with 2-D image data")
-        else:
-            idx = hdu_key(hdu)
-            try:
-                hdul[idx]
-            except (KeyError, IndexError):
-                raise ValueError(
-                    f"{what} {str(path)!r} has no HDU {idx!r} (it has {len(hdul)} HDU"
-                    f"{'s' if len(hdul) != 1 else ''}: "
-                    f"{', '.join(str(i) + ':' + (h.name or '?') for i, h in enumerate(hdul))})"
-                ) from None
+    with _open_fits(path, what, memmap=section is not None) as hdul:
+        idx = _find_hdu(hdul, hdu, path, what)
         h = hdul[idx]
-        try:
-            data = h.data
-        except Exception as exc:
-            raise ValueError(
-                f"cannot read the data of HDU {idx!r} of {str(path)!r}: {exc}"
-            ) from None
-        if data is None:
-            raise ValueError(f"HDU {idx!r} of {what} {str(path)!r} holds no image data")
-        data = np.asarray(data)
+        data = _read_pixels(h, idx, path, what, section)
         if data.ndim > 2 and all(s == 1 for s in data.shape[:-2]):
             data = data.reshape(data.shape[-2:])
         if data.ndim not in ((2, 3) if cube else (2,)) or data.dtype.kind not in "fiub":
@@ -159,7 +236,33 @@ def read_image(path, hdu: int | str | None = None, *, what: str = "image", cube:
                 f"(shape {data.shape}, dtype {data.dtype})"
             )
         header = h.header.copy()
-        return FitsImage(np.asarray(data, np.float64), header, celestial_wcs(header), path, idx)
+        # A copy: a section may be a view of the memory-mapped file, which is closed here.
+        data = np.array(data, np.float64) if section is not None else np.asarray(data, np.float64)
+    return FitsImage(data, header, celestial_wcs(header), path, idx)
+
+
+def image_info(path, hdu: int | str | None = None, *, what: str = "image") -> ImageInfo:
+    """Shape and header of a 2-D FITS image, without reading its pixels.
+
+    Finds the HDU as :func:`read_image` does, with the same checks and messages; read the
+    image by sections with ``read_image(path, info.hdu, section=...)``.
+
+    Returns
+    -------
+    ImageInfo
+
+    Raises
+    ------
+    ValueError
+        As :func:`read_image`.
+    """
+    path = Path(path)
+    with _open_fits(path, what, memmap=True) as hdul:
+        idx = _find_hdu(hdul, hdu, path, what)
+        h = hdul[idx]
+        shape = _plane_shape(h, idx, path, what)
+        header = h.header.copy()
+    return ImageInfo(shape, header, celestial_wcs(header), path, idx)
 
 
 def _header_float(header, keys) -> float | None:

@@ -1,4 +1,6 @@
-"""Old import path, kept so existing code works: see :mod:`jaxphot.psf.varying`, :mod:`jaxphot.psf.fits`, :mod:`jaxphot.psf.instruments`, :mod:`jaxphot.image.render`."""
+"""Old import path, kept so existing code works; the code lives in
+``jaxphot.psf.varying``, ``jaxphot.psf.fits``, ``jaxphot.psf.instruments``, ``jaxphot.image.render``.
+"""
 
 from .image.render import *  # noqa: F403
 from .psf.fits import *  # noqa: F403

@@ -316,7 +316,7 @@ def sky_mode(mean: ArrayLike, median: ArrayLike) -> Array:
     """Pearson's mode estimate ``3*median - 2*mean``.
 
     For a sky distribution skewed to high values by faint sources this moves the estimate toward the
-    mode; it is biased high for strongly contaminated skies (see DESIGN.md), so prefer feeding it
+    mode; it is biased high for strongly contaminated skies (docs/conventions.md), so prefer feeding it
     sigma-clipped mean and median.
 
     Parameters

@@ -92,6 +92,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .constants import FWHM_CRITICAL, POGSON
+from .core import params as layout
 from .core.fisher import fisher_crlb
 
 __all__ = [
@@ -367,31 +368,11 @@ def crlb(
     xs, ys = per_star(x), per_star(y)
     n, k = f.shape
     b0 = np.broadcast_to(np.asarray(sky, np.float64), (n,))
-    z = np.zeros(n)
-    params = np.concatenate([np.stack([b0, z, z], 1), f, xs, ys], axis=1)
-    free = np.ones(params.shape[1], bool)
-    if background is None:
-        free[:3] = False
-    elif background == "constant":
-        free[1:3] = False
-    elif background != "plane":
-        raise ValueError(f"background must be 'plane', 'constant' or None, got {background!r}")
-    names = ("bkg", "bkg_x", "bkg_y")
-    for name in fixed:
-        if name in names:
-            free[names.index(name)] = False
-        elif name in ("flux", "x", "y"):
-            j = 3 + k * ("flux", "x", "y").index(name)
-            free[j : j + k] = False
-        else:
-            raise ValueError(f"unknown parameter {name!r} in fixed")
+    params = layout.pack(b0, 0.0, 0.0, f, xs, ys)
+    free = layout.free_mask(np.ones((n, k), bool), background, fixed)
     c = fisher_crlb(psf, params, shape, free, read_noise=read_noise, gain=gain, mask=mask)
-    out = {
-        "flux": c[:, 3 : 3 + k],
-        "x": c[:, 3 + k : 3 + 2 * k],
-        "y": c[:, 3 + 2 * k :],
-        "bkg": c[:, 0],
-    }
+    plane, fc, xc, yc = layout.unpack_rows(c)
+    out = {"flux": fc, "x": xc, "y": yc, "bkg": plane[:, 0]}
     with np.errstate(divide="ignore", invalid="ignore"):
         out["snr"] = f / out["flux"]
         out["mag"] = POGSON / out["snr"]

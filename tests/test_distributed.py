@@ -1,5 +1,5 @@
-"""jaxphot.distributed: Dask batch photometry (identical to a sequential loop, resumable,
-failure-isolated), atomic catalogs, tiling with seam de-duplication, and the CLI glue.
+"""jaxphot.scale and ``jaxphot batch``: Dask batch photometry (identical to a sequential loop,
+resumable, failure-isolated), atomic catalogs, tiling with seam de-duplication, and the CLI glue.
 
 One 2-worker LocalCluster is shared by the module (starting one costs seconds).
 """
@@ -17,18 +17,11 @@ from astropy.table import Table
 distributed = pytest.importorskip("distributed")
 
 from jaxphot import photometry  # noqa: E402
+from jaxphot.cli.batch import add_batch_subcommand, run_batch_cli  # noqa: E402
 from jaxphot.psf import GaussianPRF  # noqa: E402
-from jaxphot.scale.images import (  # noqa: E402
-    ERRORS_NAME,
-    SUMMARY_NAME,
-    _atomic_write_table,
-    _drop_seam_duplicates,
-    add_batch_subcommand,
-    batch,
-    catalog_path,
-    photometry_tiled,
-    run_batch_cli,
-)
+from jaxphot.scale.files import ERRORS_NAME, SUMMARY_NAME, atomic_write_table, catalog_path  # noqa: E402
+from jaxphot.scale.images import batch  # noqa: E402
+from jaxphot.scale.tiling import drop_seam_duplicates, photometry_tiled  # noqa: E402
 from jaxphot.sim import simulate_cluster  # noqa: E402
 
 N_GOOD = 3
@@ -163,10 +156,10 @@ def test_atomic_write_leaves_no_partial_catalog(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io, "write_catalog", broken)
     with pytest.raises(OSError):
-        _atomic_write_table(t, target)
+        atomic_write_table(t, target)
     assert os.listdir(tmp_path) == []  # neither the catalog nor the temporary file
     monkeypatch.undo()
-    _atomic_write_table(t, target)
+    atomic_write_table(t, target)
     assert list(Table.read(target)["x"]) == [1.0, 2.0]
 
 
@@ -183,16 +176,16 @@ def test_seam_duplicates_keep_the_deeper_copy():
             "tile": [0, 1, 0, 1],
         }
     )
-    out, n = _drop_seam_duplicates(t, boxes, radius=1.5)
+    out, n = drop_seam_duplicates(t, boxes, radius=1.5)
     assert n == 1 and len(out) == 3
     # 59.45 is 19.55 px from tile 0's edge at 79; 59.55 is 19.55 from tile 1's edge at 40:
     # a tie keeps the first. Move the copy of tile 1 deeper and it wins.
     t["x_fit"][1] = 59.9
-    out, n = _drop_seam_duplicates(t, boxes, radius=1.5)
+    out, n = drop_seam_duplicates(t, boxes, radius=1.5)
     assert n == 1 and 59.9 in list(out["x_fit"]) and 59.45 not in list(out["x_fit"])
     # Two stars of the same tile are never merged here (that is photometry's MERGED logic).
     t["tile"] = [0, 0, 0, 1]
-    assert _drop_seam_duplicates(t, boxes, radius=1.5)[1] == 0
+    assert drop_seam_duplicates(t, boxes, radius=1.5)[1] == 0
 
 
 def test_tiled_photometry_matches_whole_image():

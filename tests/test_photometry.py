@@ -216,7 +216,7 @@ def test_sky_variance_uses_ccd_equation_only_when_it_describes_the_image():
     """With a gain, the fit weights use level/gain + (read_noise/gain)^2 rather than the mesh
     rms, which a crowded field inflates with faint-star confusion; a sky-subtracted or rescaled
     image (CCD value far from the rms) keeps the measured rms."""
-    from jaxphot.image.pipeline import _sky_variance
+    from jaxphot.image.inputs import sky_variance as _sky_variance
 
     level = np.full((8, 8), 100.0)
     ccd = 100.0 / 2.0 + (5.0 / 2.0) ** 2  # gain 2 e-/ADU, read noise 5 e-

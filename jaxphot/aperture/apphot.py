@@ -10,15 +10,14 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table
 
+from ..constants import POGSON
 from .sums import SKY_METHODS, ApertureFlag, aperture_sums, as_image, as_positions, radius_array
 
 __all__ = ["aperture_photometry", "aperture_light_curves"]
 
 
-
-
-def _flags_and_values(core: dict, n_r: int, cube: bool):
-    """Compute flags (N, R) and NaN-out invalid values."""
+def _flags_and_values(core: dict):
+    """Flags (N, R) int32 and the (N, R) bool map of apertures with no value (no pixel left)."""
     tol = 1e-12
     geom = core["geom_area"]
     off = core["off_area"] > tol
@@ -112,100 +111,123 @@ def aperture_photometry(
         raise ValueError(f"gain must be > 0, got {gain}")
     multi = isinstance(r, list | tuple) or np.ndim(r) == 2
     radii = radius_array("r", r, N)
-    variance = None
+    variance = _pixel_variance(data, error, gain, read_noise)
+    annulus = None if r_in is None else (r_in, r_out)
+    core = aperture_sums(
+        data, pos, "circle", (radii,), method=method, subpixels=subpixels, mask=mask,
+        variance=variance, annulus=annulus, sky=sky, sky_sigma=sky_sigma, sky_maxiters=sky_maxiters,
+    )  # fmt: skip
+    flags, invalid = _flags_and_values(core)
+    ex = (lambda a: a[..., None]) if cube else (lambda a: a)  # (N, R) -> like the sums
+    asum = np.where(ex(invalid), np.nan, core["sum"])  # (N, R) or (N, R, T)
+    area_v = np.where(invalid, np.nan, core["area"])
+    sum_err = _sum_error(core, invalid, asum, ex, error, gain, variance)
+    if annulus is not None:
+        s = _annulus_sky(core, cube, flags)
+        flux = asum - ex(area_v) * s["sky_b"]
+        flux_err = np.sqrt(sum_err**2 + (ex(area_v) * s["skyerr_b"]) ** 2)
+    else:
+        s = {"sky": np.zeros((N,) + ((data.shape[0],) if cube else ()))}
+        s.update(sky_err=np.zeros_like(s["sky"]), n_sky=np.zeros(N, dtype=int),
+                 sky_std=np.zeros_like(s["sky"]))  # fmt: skip
+        flux = asum
+        flux_err = sum_err
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
+        mag_err = np.where(flux > 0, POGSON * flux_err / np.abs(flux), np.nan)
+    nonpos = ~(flux > 0) & np.isfinite(flux)
+    flags |= np.where(
+        nonpos if not cube else np.any(nonpos, axis=-1), int(ApertureFlag.NONPOSITIVE), 0
+    )
+    cols = dict(aperture_sum=asum, aperture_sum_err=sum_err, area=area_v, flux=flux,
+                flux_err=flux_err, mag=mag, mag_err=mag_err)  # fmt: skip
+    t = _table(pos, radii if multi else None, cols, flags, s)
+    t.meta["method"] = method
+    t.meta["sky"] = sky if annulus is not None else "none"
+    if cube:
+        t.meta["time_axis"] = "last"
+    return t
+
+
+def _table(pos, radii, cols: dict, flags, sky: dict) -> Table:
+    """The result table: one row per position; ``radii`` (N, R) for several apertures, else None.
+
+    ``cols`` holds the (N, R[, T]) aperture columns, ``sky`` the (N[, T]) sky columns.
+    """
+    multi = radii is not None
+    shape = (lambda a: a) if multi else (lambda a: a[:, 0])
+    t = Table()
+    t["id"] = np.arange(1, len(pos) + 1)
+    t["x"] = pos[:, 0]
+    t["y"] = pos[:, 1]
+    if multi:
+        t["r"] = radii
+    for name in ("aperture_sum", "aperture_sum_err", "area"):
+        t[name] = shape(cols[name])
+    t["sky"] = sky["sky"]
+    t["sky_err"] = sky["sky_err"]
+    for name in ("flux", "flux_err", "mag", "mag_err"):
+        t[name] = shape(cols[name])
+    t["flags"] = shape(flags) if multi else np.bitwise_or.reduce(flags, axis=1)
+    t["n_sky"] = sky["n_sky"]
+    t["sky_std"] = sky["sky_std"]
+    return t
+
+
+def _pixel_variance(data, error, gain, read_noise):
+    """Per-pixel variance (counts², shape of ``data``) to sum in the apertures, or None.
+
+    From an ``error`` image, else from the CCD equation when ``gain`` is given; a scalar error
+    needs none (see :func:`_sum_error`).
+    """
     if error is not None:
         e = np.asarray(error, dtype=float)
         if e.ndim not in (0, 2, 3):
             raise ValueError(f"error must be a scalar or an image; got shape {e.shape}")
         if e.ndim > 0 and e.shape[-2:] != data.shape[-2:]:
             raise ValueError(f"error must have the shape of data {data.shape}; got {e.shape}")
-        if e.ndim > 0:
-            variance = np.broadcast_to(e**2, data.shape)
-    elif gain is not None:
+        return np.broadcast_to(e**2, data.shape) if e.ndim > 0 else None
+    if gain is not None:
         rn = 0.0 if read_noise is None else float(read_noise)
-        variance = np.maximum(np.asarray(data, dtype=float), 0.0) / gain + (rn / gain) ** 2
-    elif read_noise is not None:
+        return np.maximum(np.asarray(data, dtype=float), 0.0) / gain + (rn / gain) ** 2
+    if read_noise is not None:
         raise ValueError("read_noise needs gain (e-/ADU) to convert to counts")
-    annulus = None if r_in is None else (r_in, r_out)
-    core = aperture_sums(
-        data, pos, "circle", (radii,), method=method, subpixels=subpixels, mask=mask,
-        variance=variance, annulus=annulus, sky=sky, sky_sigma=sky_sigma, sky_maxiters=sky_maxiters,
-    )  # fmt: skip
-    R = radii.shape[1]
-    flags, invalid = _flags_and_values(core, R, cube)
-    asum = core["sum"]  # (N, R) or (N, R, T)
-    area = core["area"]
-    ex = (lambda a: a[..., None]) if cube else (lambda a: a)
-    asum = np.where(ex(invalid), np.nan, asum)
-    area_v = np.where(invalid, np.nan, area)
+    return None
+
+
+def _sum_error(core, invalid, asum, ex, error, gain, variance):
+    """1-sigma error of the aperture sums (shape of ``asum``; NaN without any noise model)."""
     scalar_err = error is not None and np.ndim(error) == 0
-    if variance is not None or scalar_err:
-        # a scalar error needs no per-pixel gather: Σ w σ² = σ² · area
-        var = core["sum_var"] if not scalar_err else float(error) ** 2 * ex(area)
-        if error is not None and gain is not None:
-            var = var + np.maximum(asum, 0.0) / gain  # source Poisson term on top of the error map
-        sum_err = np.sqrt(np.where(ex(invalid), np.nan, var))
-    else:
-        sum_err = np.full_like(asum, np.nan)
-    if annulus is not None:
-        skyv = core["sky"]  # (N,) or (N, T)
-        n_sky = core["n_sky"]
-        sky_std = core["sky_std"]
-        sky_empty = (n_sky == 0) if not cube else np.all(n_sky == 0, axis=-1)
-        flags |= np.where(sky_empty, int(ApertureFlag.SKY_EMPTY), 0)[:, None]
-        sky_trunc = (core["sky_off_n"] > 0) & ~sky_empty
-        flags |= np.where(sky_trunc, int(ApertureFlag.SKY_TRUNCATED), 0)[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sky_err = sky_std / np.sqrt(n_sky)
-        skyv = np.where(n_sky > 0, skyv, np.nan)
-        sky_err = np.where(n_sky > 0, sky_err, np.nan)
-        sky_b = skyv[:, None] if not cube else skyv[:, None, :]
-        skyerr_b = sky_err[:, None] if not cube else sky_err[:, None, :]
-        flux = asum - ex(area_v) * sky_b
-        flux_err = np.sqrt(sum_err**2 + (ex(area_v) * skyerr_b) ** 2)
-    else:
-        skyv = np.zeros((N,) + ((data.shape[0],) if cube else ()))
-        sky_err = np.zeros_like(skyv)
-        n_sky = np.zeros(N, dtype=int)
-        sky_std = np.zeros_like(skyv)
-        flux = asum
-        flux_err = sum_err
+    if variance is None and not scalar_err:
+        return np.full_like(asum, np.nan)
+    # a scalar error needs no per-pixel gather: Σ w σ² = σ² · area
+    var = core["sum_var"] if not scalar_err else float(error) ** 2 * ex(core["area"])
+    if error is not None and gain is not None:
+        var = var + np.maximum(asum, 0.0) / gain  # source Poisson term on top of the error map
+    return np.sqrt(np.where(ex(invalid), np.nan, var))
+
+
+def _annulus_sky(core, cube: bool, flags) -> dict:
+    """Annulus sky per pixel and its error ((N,) or (N, T)); sets the sky flags in ``flags``.
+
+    Returns ``sky, sky_err, n_sky, sky_std`` and ``sky_b, skyerr_b``: sky and error broadcast
+    against the (N, R[, T]) aperture sums.
+    """
+    skyv = core["sky"]
+    n_sky = core["n_sky"]
+    sky_std = core["sky_std"]
+    sky_empty = (n_sky == 0) if not cube else np.all(n_sky == 0, axis=-1)
+    flags |= np.where(sky_empty, int(ApertureFlag.SKY_EMPTY), 0)[:, None]
+    sky_trunc = (core["sky_off_n"] > 0) & ~sky_empty
+    flags |= np.where(sky_trunc, int(ApertureFlag.SKY_TRUNCATED), 0)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
-        mag_err = np.where(flux > 0, (2.5 / np.log(10)) * flux_err / np.abs(flux), np.nan)
-    nonpos = ~(flux > 0) & np.isfinite(flux)
-    flags |= np.where(
-        nonpos if not cube else np.any(nonpos, axis=-1), int(ApertureFlag.NONPOSITIVE), 0
-    )
-
-    def shape(a):
-        if multi:
-            return a
-        return a[:, 0]
-
-    t = Table()
-    t["id"] = np.arange(1, N + 1)
-    t["x"] = pos[:, 0]
-    t["y"] = pos[:, 1]
-    if multi:
-        t["r"] = radii
-    t["aperture_sum"] = shape(asum)
-    t["aperture_sum_err"] = shape(sum_err)
-    t["area"] = shape(area_v)
-    t["sky"] = skyv
-    t["sky_err"] = sky_err
-    t["flux"] = shape(flux)
-    t["flux_err"] = shape(flux_err)
-    t["mag"] = shape(mag)
-    t["mag_err"] = shape(mag_err)
-    t["flags"] = shape(flags) if multi else np.bitwise_or.reduce(flags, axis=1)
-    t["n_sky"] = n_sky
-    t["sky_std"] = sky_std
-    t.meta["method"] = method
-    t.meta["sky"] = sky if annulus is not None else "none"
-    if cube:
-        t.meta["time_axis"] = "last"
-    return t
+        sky_err = sky_std / np.sqrt(n_sky)
+    skyv = np.where(n_sky > 0, skyv, np.nan)
+    sky_err = np.where(n_sky > 0, sky_err, np.nan)
+    sky_b = skyv[:, None] if not cube else skyv[:, None, :]
+    skyerr_b = sky_err[:, None] if not cube else sky_err[:, None, :]
+    return dict(sky=skyv, sky_err=sky_err, n_sky=n_sky, sky_std=sky_std, sky_b=sky_b,
+                skyerr_b=skyerr_b)  # fmt: skip
 
 
 def aperture_light_curves(cube, positions, r, **kwargs) -> dict[str, np.ndarray]:

@@ -13,8 +13,6 @@ from .apphot import aperture_photometry
 __all__ = ["growth_curve", "aperture_corrections"]
 
 
-
-
 def growth_curve(
     data, positions, radii, *, normalize_radius=None, **kwargs
 ) -> dict[str, np.ndarray]:

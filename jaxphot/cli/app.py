@@ -1,4 +1,4 @@
-"""The ``jaxphot`` command: ``jaxphot photometry``, ``jaxphot demo``, ``jaxphot epsf``.
+"""The ``jaxphot`` command: ``jaxphot photometry``, ``demo``, ``epsf`` and ``batch``.
 
 Bad input (unreadable files, missing HDUs, unusable images or PSFs) ends with a one-line
 ``jaxphot: error: ...`` message on stderr and exit status 2, never a traceback. Exit 0 on
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from .batch import add_batch_subcommand, run_batch_cli
 
 __all__ = ["main", "CLIError"]
 
@@ -27,12 +29,7 @@ def _psf_from_spec(spec: str, oversampling: int | None):
         raise CLIError(str(exc)) from None
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="jaxphot", description="Batched stellar PSF photometry in JAX."
-    )
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_photometry(sub) -> None:
     p = sub.add_parser(
         "photometry",
         help="PSF photometry of a whole FITS image",
@@ -69,6 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="write the model image (stars only) to this FITS file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser(
         "demo",
         help="the whole pipeline on a simulated crowded cluster",
@@ -82,6 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-png", action="store_true", help="skip the diagnostic PNG")
 
+
+def _add_epsf(sub) -> None:
     e = sub.add_parser(
         "epsf",
         help="build an ePSF from the stars of an image",
@@ -94,16 +95,14 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fwhm", type=float, default=None, help="FWHM guess in pixels")
     e.add_argument("-o", "--output", required=True, help="output FITS file")
 
-    from ..scale.images import add_batch_subcommand  # imports no JAX
 
-    add_batch_subcommand(sub)
+def _build_parser() -> argparse.ArgumentParser:
+    """The ``jaxphot`` parser; building it imports no JAX."""
+    ap = argparse.ArgumentParser(prog="jaxphot", description="Batched stellar PSF photometry in JAX.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_photometry, _add_demo, _add_epsf, add_batch_subcommand):
+        add(sub)
     return ap
-
-
-def _cmd_batch(a) -> int:
-    from ..scale.images import run_batch_cli
-
-    return run_batch_cli(a)
 
 
 def _read_aux(path, hdu, shape, what):
@@ -132,11 +131,53 @@ def _auto_psf(data, mask, oversampling):
         raise CLIError(f"--psf auto: cannot build an ePSF from this image: {exc}") from None
 
 
-def _cmd_photometry(a) -> int:
+def _noise(a, img, error):
+    """Gain (e-/image unit) and read noise (e-): the options', else the header's."""
+    gain = a.gain if a.gain is not None else img.gain
+    rn = a.read_noise if a.read_noise is not None else img.read_noise
+    if rn is not None and gain is None and error is None:
+        rn = None  # read noise alone (without a gain) cannot be turned into image units
+    return gain, rn
+
+
+def _describe_inputs(a, img, psf, gain, rn) -> str:
+    msgs = [f"image {a.image} {img.data.shape[1]}x{img.data.shape[0]}", f"psf {psf!r}"]
+    if gain is not None:
+        msgs.append(f"gain {gain:g} e-/unit")
+    if rn is not None:
+        msgs.append(f"read noise {rn:g} e-")
+    if img.bunit:
+        msgs.append(f"BUNIT {img.bunit}")
+    return "jaxphot: " + ", ".join(msgs)
+
+
+def _write_outputs(a, res, img, psf, out: Path) -> None:
+    """The catalog (with the image's units and provenance), then the residual and model images."""
     import numpy as np
 
+    from ..io import write_catalog, write_image
+
+    t = res.table
+    if img.bunit:
+        t["flux_fit"].unit = t["flux_err"].unit = t["flux_init"].unit = f"{img.bunit} pix"
+        t.meta["bunit"] = img.bunit
+    t.meta.update(image=str(a.image), hdu=str(img.hdu), psf=repr(psf))
+    write_catalog(t, out)
+    n_flag = int(np.count_nonzero(t["flags"]))
+    print(
+        f"jaxphot: {len(t)} stars ({n_flag} flagged), {t.meta['n_iterations']} iterations, "
+        f"{t.meta['elapsed_s']:.1f} s -> {out}",
+        file=sys.stderr,
+    )
+    for path, data, what in ((a.residual, res.residual, "residual"), (a.model, res.model, "model")):
+        if path:
+            write_image(path, data, img.header)
+            print(f"jaxphot: {what} image -> {path}", file=sys.stderr)
+
+
+def _cmd_photometry(a) -> int:
     from ..image.pipeline import photometry
-    from ..io import read_image, write_catalog, write_image
+    from ..io import read_image
 
     img = read_image(a.image, a.hdu)
     shape = img.data.shape
@@ -149,18 +190,8 @@ def _cmd_photometry(a) -> int:
         psf = _auto_psf(img.data, mask, a.oversampling)
     else:
         psf = _psf_from_spec(a.psf, a.oversampling)
-    gain = a.gain if a.gain is not None else img.gain
-    rn = a.read_noise if a.read_noise is not None else img.read_noise
-    if rn is not None and gain is None and error is None:
-        rn = None  # read noise alone (without a gain) cannot be turned into image units
-    msgs = [f"image {a.image} {shape[1]}x{shape[0]}", f"psf {psf!r}"]
-    if gain is not None:
-        msgs.append(f"gain {gain:g} e-/unit")
-    if rn is not None:
-        msgs.append(f"read noise {rn:g} e-")
-    if img.bunit:
-        msgs.append(f"BUNIT {img.bunit}")
-    print("jaxphot: " + ", ".join(msgs), file=sys.stderr)
+    gain, rn = _noise(a, img, error)
+    print(_describe_inputs(a, img, psf, gain, rn), file=sys.stderr)
     res = photometry(
         img.data,
         psf,
@@ -176,26 +207,7 @@ def _cmd_photometry(a) -> int:
         progress=not a.no_progress and sys.stderr.isatty(),
         return_images=True,
     )
-    t = res.table
-    if img.bunit:
-        t["flux_fit"].unit = t["flux_err"].unit = t["flux_init"].unit = f"{img.bunit} pix"
-        t.meta["bunit"] = img.bunit
-    t.meta["image"] = str(a.image)
-    t.meta["hdu"] = str(img.hdu)
-    t.meta["psf"] = repr(psf)
-    write_catalog(t, out)
-    n_flag = int(np.count_nonzero(t["flags"]))
-    print(
-        f"jaxphot: {len(t)} stars ({n_flag} flagged), {t.meta['n_iterations']} iterations, "
-        f"{t.meta['elapsed_s']:.1f} s -> {out}",
-        file=sys.stderr,
-    )
-    if a.residual:
-        write_image(a.residual, res.residual, img.header)
-        print(f"jaxphot: residual image -> {a.residual}", file=sys.stderr)
-    if a.model:
-        write_image(a.model, res.model, img.header)
-        print(f"jaxphot: model image -> {a.model}", file=sys.stderr)
+    _write_outputs(a, res, img, psf, out)
     return 0
 
 
@@ -241,7 +253,7 @@ def main(argv=None) -> int:
         return 2
     try:
         commands = {"photometry": _cmd_photometry, "demo": _cmd_demo, "epsf": _cmd_epsf,
-                    "batch": _cmd_batch}
+                    "batch": run_batch_cli}
         return commands[a.command](a)
     except (CLIError, ValueError, FileNotFoundError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

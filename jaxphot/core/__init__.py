@@ -9,11 +9,13 @@
 ``fisher``
     The exact Cramer-Rao bound from the Fisher information.
 ``batching``
-    Buckets, padding, chunks and the one chunk runner.
+    Buckets, padding, chunks and :func:`~jaxphot.core.batching.map_chunks`, which runs them.
 ``fit``
-    :func:`fit_cutouts` and :class:`FitResult`: validation, noise model, chunks, the result.
+    :func:`fit_cutouts` and :class:`FitResult`: validation, noise model, the rows to solve as a
+    :class:`~jaxphot.core.fit.FitJob` and the chunk runner, the result.
 ``flags``, ``config``, ``pytree``
-    Quality flags; process-wide JAX settings (explicit); the pytree class decorator.
+    Quality flags; process-wide JAX settings (explicit); the ``@pytree`` decorator that makes
+    annotated classes immutable pytrees (``static()`` fields are compile-time metadata).
 """
 
 from __future__ import annotations

@@ -10,20 +10,22 @@ A per-cutout PSF (a spatially varying PSF evaluated at every cutout, ``batch_siz
 array leaves with a trailing batch axis) is sliced along with the rows (:func:`slice_psf`).
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Int, Shaped
 
 __all__ = [
-    "MIN_BUCKET", "default_chunk_size", "default_threads", "bucket", "chunks", "pad",
+    "MIN_BUCKET", "default_chunk_size", "default_threads", "bucket", "chunks", "pad", "unpad",
     "map_chunks", "concat_trees", "psf_batch_size", "slice_psf", "take_psf", "scatter_rows",
 ]
 
@@ -48,7 +50,7 @@ def bucket(n: int, chunk: int) -> int:
     return min(chunk, max(MIN_BUCKET, 1 << max(0, math.ceil(math.log2(max(n, 1))))))
 
 
-def chunks(n: int, chunk: int):
+def chunks(n: int, chunk: int) -> Iterator[tuple[int, int, int]]:
     """Yield (start, stop, padded_size) covering range(n)."""
     start = 0
     while start < n:
@@ -57,12 +59,17 @@ def chunks(n: int, chunk: int):
         start = stop
 
 
-def pad(a: np.ndarray, size: int, fill) -> np.ndarray:
+def pad(a: Shaped[np.ndarray, " n *rest"], size: int, fill) -> Shaped[np.ndarray, " size *rest"]:
     """``a`` with rows of ``fill`` appended up to ``size`` rows."""
     if a.shape[0] == size:
         return a
     extra = np.full((size - a.shape[0],) + a.shape[1:], fill, dtype=a.dtype)
     return np.concatenate([a, extra])
+
+
+def unpad(tree, n: int):
+    """The first ``n`` rows of every leaf of a padded chunk's result, as numpy."""
+    return jax.tree_util.tree_map(lambda v: np.asarray(v)[:n], tree)
 
 
 def map_chunks(fn: Callable[[T], R], jobs: Sequence[T], threads: int | None = None) -> list[R]:
@@ -93,7 +100,7 @@ def psf_batch_size(psf) -> int | None:
     return getattr(psf, "batch_size", None)
 
 
-def slice_psf(psf, start, stop, size):
+def slice_psf(psf, start: int, stop: int, size: int):
     """Rows start:stop of a batched PSF, padded to ``size`` by repeating the last row."""
     if psf_batch_size(psf) is None:
         return psf
@@ -106,14 +113,15 @@ def slice_psf(psf, start, stop, size):
     return jax.tree_util.tree_map(cut, psf)
 
 
-def take_psf(psf, idx):
+def take_psf(psf, idx: Int[np.ndarray, " M"]):
     """Rows ``idx`` of a batched PSF (identity for an ordinary PSF)."""
     if psf_batch_size(psf) is None:
         return psf
     return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[..., idx], psf)
 
 
-def scatter_rows(full, idx, part):
+def scatter_rows(full: Shaped[np.ndarray, " N *rest"], idx: Int[np.ndarray, " M"],
+                 part: Shaped[np.ndarray, " M *rest"]) -> Shaped[np.ndarray, " N *rest"]:
     """A copy of ``full`` with rows ``idx`` replaced by ``part``."""
     out = np.array(full, copy=True)
     out[idx] = part

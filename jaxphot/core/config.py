@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jaxtyping import ArrayLike
 
 __all__ = ["enable_compilation_cache", "default_dtype"]
 
@@ -44,7 +45,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     return target
 
 
-def default_dtype(like=None):
+def default_dtype(like: ArrayLike | None = None) -> type:
     """float64 when JAX's x64 mode is on and ``like`` is float64 (or None); else float32."""
     if not jax.config.jax_enable_x64:
         return np.float32

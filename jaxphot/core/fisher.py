@@ -7,6 +7,7 @@ of a parameter is ``sqrt((F^-1)_jj)``. Used by :func:`jaxphot.core.fit.fit_cutou
 ``*_crlb`` columns and by :mod:`jaxphot.theory` for exposure planning.
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import functools
@@ -15,10 +16,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from . import scene
 from .batching import bucket, map_chunks, pad, slice_psf
 from .config import default_dtype
+from .params import n_params, n_stars
+from .scene import PSFModel
 from .solve import covariance, decouple_fixed, normal_matrix
 
 __all__ = ["fisher_crlb"]
@@ -26,10 +30,11 @@ __all__ = ["fisher_crlb"]
 _MAX_CHUNK = 512  # stars per compiled Fisher call (bounds memory for large PRFs)
 
 
-
-
 @functools.partial(jax.jit, static_argnames=("shape",))
-def _fisher_chunk(psf, p, free, var0, inv_gain, extra, valid, shape):
+def _fisher_chunk(psf: PSFModel, p: Float[Array, " N P"], free: Bool[Array, " N P"],
+                  var0: Float[ArrayLike, ""], inv_gain: Float[ArrayLike, ""],
+                  extra: Float[Array, " N H W"], valid: Bool[Array, " N H W"],
+                  shape: tuple[int, int]) -> Float[Array, " N P"]:
     """CRLB of every parameter, batch-first in and out: p, free (N, P); extra, valid (N, H, W)."""
     last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
     pl = last(p)  # (P, N): the scene model is batch-last
@@ -47,28 +52,39 @@ def _fisher_chunk(psf, p, free, var0, inv_gain, extra, valid, shape):
     return out.T  # (N, P)
 
 
+def _sky_and_valid(sky, mask, shape: tuple[int, int, int]):
+    """``(extra counts, valid pixels)`` as (N, H, W) views: the unmodelled sky and ~mask."""
+    n, h, w = shape
+    extra = np.zeros((1, h, w)) if sky is None else np.asarray(sky, np.float64)
+    if extra.ndim == 1:
+        extra = extra[:, None, None]  # one level per cutout
+    extra = np.broadcast_to(extra, shape)
+    valid = np.ones(shape, bool) if mask is None else ~np.broadcast_to(np.asarray(mask, bool), shape)
+    return extra, valid
+
+
 def fisher_crlb(
-    psf,
-    params,
-    shape,
-    free=None,
+    psf: PSFModel,
+    params: Float[ArrayLike, " N P"],
+    shape: tuple[int, int],
+    free: Bool[ArrayLike, " *N P"] | None = None,
     read_noise: float = 0.0,
     gain: float = 1.0,
-    sky=None,
-    mask=None,
+    sky: Float[ArrayLike, " ..."] | None = None,
+    mask: Bool[ArrayLike, " ..."] | None = None,
     chunk_size: int | None = None,
-) -> np.ndarray:
+) -> Float[np.ndarray, " N P"]:
     """Exact Cramer-Rao lower bound of every packed parameter, from the Fisher information.
 
     Parameters
     ----------
     psf : PSF model
-        The model that was (or will be) fitted, e.g. a :class:`~jaxphot.detector.DetectorPRF`.
+        The model that was (or will be) fitted, e.g. a :class:`~jaxphot.psf.DetectorPRF`.
         A per-cutout PSF (array leaves with a trailing batch axis of length N, ``batch_size``
         attribute) is sliced along with the parameters.
     params : (N, P) array
         Packed parameters ``[B0, Bx, By, F_1..F_K, x_1..x_K, y_1..y_K]`` (see
-        :mod:`jaxphot.scene`), in ADU, at which the bound is evaluated (truth for planning,
+        :mod:`jaxphot.core.params`), in ADU, at which the bound is evaluated (truth for planning,
         the fitted values for the catalogue columns). Rows with non-finite values give NaN.
     shape : (H, W)
         Cutout shape in pixels.
@@ -98,7 +114,7 @@ def fisher_crlb(
     if params.ndim == 1:
         params = params[None]
     n, n_par = params.shape
-    if (n_par - 3) % 3:
+    if n_par != n_params(n_stars(params.T)):
         raise ValueError(f"params must have 3 + 3K columns, got {n_par}")
     h, w = (int(a) for a in shape)
     g = float(gain)
@@ -107,11 +123,7 @@ def fisher_crlb(
     fr = np.ones((n, n_par), bool) if free is None else np.broadcast_to(np.asarray(free, bool), (n, n_par))
     finite = np.all(np.isfinite(params), axis=1)
     dtype = default_dtype(params)
-    extra = np.zeros((1, h, w)) if sky is None else np.asarray(sky, np.float64)
-    if extra.ndim == 1:
-        extra = extra[:, None, None]  # one level per cutout
-    extra = np.broadcast_to(extra, (n, h, w))
-    valid = np.ones((n, h, w), bool) if mask is None else ~np.broadcast_to(np.asarray(mask, bool), (n, h, w))
+    extra, valid = _sky_and_valid(sky, mask, (n, h, w))
     var0 = np.asarray((float(read_noise) / g) ** 2, dtype)
     inv_gain = np.asarray(1.0 / g, dtype)
     size = bucket(n, int(chunk_size or _MAX_CHUNK))  # one padded shape: few compilations
@@ -139,5 +151,3 @@ def fisher_crlb(
     out = np.concatenate(map_chunks(run, spans)) if n else np.empty((0, n_par))
     out[~finite] = np.nan
     return out
-
-

@@ -1,11 +1,16 @@
 """Batched PSF fitting of star cutouts: :func:`fit_cutouts`.
 
-This is the shell around the pure core (:mod:`jaxphot.scene`, :mod:`jaxphot.solve`): it validates
-input, builds the noise model, pads the batch to a few bucket sizes (so a new N does not recompile),
-runs fixed-size chunks through one jitted, vmapped solver (so memory is bounded for any N), and
-returns a :class:`FitResult` whose :meth:`~FitResult.to_table` gives one row per star.
+This is the shell around the pure core (:mod:`jaxphot.core.scene`, :mod:`jaxphot.core.solve`):
+it validates input, builds the noise model, pads the batch to a few bucket sizes (so a new N
+does not recompile), runs fixed-size chunks through one jitted solver (so memory is bounded for
+any N), and returns a :class:`FitResult` whose :meth:`~FitResult.to_table` gives one row per star.
+
+The rows to solve travel as a :class:`FitJob`; a chunk runner (:func:`thread_runner`, or the
+sharded one of :mod:`jaxphot.scale.sharding` set in :data:`chunk_runner`) cuts it into padded
+spans (:meth:`FitJob.span`) and runs each through :func:`solve_chunk`.
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import contextvars
@@ -13,12 +18,13 @@ import dataclasses
 import functools
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from . import params, scene
 from .batching import (
@@ -31,28 +37,41 @@ from .batching import (
     scatter_rows,
     slice_psf,
     take_psf,
+    unpad,
 )
 from .config import default_dtype, enable_compilation_cache
 from .fisher import fisher_crlb
 from .flags import FitFlag
-from .solve import LAMBDA0, levenberg_marquardt
+from .scene import PSFModel
+from .solve import LAMBDA0, LMResult, levenberg_marquardt
 
 __all__ = ["fit_cutouts", "FitResult", "model_cutouts", "solve_chunk", "chunk_runner", "thread_runner",
-           "default_chunk_size", "default_threads"]
+           "FitJob", "Pixels", "default_chunk_size", "default_threads"]
 
-_BACKGROUNDS = ("plane", "constant", None)
-_FIXABLE = params.PARAM_NAMES  # the parameters that can be held fixed
-# The function that runs padded chunks through the solver. jaxphot.sharding.use_devices()
-# sets a multi-device runner here for the calling thread/context; None means thread_runner.
+# The function that runs a FitJob through the solver, ``runner(job, chunk, min_bucket=0)``.
+# jaxphot.scale.sharding.use_devices() sets a multi-device runner here for the calling
+# thread/context; None means thread_runner.
 chunk_runner: contextvars.ContextVar = contextvars.ContextVar("jaxphot_chunk_runner", default=None)
 
 _MAX_SHIFT = 1.0  # px per iteration
 _FIRST_PASS_ITER = 5  # ~80 % of problems converge by then; the rest are re-run together
 
 
+def _max_step(k: int, dtype) -> Float[Array, " P 1"]:
+    """Largest change per iteration: one pixel for positions (as DAOPHOT), no limit otherwise."""
+    step = np.full(params.n_params(k), np.inf)
+    step[params.block("x", k)] = step[params.block("y", k)] = _MAX_SHIFT
+    return jnp.asarray(step, dtype)[:, None]
+
+
 @functools.partial(jax.jit, static_argnames=("newton",))
-def solve_chunk(psf, data, var0, valid, p0, free, done0, lam0, it0, inv_gain, max_iter, step_tol,
-               newton=True):
+def solve_chunk(
+    psf: PSFModel, data: Float[Array, " N H W"], var0: Float[Array, " N H W"],
+    valid: Bool[Array, " N H W"], p0: Float[Array, " N P"], free: Bool[Array, " N P"],
+    done0: Bool[Array, " N"], lam0: Float[Array, " N"], it0: Int[Array, " N"],
+    inv_gain: Float[ArrayLike, ""], max_iter: Int[ArrayLike, ""], step_tol: Float[ArrayLike, ""],
+    newton: bool = True,
+) -> LMResult:
     """Solve one padded chunk: inputs batch-first (N, ...), solved batch-last, outputs batch-first.
 
     The compiled unit of the fit (one per cutout shape, K and PSF structure); the thread runner
@@ -61,20 +80,19 @@ def solve_chunk(psf, data, var0, valid, p0, free, done0, lam0, it0, inv_gain, ma
     shape = data.shape[1:]
     last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
     k = params.n_stars(p0.T)
-    # At most one pixel of motion per iteration for positions; fluxes and the plane are free.
-    max_step = jnp.concatenate([jnp.full(3 + k, jnp.inf), jnp.full(2 * k, _MAX_SHIFT)])
     res = levenberg_marquardt(
         lambda q: scene.linearize(psf, q, shape, order=2 if newton else 1),
         lambda q: scene.model_image(psf, q, shape),
         last(p0), last(data), last(var0), inv_gain, last(valid), last(free),
         max_iter=max_iter, step_tol=step_tol, done0=done0, lam0=lam0, it0=it0, newton=newton,
-        max_step=max_step.astype(p0.dtype)[:, None],
+        max_step=_max_step(k, p0.dtype),
     )
     return res._replace(p=res.p.T, cov=jnp.moveaxis(res.cov, -1, 0))
 
 
 @jax.jit
-def _model_chunk(psf, p, dummy):
+def _model_chunk(psf: PSFModel, p: Float[Array, " N P"],
+                 dummy: Float[Array, " 1 H W"]) -> Float[Array, " N H W"]:
     return jnp.moveaxis(scene.model_image(psf, p.T, dummy.shape[1:]), -1, 0)
 
 
@@ -87,26 +105,26 @@ class FitResult:
     centre; ``bkg_x``, ``bkg_y`` its slopes per pixel.
     """
 
-    x_init: np.ndarray
-    y_init: np.ndarray
-    flux_init: np.ndarray
-    x_fit: np.ndarray
-    y_fit: np.ndarray
-    flux_fit: np.ndarray
-    x_err: np.ndarray
-    y_err: np.ndarray
-    flux_err: np.ndarray
-    bkg: np.ndarray
-    bkg_x: np.ndarray
-    bkg_y: np.ndarray
-    bkg_err: np.ndarray
-    chi2: np.ndarray
-    dof: np.ndarray
-    n_iter: np.ndarray
-    flags: np.ndarray
-    active: np.ndarray
-    params: np.ndarray  # (N, P) packed solution, see jaxphot.scene
-    covariance: np.ndarray  # (N, P, P)
+    x_init: Float[np.ndarray, " N K"]
+    y_init: Float[np.ndarray, " N K"]
+    flux_init: Float[np.ndarray, " N K"]
+    x_fit: Float[np.ndarray, " N K"]
+    y_fit: Float[np.ndarray, " N K"]
+    flux_fit: Float[np.ndarray, " N K"]
+    x_err: Float[np.ndarray, " N K"]
+    y_err: Float[np.ndarray, " N K"]
+    flux_err: Float[np.ndarray, " N K"]
+    bkg: Float[np.ndarray, " N"]
+    bkg_x: Float[np.ndarray, " N"]
+    bkg_y: Float[np.ndarray, " N"]
+    bkg_err: Float[np.ndarray, " N"]
+    chi2: Float[np.ndarray, " N"]
+    dof: Int[np.ndarray, " N"]
+    n_iter: Int[np.ndarray, " N"]
+    flags: Int[np.ndarray, " N K"]
+    active: Bool[np.ndarray, " N K"]
+    params: Float[np.ndarray, " N P"]  # packed solution, see jaxphot.core.params
+    covariance: Float[np.ndarray, " N P P"]
     extra: dict = dataclasses.field(default_factory=dict)  # further (N, K) columns, e.g. CRLBs
 
     @property
@@ -135,7 +153,7 @@ class FitResult:
         return t
 
 
-def _as_stars(name: str, value, n: int) -> np.ndarray:
+def _as_stars(name: str, value, n: int) -> Float[np.ndarray, " N K"]:
     a = np.asarray(value, dtype=np.float64)
     if a.ndim == 0:
         a = np.full((n, 1), float(a))
@@ -148,7 +166,7 @@ def _as_stars(name: str, value, n: int) -> np.ndarray:
     return a
 
 
-def _broadcast_pixels(name, value, shape, dtype):
+def _broadcast_pixels(name: str, value, shape: tuple[int, int, int], dtype) -> np.ndarray:
     """A read-only broadcast view of ``value`` with the data's shape (no copy)."""
     try:
         return np.broadcast_to(np.asarray(value, dtype=dtype), shape)
@@ -158,17 +176,18 @@ def _broadcast_pixels(name, value, shape, dtype):
         ) from None
 
 
-@dataclasses.dataclass
-class _Pixels:
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pixels:
     """The per-pixel inputs of a fit, materialised one chunk at a time.
 
     ``error`` and ``mask`` may be broadcast views (a scalar error costs no memory). A pixel is
     valid when it is not masked, its datum is finite and its error is positive and finite.
+    Without an error map every pixel's model-independent variance is ``var_const``.
     """
 
-    data: np.ndarray
-    error: np.ndarray | None
-    mask: np.ndarray | None
+    data: Float[np.ndarray, " N H W"]
+    error: Float[np.ndarray, " N H W"] | None
+    mask: Bool[np.ndarray, " N H W"] | None
     var_const: float | None
     dtype: type
 
@@ -181,7 +200,8 @@ class _Pixels:
         user = np.zeros(d.shape, bool) if self.mask is None else self.mask[sel]
         return d, good & ~user, np.any(~user & ~good, axis=(1, 2))
 
-    def chunk(self, sel):
+    def chunk(self, sel) -> tuple[Float[np.ndarray, " n H W"], Float[np.ndarray, " n H W"],
+                                  Bool[np.ndarray, " n H W"]]:
         """``(data, var0, valid)`` for rows ``sel``, in the working dtype; invalid data zeroed."""
         d, valid, _ = self._valid(sel)
         clean = np.where(valid, d, 0).astype(self.dtype)
@@ -208,7 +228,8 @@ class _Pixels:
         return out
 
 
-def _masked_median(d, first, fallback):
+def _masked_median(d: Float[np.ndarray, " n H W"], first: Bool[np.ndarray, " n H W"],
+                   fallback: Bool[np.ndarray, " n H W"]) -> Float[np.ndarray, " n"]:
     """Median of ``d`` over ``first`` pixels per row, else over ``fallback``, else 0."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -219,27 +240,113 @@ def _masked_median(d, first, fallback):
     return np.where(np.isfinite(b), b, 0.0)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitJob:
+    """Rows of a fit for a chunk runner: what :func:`solve_chunk` needs besides the span.
+
+    Row arrays are (N, ...) in the working dtype. ``index`` maps the job's rows to rows of
+    ``pixels`` (None: the same rows), so a re-run of a few rows reads only their pixels; a
+    per-cutout ``psf`` (``batch_size`` attribute) has the job's N along its trailing axis.
+    """
+
+    psf: PSFModel
+    pixels: Pixels
+    p0: Float[np.ndarray, " N P"]
+    free: Bool[np.ndarray, " N P"]
+    done0: Bool[np.ndarray, " N"]  # rows not to solve (too few pixels)
+    lam0: Float[np.ndarray, " N"]  # starting damping
+    it0: Int[np.ndarray, " N"]  # iterations already done
+    inv_gain: Float[np.ndarray, ""]
+    step_tol: Float[np.ndarray, ""]
+    max_iter: int
+    newton: bool
+    index: Int[np.ndarray, " N"] | None = None
+
+    @classmethod
+    def first(cls, psf, pixels, p0, free, done0, *, inv_gain, step_tol, max_iter, newton) -> FitJob:
+        """A job from the start: damping :data:`~jaxphot.core.solve.LAMBDA0`, no iterations."""
+        n = p0.shape[0]
+        return cls(psf, pixels, p0, free, done0, np.full(n, LAMBDA0, p0.dtype), np.zeros(n, np.int32),
+                   inv_gain, step_tol, max_iter, newton)
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return self.p0.shape[0]
+
+    @property
+    def scalars(self) -> tuple:
+        """The trailing (replicated) arguments of :func:`solve_chunk`: 1/gain, cap, tolerance."""
+        return self.inv_gain, np.int32(self.max_iter), self.step_tol
+
+    def replace(self, **changes) -> FitJob:
+        """A copy with ``changes`` (field names as keywords)."""
+        return dataclasses.replace(self, **changes)
+
+    def subset(self, idx: Int[np.ndarray, " M"]) -> FitJob:
+        """The job of rows ``idx`` alone."""
+        return self.replace(
+            psf=take_psf(self.psf, idx), p0=self.p0[idx], free=self.free[idx],
+            done0=self.done0[idx], lam0=self.lam0[idx], it0=self.it0[idx],
+            index=idx if self.index is None else self.index[idx],
+        )
+
+    def span(self, start: int, stop: int, size: int) -> tuple[PSFModel, tuple[np.ndarray, ...]]:
+        """Rows ``start:stop`` padded to ``size`` rows: ``(psf, (data, var0, valid, p0, free,
+        done0, lam0, it0))``, the leading arguments of :func:`solve_chunk`.
+
+        Padding rows are done before they start (``done0``) on a zero image of unit variance.
+        """
+        sel = slice(start, stop) if self.index is None else self.index[start:stop]
+        data, var0, valid = self.pixels.chunk(sel)
+        rows = slice(start, stop)
+        arrays = (
+            pad(data, size, 0.0), pad(var0, size, 1.0), pad(valid, size, False),
+            pad(self.p0[rows], size, 0.0), pad(self.free[rows], size, False),
+            pad(self.done0[rows], size, True), pad(self.lam0[rows], size, 1.0),
+            pad(self.it0[rows], size, 0),
+        )
+        return slice_psf(self.psf, start, stop, size), arrays
+
+
+def thread_runner(job: FitJob, chunk: int, min_bucket: int = 0) -> LMResult:
+    """Run a job through :func:`solve_chunk` in padded chunks of ``chunk`` rows, on threads.
+
+    The default chunk runner (:data:`chunk_runner` unset). ``min_bucket`` is the smallest
+    padded size (a re-run uses the first pass's, so it needs no new compilation). Returns the
+    solver's result for every row, batch-first, as numpy.
+    """
+
+    def run(span):
+        start, stop, size = span
+        psf, arrays = job.span(start, stop, size)
+        return unpad(solve_chunk(psf, *arrays, *job.scalars, newton=job.newton), stop - start)
+
+    spans = [(a, b, max(size, min_bucket)) for a, b, size in chunks(job.n, chunk)]
+    return concat_trees(map_chunks(run, spans))
+
+
 def fit_cutouts(
-    data,
-    psf,
-    x,
-    y,
-    flux=None,
+    data: Float[ArrayLike, " N H W"],
+    psf: PSFModel,
+    x: Float[ArrayLike, " N *K"],
+    y: Float[ArrayLike, " N *K"],
+    flux: Float[ArrayLike, " N *K"] | None = None,
     *,
-    error=None,
-    mask=None,
+    error: Float[ArrayLike, " ..."] | None = None,
+    mask: Bool[ArrayLike, " ..."] | None = None,
     background: str | None = "plane",
     fixed: Iterable[str] = (),
     max_iter: int = 50,
     gain: float | None = None,
     read_noise: float | None = None,
-    bkg=None,
-    active=None,
+    bkg: Float[ArrayLike, " N"] | None = None,
+    active: Bool[ArrayLike, " N K"] | None = None,
     step_tol: float = 1e-3,
     scale_errors: bool = False,
     chunk_size: int | None = None,
     newton: bool = True,
-    origin=None,
+    origin: Float[ArrayLike, " N 2"] | None = None,
 ) -> FitResult:
     """Fit a PSF model to a batch of cutouts at once (Levenberg-Marquardt, vmapped).
 
@@ -304,6 +411,31 @@ def fit_cutouts(
         (see :class:`~jaxphot.FitFlag`).
     """
     enable_compilation_cache()  # on the first fit, never at import
+    data, xs, ys, act, fixed = _check_arguments(data, x, y, active, background, fixed, max_iter)
+    dtype = default_dtype(data)
+    error, var_const, inv_gain = _noise_model(error, gain, read_noise, data.shape)
+    if mask is not None:
+        mask = _broadcast_pixels("mask", mask, data.shape, bool)
+    pix = Pixels(data, error, mask, var_const, dtype)
+    n_valid, bad_pixels, b_med, total = pix.row_stats()
+    p0 = _starting_values(xs, ys, flux, bkg, act, b_med, total, n_valid)
+    free = params.free_mask(act, background, fixed)
+    n_free = free.sum(1)
+    too_few = n_valid < n_free + 1
+    psf = _psf_per_cutout(psf, origin, xs, ys)
+    job = FitJob.first(psf, pix, p0.astype(dtype), free, too_few, inv_gain=dtype(inv_gain),
+                       step_tol=dtype(step_tol), max_iter=max_iter, newton=newton)
+    res = _solve_all(job, int(chunk_size or default_chunk_size()))
+    unweighted = error is None and gain is None and read_noise is None
+    shape = data.shape[1:]
+    result = _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels, shape,
+                       scale_errors or unweighted)
+    _add_crlb(result, psf, free, shape, error, gain, read_noise, mask, unweighted, n_valid)
+    return result
+
+
+def _check_arguments(data, x, y, active, background, fixed, max_iter):
+    """``(data (N, H, W), x, y (N, K), active (N, K), fixed)`` checked, or a ValueError."""
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
@@ -311,9 +443,7 @@ def fit_cutouts(
         raise ValueError(f"data must have shape (N, H, W), got {data.shape}")
     if not np.issubdtype(data.dtype, np.number):
         raise ValueError(f"data must be numeric, got dtype {data.dtype}")
-    n, h, w = data.shape
-    dtype = default_dtype(data)
-
+    n = data.shape[0]
     xs, ys = _as_stars("x", x, n), _as_stars("y", y, n)
     if xs.shape != ys.shape:
         raise ValueError(f"x and y must have the same shape, got {xs.shape} and {ys.shape}")
@@ -324,37 +454,41 @@ def fit_cutouts(
     act = np.ones((n, k), bool) if active is None else np.asarray(active, bool)
     if act.shape != (n, k):
         raise ValueError(f"active must have shape {(n, k)}, got {act.shape}")
-    if background not in _BACKGROUNDS:
-        raise ValueError(f"background must be one of {_BACKGROUNDS}, got {background!r}")
-    fixed = tuple(fixed)
-    bad = [f for f in fixed if f not in _FIXABLE]
-    if bad:
-        raise ValueError(f"fixed may contain only {_FIXABLE}, got {bad}")
+    fixed = params.check_model(background, fixed)
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    return data, xs, ys, act, fixed
 
-    # Valid pixels and the noise model, built chunk by chunk (bounded memory for any N).
+
+def _noise_model(error, gain, read_noise, shape: tuple[int, int, int]):
+    """``(error view or None, constant variance or None, 1/gain)`` of the fit's noise model.
+
+    An error map is a fixed variance (no Poisson term); otherwise the variance is the read
+    noise's plus the model's Poisson term, or 1 (unweighted) when neither gain nor read noise
+    is given.
+    """
     if error is not None:
-        error = _broadcast_pixels("error", error, data.shape, None)
-        inv_gain, var_const = 0.0, None
-    else:
-        g = 1.0 if gain is None else float(gain)
-        if not (math.isfinite(g) and g > 0):
-            raise ValueError(f"gain must be a positive number of electrons/ADU, got {gain!r}")
-        rn = 0.0 if read_noise is None else float(read_noise)
-        if not (math.isfinite(rn) and rn >= 0):
-            raise ValueError(
-                f"read_noise must be a non-negative number of electrons, got {read_noise!r}"
-            )
-        unweighted = gain is None and read_noise is None
-        var_const = 1.0 if unweighted else (rn / g) ** 2
-        inv_gain = 0.0 if unweighted else 1.0 / g
-    if mask is not None:
-        mask = _broadcast_pixels("mask", mask, data.shape, bool)
-    pix = _Pixels(data, error, mask, var_const, dtype)
-    n_valid, bad_pixels, b_med, total = pix.row_stats()
+        return _broadcast_pixels("error", error, shape, None), None, 0.0
+    g = 1.0 if gain is None else float(gain)
+    if not (math.isfinite(g) and g > 0):
+        raise ValueError(f"gain must be a positive number of electrons/ADU, got {gain!r}")
+    rn = 0.0 if read_noise is None else float(read_noise)
+    if not (math.isfinite(rn) and rn >= 0):
+        raise ValueError(f"read_noise must be a non-negative number of electrons, got {read_noise!r}")
+    unweighted = gain is None and read_noise is None
+    var_const = 1.0 if unweighted else (rn / g) ** 2
+    inv_gain = 0.0 if unweighted else 1.0 / g
+    return None, var_const, inv_gain
 
-    # Starting values.
+
+def _starting_values(
+    xs: Float[np.ndarray, " N K"], ys: Float[np.ndarray, " N K"], flux, bkg,
+    act: Bool[np.ndarray, " N K"], b_med: Float[np.ndarray, " N"], total: Float[np.ndarray, " N"],
+    n_valid: Int[np.ndarray, " N"],
+) -> Float[np.ndarray, " N P"]:
+    """Packed float64 starting parameters: a flat background (the border median unless ``bkg``)
+    and fluxes (the background-subtracted sum split evenly unless ``flux``)."""
+    n, k = xs.shape
     b0 = b_med if bkg is None else _as_stars("bkg", bkg, n)[:, 0]
     if flux is None:
         total = total - b0 * n_valid  # background-subtracted sum of the valid pixels
@@ -366,95 +500,23 @@ def fit_cutouts(
         if not np.all(np.isfinite(f0[act])):
             raise ValueError("flux contains non-finite initial fluxes")
     f0 = np.where(act, f0, 0.0)
-    zeros = np.zeros(n)
-    p0 = np.concatenate([np.stack([b0, zeros, zeros], 1), f0, xs, ys], axis=1)
-
-    free = np.ones(p0.shape, bool)
-    if background is None:
-        free[:, :3] = False
-    elif background == "constant":
-        free[:, 1:3] = False
-    for name in fixed:
-        if name in ("bkg", "bkg_x", "bkg_y"):
-            free[:, _FIXABLE.index(name)] = False
-        else:
-            j = 3 + k * ("flux", "x", "y").index(name)
-            free[:, j : j + k] = False
-    inactive = ~np.concatenate([np.ones((n, 3), bool), act, act, act], axis=1)
-    free &= ~inactive
-    n_free = free.sum(1)
-    too_few = n_valid < n_free + 1
-
-    if hasattr(psf, "at"):
-        if origin is None:
-            raise ValueError("origin is required with a spatially varying psf (it has .at())")
-        org = np.asarray(origin, np.float64)
-        if org.shape != (n, 2):
-            raise ValueError(f"origin must have shape ({n}, 2), got {org.shape}")
-        psf = psf.at(org[:, 0] + xs[:, 0], org[:, 1] + ys[:, 0])
-    chunk = int(chunk_size or default_chunk_size())
-    rows = (p0.astype(dtype), free, too_few)
-    res = _solve_all(psf, pix, rows, dtype(inv_gain), max_iter, dtype(step_tol), chunk, newton)
-    unweighted = error is None and gain is None and read_noise is None
-    result = _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels,
-                       (h, w), k, scale_errors or unweighted)
-    _add_crlb(result, psf, free, (h, w), k, error, gain, read_noise, mask, unweighted, n_valid)
-    return result
+    return params.pack(b0, 0.0, 0.0, f0, xs, ys)
 
 
-def _add_crlb(result, psf, free, shape, k, error, gain, read_noise, mask, unweighted, n_valid):
-    """``flux_crlb, x_crlb, y_crlb``: the Cramer-Rao bound of the model that was fitted.
-
-    With the Poisson + read-noise model (or a given error map) the covariance at the solution is
-    already the inverse Fisher matrix at the fitted parameters, so the bound is its diagonal
-    (unscaled). With an error map *and* a known gain/read noise, the bound uses the Poisson
-    variance of the fitted model instead (:func:`jaxphot.theory.fisher_crlb`). An unweighted fit
-    has no noise model and no bound (NaN).
-    """
-    n = result.params.shape[0]
-    if unweighted:
-        crlb = np.full(result.params.shape, np.nan)
-    elif error is not None and (gain is not None or read_noise is not None):
-        crlb = fisher_crlb(psf, result.params, shape, free=free,
-                           read_noise=0.0 if read_noise is None else float(read_noise),
-                           gain=1.0 if gain is None else float(gain), mask=mask)
-    else:
-        var = np.einsum("npp->np", result.covariance)
-        crlb = np.sqrt(np.where(free, np.maximum(var, 0.0), 0.0))
-    crlb = np.where(np.isfinite(result.params).all(1, keepdims=True) & (n_valid > 0)[:, None],
-                    crlb, np.nan)
-    for name, j in (("flux_crlb", 3), ("x_crlb", 3 + k), ("y_crlb", 3 + 2 * k)):
-        result.extra[name] = crlb[:, j : j + k].reshape(n, k)
+def _psf_per_cutout(psf, origin, xs: Float[np.ndarray, " N K"], ys: Float[np.ndarray, " N K"]):
+    """``psf``, or for a spatially varying PSF (``.at``) the PSF at each cutout's first star."""
+    if not hasattr(psf, "at"):
+        return psf
+    n = xs.shape[0]
+    if origin is None:
+        raise ValueError("origin is required with a spatially varying psf (it has .at())")
+    org = np.asarray(origin, np.float64)
+    if org.shape != (n, 2):
+        raise ValueError(f"origin must have shape ({n}, 2), got {org.shape}")
+    return psf.at(org[:, 0] + xs[:, 0], org[:, 1] + ys[:, 0])
 
 
-def thread_runner(psf, pix, rows, state, inv_gain, max_iter, step_tol, chunk, newton,
-                  index=None, min_bucket=0):
-    """Run rows (all, or ``index``) through :func:`solve_chunk` in padded chunks, on threads.
-
-    The default chunk runner (:data:`chunk_runner` unset). ``rows`` is ``(p0, free, done0)``
-    and ``state`` ``(lam0, it0)``, all (N, ...) arrays; ``pix`` gives the pixel inputs of any
-    row selection. Returns the solver's result for every row, batch-first, as numpy.
-    """
-    n = rows[0].shape[0]
-
-    def run(span):
-        start, stop, size = span
-        sel = slice(start, stop) if index is None else index[start:stop]
-        pixels = pix.chunk(sel)
-        a = [pad(x, size, fill) for x, fill in zip(pixels, (0.0, 1.0, False), strict=True)]
-        a += [pad(x[start:stop], size, fill) for x, fill in zip(rows, (0.0, False, True),
-                                                                strict=True)]
-        lam0 = pad(state[0][start:stop], size, 1.0)
-        it0 = pad(state[1][start:stop], size, 0)
-        p = slice_psf(psf, start, stop, size)
-        r = solve_chunk(p, *a, lam0, it0, inv_gain, jnp.int32(max_iter), step_tol, newton=newton)
-        return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], r)
-
-    spans = [(a, b, max(size, min_bucket)) for a, b, size in chunks(n, chunk)]
-    return concat_trees(map_chunks(run, spans))
-
-
-def _solve_all(psf, pix, rows, inv_gain, max_iter, step_tol, chunk, newton):
+def _solve_all(job: FitJob, chunk: int) -> LMResult:
     """Solve every row: a first pass with a short iteration cap, then the stragglers together.
 
     Under batching, a chunk runs as long as its slowest member; for batches larger than one
@@ -462,23 +524,24 @@ def _solve_all(psf, pix, rows, inv_gain, max_iter, step_tol, chunk, newton):
     one hard star from holding thousands of easy ones. The re-run uses the same chunk size, so it
     needs no new compilation. Batches of at most one chunk run in a single pass.
     """
-    run_chunks = chunk_runner.get() or thread_runner
-    n = rows[0].shape[0]
-    state = (np.full(n, LAMBDA0, rows[0].dtype), np.zeros(n, np.int32))
-    first = min(max_iter, _FIRST_PASS_ITER) if n > chunk else max_iter
-    res = run_chunks(psf, pix, rows, state, inv_gain, first, step_tol, chunk, newton)
-    todo = ~res.converged & ~rows[2] & (res.n_iter < max_iter)
+    run_chunks: Callable[..., LMResult] = chunk_runner.get() or thread_runner
+    max_iter = job.max_iter
+    first = min(max_iter, _FIRST_PASS_ITER) if job.n > chunk else max_iter
+    res = run_chunks(job.replace(max_iter=first), chunk)
+    todo = ~res.converged & ~job.done0 & (res.n_iter < max_iter)
     if first < max_iter and np.any(todo):
         idx = np.nonzero(todo)[0]
-        sub = (res.p[idx], rows[1][idx], rows[2][idx])
-        again = run_chunks(take_psf(psf, idx), pix, sub, (res.lam[idx], res.n_iter[idx]),
-                            inv_gain, max_iter, step_tol, chunk, newton, index=idx,
-                            min_bucket=chunk)
+        rest = job.subset(idx).replace(p0=res.p[idx], lam0=res.lam[idx], it0=res.n_iter[idx])
+        again = run_chunks(rest, chunk, min_bucket=chunk)
         res = jax.tree_util.tree_map(lambda full, part: scatter_rows(full, idx, part), res, again)
     return res
 
 
-def _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels, shape, k, rescale):
+def _assemble(res: LMResult, p0: Float[np.ndarray, " N P"], act: Bool[np.ndarray, " N K"],
+              free: Bool[np.ndarray, " N P"], n_valid: Int[np.ndarray, " N"],
+              n_free: Int[np.ndarray, " N"], too_few: Bool[np.ndarray, " N"],
+              bad_pixels: Bool[np.ndarray, " N"], shape: tuple[int, int], rescale: bool) -> FitResult:
+    """The :class:`FitResult` of a solved batch: errors, flags, NaN for failed rows."""
     p = res.p.astype(np.float64)
     cov = np.asarray(res.cov, np.float64)
     var = np.einsum("npp->np", cov)
@@ -501,23 +564,49 @@ def _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels, shape, k
     err = np.where(free, err, np.where(np.isnan(err), np.nan, 0.0))
     chi2 = np.where(too_few, np.nan, chi2)
 
-    _, fl, xf, yf = (a.T for a in scene.unpack(p.T))
-    _, fe, xe, ye = (a.T for a in scene.unpack(err.T))
-    _, f0, x0, y0 = (a.T for a in scene.unpack(p0.T))
+    plane, fl, xf, yf = params.unpack_rows(p)
+    plane_err, fe, xe, ye = params.unpack_rows(err)
+    _, f0, x0, y0 = params.unpack_rows(p0)
     h, w = shape
     outside = (xf < -0.5) | (xf > w - 0.5) | (yf < -0.5) | (yf > h - 0.5)
     flags = cut_flags[:, None] | np.where(outside, FitFlag.OUTSIDE_CUTOUT, 0)
     return FitResult(
         x_init=x0, y_init=y0, flux_init=f0, x_fit=xf, y_fit=yf, flux_fit=fl,
         x_err=xe, y_err=ye, flux_err=fe,
-        bkg=p[:, 0], bkg_x=p[:, 1], bkg_y=p[:, 2], bkg_err=err[:, 0],
+        bkg=plane[:, 0], bkg_x=plane[:, 1], bkg_y=plane[:, 2], bkg_err=plane_err[:, 0],
         chi2=chi2, dof=dof, n_iter=np.asarray(res.n_iter), flags=flags.astype(np.int32),
         active=act, params=p, covariance=cov,
     )
 
 
-def model_cutouts(psf, params, shape, chunk_size: int | None = None) -> np.ndarray:
-    """Model images (N, H, W) for packed parameters ``params`` (N, 3+3K) (see :mod:`jaxphot.scene`)."""
+def _add_crlb(result: FitResult, psf: PSFModel, free: Bool[np.ndarray, " N P"], shape: tuple[int, int],
+              error, gain, read_noise, mask, unweighted: bool, n_valid: Int[np.ndarray, " N"]) -> None:
+    """``flux_crlb, x_crlb, y_crlb``: the Cramer-Rao bound of the model that was fitted.
+
+    With the Poisson + read-noise model (or a given error map) the covariance at the solution is
+    already the inverse Fisher matrix at the fitted parameters, so the bound is its diagonal
+    (unscaled). With an error map *and* a known gain/read noise, the bound uses the Poisson
+    variance of the fitted model instead (:func:`~jaxphot.core.fisher.fisher_crlb`). An unweighted fit
+    has no noise model and no bound (NaN).
+    """
+    if unweighted:
+        crlb = np.full(result.params.shape, np.nan)
+    elif error is not None and (gain is not None or read_noise is not None):
+        crlb = fisher_crlb(psf, result.params, shape, free=free,
+                           read_noise=0.0 if read_noise is None else float(read_noise),
+                           gain=1.0 if gain is None else float(gain), mask=mask)
+    else:
+        var = np.einsum("npp->np", result.covariance)
+        crlb = np.sqrt(np.where(free, np.maximum(var, 0.0), 0.0))
+    crlb = np.where(np.isfinite(result.params).all(1, keepdims=True) & (n_valid > 0)[:, None],
+                    crlb, np.nan)
+    _, flux, x, y = params.unpack_rows(crlb)
+    result.extra.update(flux_crlb=flux, x_crlb=x, y_crlb=y)
+
+
+def model_cutouts(psf: PSFModel, params: Float[ArrayLike, " N P"], shape: tuple[int, int],
+                  chunk_size: int | None = None) -> Float[np.ndarray, " N H W"]:
+    """Model images (N, H, W) for packed parameters ``params`` (N, 3+3K) (see :mod:`jaxphot.core.params`)."""
     params = np.asarray(params)
     chunk = int(chunk_size or default_chunk_size())
     dtype = default_dtype(params)

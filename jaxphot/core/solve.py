@@ -17,16 +17,19 @@ Steps are Marquardt-scaled by the diagonal of ``J^T W J``. Near the solution the
 positive definite: on faint stars Gauss-Newton alone converges only linearly.
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 __all__ = [
     "LMResult", "levenberg_marquardt", "cholesky_solve", "normal_matrix", "decouple_fixed",
-    "covariance",
+    "covariance", "LAMBDA0",
 ]
 
 LAMBDA0 = 1e-3
@@ -36,21 +39,25 @@ _NEWTON_STOP = 0.1  # sigma; see the convergence test in the loop
 
 
 class LMResult(NamedTuple):
-    """Outputs of :func:`levenberg_marquardt`; trailing batch axes as in the inputs."""
+    """Outputs of :func:`levenberg_marquardt`; trailing batch axes as in the inputs.
 
-    p: jax.Array  # (P, N) solution
-    cov: jax.Array  # (P, P, N) inverse of the undamped J^T W J at p; zero for fixed parameters
-    chi2: jax.Array  # (N,) weighted sum of squared residuals at p
-    n_iter: jax.Array  # (N,) iterations used
-    converged: jax.Array  # (N,) bool
-    singular: jax.Array  # (N,) bool: the covariance could not be formed
-    lam: jax.Array  # (N,) final damping, to continue a run
+    (The fit's runners turn them batch-first: ``p`` (N, P), ``cov`` (N, P, P).)
+    """
+
+    p: Float[Array, " P N"]  # solution
+    cov: Float[Array, " P P N"]  # inverse of the undamped J^T W J at p; zero for fixed parameters
+    chi2: Float[Array, " N"]  # weighted sum of squared residuals at p
+    n_iter: Int[Array, " N"]  # iterations used
+    converged: Bool[Array, " N"]
+    singular: Bool[Array, " N"]  # the covariance could not be formed
+    lam: Float[Array, " N"]  # final damping, to continue a run
 
 
 _UNROLL_MAX = 12  # parameters; above this (blends of 4+ stars) loops keep compilation short
 
 
-def cholesky_solve(a, b):
+def cholesky_solve(a: Float[Array, " P P *batch"],
+                   b: Float[Array, " P *rest"]) -> tuple[Float[Array, " P *rest"], Bool[Array, " *batch"]]:
     """Solve ``a x = b`` for small SPD matrices ``a`` (P, P, ...) by Cholesky factorisation.
 
     ``b`` is (P, ...) or (P, M, ...), broadcasting against the trailing batch axes of ``a``.
@@ -73,7 +80,8 @@ def cholesky_solve(a, b):
     return (x[:, 0] if vec else x), ok
 
 
-def _cholesky_unrolled(a, b):
+def _cholesky_unrolled(a: Float[Array, " P P *batch"],
+                       b: Float[Array, " P M *rest"]) -> tuple[Array, Bool[Array, " *batch"]]:
     p = a.shape[0]
     rows = jnp.arange(p).reshape((p,) + (1,) * (a.ndim - 2))
     cols, pivots = [], []
@@ -101,7 +109,8 @@ def _cholesky_unrolled(a, b):
     return jnp.stack(x, axis=0), ok
 
 
-def _cholesky_looped(a, b):
+def _cholesky_looped(a: Float[Array, " P P *batch"],
+                     b: Float[Array, " P M *rest"]) -> tuple[Array, Bool[Array, " *batch"]]:
     p = a.shape[0]
     b = jnp.broadcast_to(b, b.shape[: b.ndim - (a.ndim - 2)] + a.shape[2:])  # full batch
     idx = jnp.arange(p)
@@ -140,7 +149,8 @@ def _cholesky_looped(a, b):
     return x, ok
 
 
-def normal_matrix(jac, w):
+def normal_matrix(jac: Sequence[Float[Array, " H W *batch"]],
+                  w: Float[Array, " H W *batch"]) -> Float[Array, " P P *batch"]:
     """``J^T W J`` as (P, P, ...) from Jacobian rows ``jac`` (P of (H, W, ...)) and weights ``w``.
 
     Rows may be broadcastable (the plane rows are (H, W, 1)). Written as explicit symmetric
@@ -168,7 +178,8 @@ def normal_matrix(jac, w):
     )
 
 
-def decouple_fixed(a, free):
+def decouple_fixed(a: Float[Array, " P P *batch"],
+                   free: Bool[Array, " P *batch"]) -> Float[Array, " P P *batch"]:
     """Zero the rows/columns of fixed parameters of (P, P, ...) ``a`` and put 1 on their diagonal.
 
     Their Newton step is then exactly 0 and the matrix stays invertible.
@@ -179,7 +190,8 @@ def decouple_fixed(a, free):
     return jnp.where(both, a, 0.0) + jnp.where(eye & ~free[None, :], 1.0, 0.0)
 
 
-def covariance(a, free):
+def covariance(a: Float[Array, " P P *batch"],
+               free: Bool[Array, " P *batch"]) -> tuple[Float[Array, " P P *batch"], Bool[Array, " *batch"]]:
     """Covariance ``a^-1`` of the free parameters from a decoupled normal (Fisher) matrix.
 
     ``a`` is (P, P, ...) with fixed parameters decoupled (:func:`decouple_fixed`), ``free`` (P, ...).
@@ -200,7 +212,9 @@ def covariance(a, free):
     return cov, ~pd | jnp.any(bad, axis=0)
 
 
-def _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton):
+def _normal_equations(linearize: Callable, p: Float[Array, " P N"], data: Float[Array, " H W N"],
+                      var0: Float[Array, " H W N"], inv_gain: Float[ArrayLike, ""],
+                      valid: Bool[Array, " H W N"], free: Bool[Array, " P N"], newton: bool):
     """Gauss-Newton matrix, Newton matrix, gradient, chi^2 and weights at ``p``."""
     model, jac, curvature = linearize(p)
     var = var0 + inv_gain * jnp.maximum(model, 0.0)
@@ -218,15 +232,63 @@ def _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton):
     return a, h, g, chi2, w
 
 
-def _scale(a):
+def _scale(a: Float[Array, " P P *batch"]) -> Float[Array, " P *batch"]:
+    """Jacobi scaling ``1/sqrt(diag a)`` (1 where the diagonal is not positive)."""
     d = jnp.diagonal(a, axis1=0, axis2=1)  # (..., P)
     d = jnp.moveaxis(d, -1, 0)  # (P, ...)
     return jnp.where(d > 0, 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 1.0)
 
 
+def _damped_step(a: Float[Array, " P P N"], h: Float[Array, " P P N"], g: Float[Array, " P N"],
+                 lam: Float[Array, " N"], eye: Float[Array, " P P 1"], newton: bool,
+                 max_step: Float[Array, " P N"] | None):
+    """The Marquardt-scaled step, Newton's where its matrix is positive definite, shortened to
+    ``max_step``. Returns ``(step, scaled step, scaled gradient, used Newton)``."""
+    scale = _scale(a)
+    ss = scale[:, None] * scale[None, :]
+    gs = g * scale
+    step_s, _ = cholesky_solve(a * ss + lam * eye, gs)
+    used_newton = jnp.zeros(lam.shape, bool)
+    if newton:
+        step_nt, pd = cholesky_solve(h * ss + lam * eye, gs)
+        step_s = jnp.where(pd, step_nt, step_s)
+        used_newton = pd
+    step = step_s * scale
+    if max_step is not None:
+        over = jnp.max(jnp.abs(step) / max_step, axis=0)
+        shrink = 1.0 / jnp.maximum(over, 1.0)
+        step, step_s = step * shrink, step_s * shrink
+    return step, step_s, gs, used_newton
+
+
+def _verdict(step_s: Float[Array, " P N"], gs: Float[Array, " P N"], chi2: Float[Array, " N"],
+             chi2_try: Float[Array, " N"], p_try: Float[Array, " P N"], free: Bool[Array, " P N"],
+             lam: Float[Array, " N"], used_newton: Bool[Array, " N"], step_tol, eps):
+    """``(accept the step, the problem is done)`` after a trial step, each (N,) bool."""
+    # Converged when the step is below tolerance, or when the chi^2 decrease it promises is
+    # below what this precision can resolve. Such a step is taken without the chi^2 test:
+    # rejecting it would only inflate lambda.
+    floor = jnp.sum(step_s * gs, axis=0) < 16.0 * eps * jnp.maximum(chi2, 1.0)
+    small = (jnp.max(jnp.abs(jnp.where(free, step_s, 0.0)), axis=0) < step_tol) | floor
+    finite = jnp.isfinite(chi2_try) & jnp.all(jnp.isfinite(p_try), axis=0)
+    ok = finite & ((chi2_try < chi2) | small)
+    stalled = ~ok & (lam >= _LAMBDA_MAX)
+    # Newton converges quadratically: after an undamped Newton step of < 0.1 sigma the next
+    # one would be < ~0.01 sigma, so there is no need to take it.
+    newton_close = used_newton & (lam < 1e-2) & (
+        jnp.max(jnp.abs(jnp.where(free, step_s, 0.0)), axis=0) < _NEWTON_STOP
+    )
+    now_done = (ok & (small | newton_close) & (lam < 1.0)) | stalled | ~jnp.isfinite(chi2)
+    return ok, now_done
+
+
 def levenberg_marquardt(
-    linearize, model_fn, p0, data, var0, inv_gain, valid, free, *, max_iter, step_tol,
-    done0, lam0=None, it0=None, newton=True, max_step=None,
+    linearize: Callable, model_fn: Callable[[Array], Float[Array, " H W N"]],
+    p0: Float[Array, " P N"], data: Float[Array, " H W N"], var0: Float[Array, " H W N"],
+    inv_gain: Float[ArrayLike, ""], valid: Bool[Array, " H W N"], free: Bool[Array, " P N"], *,
+    max_iter: Int[ArrayLike, ""], step_tol: Float[ArrayLike, ""], done0: Bool[Array, " N"],
+    lam0: Float[Array, " N"] | None = None, it0: Int[Array, " N"] | None = None,
+    newton: bool = True, max_step: Float[Array, " P N"] | None = None,
 ) -> LMResult:
     """Minimise chi^2 for a batch of problems at once.
 
@@ -273,37 +335,12 @@ def levenberg_marquardt(
         p, lam, it, done = state
         active = ~done & (it < max_iter)
         a, h, g, chi2, w = _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton)
-        scale = _scale(a)
-        ss = scale[:, None] * scale[None, :]
-        gs = g * scale
-        step_s, _ = cholesky_solve(a * ss + lam * eye, gs)
-        used_newton = jnp.zeros(lam.shape, bool)
-        if newton:
-            step_nt, pd = cholesky_solve(h * ss + lam * eye, gs)
-            step_s = jnp.where(pd, step_nt, step_s)
-            used_newton = pd
-        step = step_s * scale
-        if max_step is not None:
-            over = jnp.max(jnp.abs(step) / max_step, axis=0)
-            shrink = 1.0 / jnp.maximum(over, 1.0)
-            step, step_s = step * shrink, step_s * shrink
+        step, step_s, gs, used_newton = _damped_step(a, h, g, lam, eye, newton, max_step)
         p_try = p + step
         r_try = jnp.where(valid, data - model_fn(p_try), 0.0)
         chi2_try = jnp.sum(w * r_try * r_try, axis=(0, 1))
-        # Converged when the step is below tolerance, or when the chi^2 decrease it promises is
-        # below what this precision can resolve. Such a step is taken without the chi^2 test:
-        # rejecting it would only inflate lambda.
-        floor = jnp.sum(step_s * gs, axis=0) < 16.0 * eps * jnp.maximum(chi2, 1.0)
-        small = (jnp.max(jnp.abs(jnp.where(free, step_s, 0.0)), axis=0) < step_tol) | floor
-        finite = jnp.isfinite(chi2_try) & jnp.all(jnp.isfinite(p_try), axis=0)
-        ok = finite & ((chi2_try < chi2) | small)
-        stalled = ~ok & (lam >= _LAMBDA_MAX)
-        # Newton converges quadratically: after an undamped Newton step of < 0.1 sigma the next
-        # one would be < ~0.01 sigma, so there is no need to take it.
-        newton_close = used_newton & (lam < 1e-2) & (
-            jnp.max(jnp.abs(jnp.where(free, step_s, 0.0)), axis=0) < _NEWTON_STOP
-        )
-        now_done = (ok & (small | newton_close) & (lam < 1.0)) | stalled | ~jnp.isfinite(chi2)
+        ok, now_done = _verdict(step_s, gs, chi2, chi2_try, p_try, free, lam, used_newton,
+                                step_tol, eps)
         p = jnp.where(active & ok, p_try, p)
         new_lam = jnp.where(ok, jnp.maximum(lam * 0.1, _LAMBDA_MIN), lam * 10.0)
         lam = jnp.where(active, new_lam, lam)

@@ -8,14 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..psf.kernels import bspline3
+
 _TAPS = np.arange(-1, 3)  # the 4 B-spline taps around floor(q)
-
-
-def _bspline3(t):
-    at = jnp.abs(t)
-    near = 2.0 / 3.0 - at * at + 0.5 * at * at * at
-    far = (2.0 - at) ** 3 / 6.0
-    return jnp.where(at <= 1.0, near, jnp.where(at < 2.0, far, 0.0))
 
 
 def _axis_taps(pos, n_pix: int, n_arr: int, s: int):
@@ -27,7 +22,7 @@ def _axis_taps(pos, n_pix: int, n_arr: int, s: int):
     """
     q = s * (jnp.arange(n_pix, dtype=pos.dtype)[None, :] - pos[:, None]) + (n_arr - 1) / 2.0
     j = jnp.floor(q)[..., None] + _TAPS
-    w = _bspline3(q[..., None] - j)
+    w = bspline3(q[..., None] - j)
     inside = (j >= 0) & (j < n_arr)
     return jnp.clip(j, 0, n_arr - 1).astype(jnp.int32), jnp.where(inside, w, 0.0)
 

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import numpy as np
 from astropy.stats import mad_std
 
+from ..aperture import aperture_sums
+
 
 class ApertureCorrection(NamedTuple):
     """Ratio of large-aperture to PSF-fitted fluxes of the PSF stars (see :func:`aperture_correction`).
@@ -90,8 +92,6 @@ def aperture_correction(
     ValueError
         Bad radii, arrays of different lengths, or no usable star.
     """
-    from ..aperture import aperture_sums
-
     img = np.asarray(image, np.float64)
     x, y, flux = (np.atleast_1d(np.asarray(a, np.float64)) for a in (x, y, flux))
     if not (x.shape == y.shape == flux.shape and x.ndim == 1):

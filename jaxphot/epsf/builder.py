@@ -51,6 +51,7 @@ star's border variance and ``1/gain`` is estimated from the residuals when ``gai
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +59,7 @@ from astropy.stats import mad_std
 from astropy.table import Table
 
 from ..core.fit import fit_cutouts
+from ..image.cutouts import extract_cutouts
 from ..psf import DiscretePSF, PolynomialPSF, poly_terms
 from ..psf.kernels import spline_samples
 from ..psf.varying import poly_scale
@@ -72,7 +74,7 @@ class EPSFWarning(UserWarning):
 
 
 # ----------------------------------------------------------------------------------------------
-# Star cutouts
+# Positions and the stars table
 
 
 class EPSFStars(Table):
@@ -84,20 +86,31 @@ class EPSFStars(Table):
     """
 
 
+#: The (x, y) column pairs looked for in a table of positions, in order.
+XY_COLUMNS = (
+    ("x_centroid", "y_centroid"),
+    ("x", "y"),
+    ("xcentroid", "ycentroid"),
+    ("x_fit", "y_fit"),
+    ("x_0", "y_0"),
+)
+
+
+def table_xy(table: Table, pairs=XY_COLUMNS):
+    """(x, y) float arrays (N,) from the first of the column ``pairs`` that ``table`` has, or None."""
+    for xn, yn in pairs:
+        if xn in table.colnames and yn in table.colnames:
+            return np.asarray(table[xn], float), np.asarray(table[yn], float)
+    return None
+
+
 def as_positions(positions) -> np.ndarray:
+    """(N, 2) float array of (x, y) pixel positions from an array or a table (:data:`XY_COLUMNS`)."""
     if isinstance(positions, Table):
-        for xn, yn in (
-            ("x_centroid", "y_centroid"),
-            ("x", "y"),
-            ("xcentroid", "ycentroid"),
-            ("x_fit", "y_fit"),
-            ("x_0", "y_0"),
-        ):
-            if xn in positions.colnames and yn in positions.colnames:
-                return np.stack(
-                    [np.asarray(positions[xn], float), np.asarray(positions[yn], float)], 1
-                )
-        raise ValueError(f"positions table has no x/y columns: {positions.colnames}")
+        xy = table_xy(positions)
+        if xy is None:
+            raise ValueError(f"positions table has no x/y columns: {positions.colnames}")
+        return np.stack(xy, 1)
     p = np.asarray(positions, np.float64)
     if p.ndim != 2 or p.shape[1] != 2:
         raise ValueError(f"positions must have shape (N, 2) as (x, y) pairs, got {p.shape}")
@@ -105,6 +118,7 @@ def as_positions(positions) -> np.ndarray:
 
 
 def odd_shape(shape) -> tuple[int, int]:
+    """``(h, w)`` (pixels) from an int or a pair; raises a ValueError unless both are odd and >= 5."""
     h, w = (shape, shape) if np.ndim(shape) == 0 else tuple(shape)
     h, w = int(h), int(w)
     if h < 5 or w < 5 or h % 2 == 0 or w % 2 == 0:
@@ -228,8 +242,8 @@ def build_epsf(
     -------
     psf : DiscretePSF or PolynomialPSF
         ``DiscretePSF(integrated=True)`` with samples summing to s^2 and origin at the array
-        centre (DESIGN.md) for ``degree = 0``; a :class:`~jaxphot.psf_grid.PolynomialPSF`
-        otherwise.
+        centre (``docs/conventions.md``, "Discrete PSFs") for ``degree = 0``; a
+        :class:`~jaxphot.psf_grid.PolynomialPSF` otherwise.
     stars : EPSFStars
         Only with ``return_stars=True``.
 
@@ -238,6 +252,44 @@ def build_epsf(
     ValueError
         Bad shapes or arguments, or fewer than ``min_stars`` usable stars (the message counts the
         stars dropped at the edge, with bad cores, saturated).
+    """
+    img, pos, s, (h, w), bad_img, err_img = _check_inputs(
+        image, positions, degree, oversampling, shape, smoothness, prior, normalize, mask, error
+    )
+    cut = _cut_stars(img, bad_img, err_img, pos, (h, w), saturation)
+    _check_enough(cut.status, min_stars)
+    degree = _settle_degree(degree, len(cut.idx))
+    if smoothness is None:  # (after the degree is settled)
+        smoothness = 1e-2 if (degree > 0 or prior == "lowpass") else 1e-3
+    sky, sky_var, flux = _rim_sky(cut.data, cut.valid)
+    if h != w:
+        raise ValueError(f"shape must be square for now, got {(h, w)}")
+    center, scale = poly_scale(img.shape)
+    pb = _Problem(
+        cut.data, cut.valid, cut.err, cut.org, sky, sky_var, s=s, n=s * max(h, w) + 1,
+        degree=degree, center=center, scale=scale,
+        inv_gain=None if gain is None else 1.0 / float(gain), smoothness=smoothness, prior=prior,
+        tol=tol, clip_sigma=clip_sigma, min_stars=min_stars, relax=relax,
+    )  # fmt: skip
+    fit = _iterate(pb, cut.xl, cut.yl, flux, maxiters)
+    apc = None
+    if aperture_radius is not None or normalize == "aperture":
+        r_ap = float(aperture_radius) if aperture_radius is not None else h / 2.0
+        apc = _aperture_correction(img, bad_img, err_img, pb, fit, r_ap, aperture_annulus)
+    norm = apc.value if normalize == "aperture" else 1.0
+    out = _result_psf(pb, fit.coeffs, norm)
+    if not return_stars:
+        return out
+    return out, _stars_table(pos, cut, pb, fit, apc, norm, normalize)
+
+
+def _check_inputs(image, positions, degree, oversampling, shape, smoothness, prior, normalize, mask,
+                  error):  # fmt: skip
+    """Validated :func:`build_epsf` inputs.
+
+    Returns ``img`` (H, W) float64, ``pos`` (N, 2) pixels, the oversampling ``s``, the cutout
+    shape ``(h, w)`` (pixels), ``bad_img`` (H, W) bool (NaN, masked, or bad ``error``) and
+    ``err_img`` ((H, W) 1-sigma errors, image units, or None).
     """
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
@@ -257,7 +309,6 @@ def build_epsf(
         raise ValueError(f"prior must be 'lowpass', 'moffat' or None, got {prior!r}")
     if normalize not in ("sum", "aperture"):
         raise ValueError(f"normalize must be 'sum' or 'aperture', got {normalize!r}")
-    H, W = img.shape
     bad_img = ~np.isfinite(img)
     if mask is not None:
         m = np.asarray(mask, bool)
@@ -268,8 +319,37 @@ def build_epsf(
     if error is not None:
         err_img = np.broadcast_to(np.asarray(error, np.float64), img.shape)
         bad_img = bad_img | ~(np.isfinite(err_img) & (err_img > 0))
+    return img, pos, s, (h, w), bad_img, err_img
 
-    # --- cutouts (vectorised) and the reasons stars are unusable
+
+# ----------------------------------------------------------------------------------------------
+# Star cutouts, their sky, and the stars left out
+
+
+@dataclass
+class _Cut:
+    """The cutouts of the M usable stars among N candidates, each ``(h, w)`` pixels.
+
+    ``status`` (N,): ``"used"`` or why a star is unusable; ``idx`` (M,): the usable stars' rows
+    of ``positions``; ``data`` (M, h, w) image units; ``valid`` (M, h, w) bool; ``err`` (M, h, w)
+    1-sigma errors (1 on invalid pixels) or None; ``org`` (M, 2) float, the image pixel (x, y) of
+    each cutout's pixel ``[0, 0]``; ``xl, yl`` (M,) the stars' positions in cutout pixels.
+    """
+
+    status: np.ndarray
+    idx: np.ndarray
+    data: np.ndarray
+    valid: np.ndarray
+    err: np.ndarray | None
+    org: np.ndarray
+    xl: np.ndarray
+    yl: np.ndarray
+
+
+def _cut_stars(img, bad_img, err_img, pos, shape, saturation) -> _Cut:
+    """Cutouts around the rounded positions (vectorised) and the reasons stars are unusable."""
+    h, w = shape
+    H, W = img.shape
     status = np.full(len(pos), "used", dtype=object)
     finite = np.all(np.isfinite(pos), axis=1)
     status[~finite] = "non-finite position"
@@ -278,61 +358,67 @@ def build_epsf(
     oy = np.rint(p[:, 1]).astype(int) - h // 2
     edge = (ox < 0) | (oy < 0) | (ox + w > W) | (oy + h > H)
     status[finite & edge] = "edge"
-    rows = np.clip(oy[:, None] + np.arange(h), 0, H - 1)
-    cols = np.clip(ox[:, None] + np.arange(w), 0, W - 1)
-    data = img[rows[:, :, None], cols[:, None, :]]
-    bad = bad_img[rows[:, :, None], cols[:, None, :]]
+    # edge stars are dropped: their cutouts are only there to keep the arrays rectangular
+    data = extract_cutouts(img, ox, oy, shape, mode="nearest")[0]
+    bad = extract_cutouts(bad_img, ox, oy, shape, mode="nearest")[0]
     cy, cx = h // 2, w // 2
     core_bad = bad[:, cy - 1 : cy + 2, cx - 1 : cx + 2].any(axis=(1, 2))
     status[(status == "used") & core_bad] = "bad core"
     if saturation is not None:
         sat = np.nanmax(np.where(bad, -np.inf, data), axis=(1, 2)) >= saturation
         status[(status == "used") & sat] = "saturated"
-    use = status == "used"
-    n_use = int(use.sum())
+    idx = np.nonzero(status == "used")[0]
+    valid = ~bad[idx]
+    err = None
+    if err_img is not None:
+        e = extract_cutouts(err_img, ox[idx], oy[idx], shape, mode="nearest")[0]
+        err = np.where(valid, e, 1.0)
+    org = np.stack([ox[idx], oy[idx]], 1).astype(np.float64)
+    return _Cut(status, idx, data[idx], valid, err, org, p[idx, 0] - org[:, 0], p[idx, 1] - org[:, 1])
+
+
+def _check_enough(status, min_stars: int) -> None:
+    """Warn about the stars left out; raise a ValueError when fewer than ``min_stars`` are left."""
+    n_use = int(np.sum(status == "used"))
     counts = {r: int(np.sum(status == r)) for r in set(status) if r != "used"}
     if counts:
         warnings.warn(
-            f"{sum(counts.values())} of {len(pos)} PSF stars dropped: "
+            f"{sum(counts.values())} of {len(status)} PSF stars dropped: "
             + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
             EPSFWarning,
-            stacklevel=2,
+            stacklevel=3,  # build_epsf's caller
         )
     if n_use < min_stars:
         why = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none dropped"
         raise ValueError(
-            f"too few usable PSF stars: {n_use} of {len(pos)} (need >= {min_stars}); dropped: {why}"
+            f"too few usable PSF stars: {n_use} of {len(status)} (need >= {min_stars}); dropped: {why}"
         )
-    n_terms = len(poly_terms(degree))
+
+
+def _settle_degree(degree: int, n_use: int) -> int:
+    """The variation degree, lowered (with a warning) until there are 8 stars per polynomial term."""
     while degree > 0 and n_use < 8 * len(poly_terms(degree)):
         new = degree - 1
         warnings.warn(
             f"only {n_use} usable PSF stars: spatial variation degree lowered from {degree} to "
             f"{new} (degree {degree} needs >= {8 * len(poly_terms(degree))})",
             EPSFWarning,
-            stacklevel=2,
+            stacklevel=3,  # build_epsf's caller
         )
         degree = new
-    n_terms = len(poly_terms(degree))
-    if smoothness is None:  # (after the degree is settled)
-        smoothness = 1e-2 if (degree > 0 or prior == "lowpass") else 1e-3
+    return degree
 
-    idx_use = np.nonzero(use)[0]
-    data = data[idx_use]
-    valid = ~bad[idx_use]
-    org = np.stack([ox[idx_use], oy[idx_use]], 1).astype(np.float64)
-    xl = p[idx_use, 0] - org[:, 0]
-    yl = p[idx_use, 1] - org[:, 1]
-    n_st = len(idx_use)
-    err_cut = None
-    if err_img is not None:
-        e = err_img[rows[:, :, None], cols[:, None, :]][idx_use]
-        err_cut = np.where(valid, e, 1.0)
 
-    # --- sky: median and MAD of each cutout's 2-pixel rim, held fixed. A free local background
-    # would be exactly degenerate with a pedestal under the ePSF (F_i * eps is absorbed by each
-    # star's own sky), so, as in DAOPHOT and Anderson & King, the sky comes from outside the
-    # PSF's core and the ePSF is whatever remains above it within the cutout.
+def _rim_sky(data, valid):
+    """Sky (M,) and sky variance (M,) of each cutout, and a first flux (M,) above it.
+
+    The sky is the median, its variance the squared MAD std, of each cutout's 2-pixel rim, held
+    fixed. A free local background would be exactly degenerate with a pedestal under the ePSF
+    (F_i * eps is absorbed by each star's own sky), so, as in DAOPHOT and Anderson & King, the
+    sky comes from outside the PSF's core and the ePSF is whatever remains above it within the
+    cutout.
+    """
+    n_st, h, w = data.shape
     border = np.zeros((h, w), bool)
     border[:2], border[-2:], border[:, :2], border[:, -2:] = True, True, True, True
     bvals = np.where(valid & border, data, np.nan).reshape(n_st, -1)
@@ -346,199 +432,289 @@ def build_epsf(
     sky_var = np.where(np.isfinite(sky_var) & (sky_var > 0), sky_var, floor)
     flux = np.sum(np.where(valid, data - sky[:, None, None], 0.0), axis=(1, 2))
     flux = np.maximum(flux, 1e-3 * np.max(np.abs(flux)) + 1e-30)
-    plane = np.stack([sky, np.zeros(n_st), np.zeros(n_st)], 1)
-    inv_gain = None if gain is None else 1.0 / float(gain)
+    return sky, sky_var, flux
 
-    n = s * max(h, w) + 1
-    if h != w:
-        raise ValueError(f"shape must be square for now, got {(h, w)}")
-    center, scale = poly_scale(img.shape)
-    gx_img, gy_img = org[:, 0] + xl, org[:, 1] + yl
-    yy, xx = np.mgrid[0:h, 0:w]
-    basis = np.stack([np.ones((h, w)), xx - (w - 1) / 2.0, yy - (h - 1) / 2.0])
-    coeffs = np.zeros((n_terms, n * n), np.float32)
-    star_ok = np.ones(n_st, bool)
-    pix_ok = valid.copy()
-    prev = None
-    chi2_red = np.full(n_st, np.nan)
-    template = DiscretePSF(np.ones((n, n)), s, integrated=True)
-    fwhm_px = None
-    it_done = 0
-    g_est = inv_gain
-    if err_cut is not None:
-        var = err_cut**2
+
+# ----------------------------------------------------------------------------------------------
+# The alternation: (b) ePSF update, (a) star fits, noise model and outliers
+
+
+@dataclass
+class _Problem:
+    """What the iterations hold fixed: M stars' cutouts ``(h, w)`` and the ePSF's layout.
+
+    ``data, valid, err, org`` as in :class:`_Cut`; ``sky, sky_var`` (M,) the rim level and its
+    variance (image units, units^2); ``s`` the oversampling and ``n = s h + 1`` the samples per
+    ePSF axis; ``center, scale`` (2,) the detector-position normalisation of the polynomial
+    terms (pixels); ``inv_gain`` 1 / gain (image units per electron) or None (estimated); the
+    rest are :func:`build_epsf`'s options. ``template`` is the degree-0 PSF whose coefficients
+    each star step replaces.
+    """
+
+    data: np.ndarray
+    valid: np.ndarray
+    err: np.ndarray | None
+    org: np.ndarray
+    sky: np.ndarray
+    sky_var: np.ndarray
+    s: int
+    n: int
+    degree: int
+    center: np.ndarray
+    scale: np.ndarray
+    inv_gain: float | None
+    smoothness: float
+    prior: str | None
+    tol: float
+    clip_sigma: float
+    min_stars: int
+    relax: float
+    template: DiscretePSF = field(init=False)
+
+    def __post_init__(self):
+        self.template = DiscretePSF(np.ones((self.n, self.n)), self.s, integrated=True)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[1:]
+
+    def image_xy(self, fit: _Fit) -> tuple[np.ndarray, np.ndarray]:
+        """The stars' image positions (M,) x, y (pixels)."""
+        return self.org[:, 0] + fit.xl, self.org[:, 1] + fit.yl
+
+    def amplitudes(self, fit: _Fit) -> np.ndarray:
+        """(T, M): each star's flux times each polynomial term at its position."""
+        gx_img, gy_img = self.image_xy(fit)
+        u = (gx_img - self.center[0]) / self.scale[0]
+        v = (gy_img - self.center[1]) / self.scale[1]
+        return np.stack([fit.flux * u**a * v**b for a, b in poly_terms(self.degree)])
+
+
+@dataclass
+class _Fit:
+    """The iterate, updated in place by the steps of :func:`_iterate` (M stars).
+
+    ``coeffs`` (T, n*n) float32 spline coefficients of the T polynomial terms; ``xl, yl`` (M,)
+    star positions in cutout pixels and ``flux`` (M,); ``var`` (M, h, w) pixel variances;
+    ``pix_ok, star_ok`` the pixels and stars used by the next ePSF update; ``chi2_red`` (M,);
+    ``g_est`` the 1 / gain in use; ``fwhm`` (pixels); ``samples`` the previous term-0 samples
+    (the convergence test); ``iterations`` done.
+    """
+
+    coeffs: np.ndarray
+    xl: np.ndarray
+    yl: np.ndarray
+    flux: np.ndarray
+    var: np.ndarray
+    pix_ok: np.ndarray
+    star_ok: np.ndarray
+    chi2_red: np.ndarray
+    g_est: float | None
+    fwhm: float | None = None
+    samples: np.ndarray | None = None
+    iterations: int = 0
+
+
+def _iterate(pb: _Problem, xl, yl, flux, maxiters: int) -> _Fit:
+    """Alternate the ePSF update and the star fits from the start positions and fluxes (M,)."""
+    n_st = len(pb.data)
+    if pb.err is not None:
+        var = pb.err**2
     else:
-        g0 = 0.0 if inv_gain is None else inv_gain
-        var = sky_var[:, None, None] + g0 * np.maximum(data - sky[:, None, None], 0.0)
+        g0 = 0.0 if pb.inv_gain is None else pb.inv_gain
+        var = pb.sky_var[:, None, None] + g0 * np.maximum(pb.data - pb.sky[:, None, None], 0.0)
+    fit = _Fit(
+        coeffs=np.zeros((len(poly_terms(pb.degree)), pb.n * pb.n), np.float32), xl=xl, yl=yl,
+        flux=flux, var=var, pix_ok=pb.valid.copy(), star_ok=np.ones(n_st, bool),
+        chi2_red=np.full(n_st, np.nan), g_est=pb.inv_gain,
+    )  # fmt: skip
     for it in range(maxiters):
-        it_done = it + 1
-        # ---- (b) ePSF update with the stars fixed
-        model_bkg = np.einsum("nk,khw->nhw", plane, basis)
-        wgt = np.where(pix_ok & star_ok[:, None, None], 1.0 / var, 0.0)
-        target = np.where(valid, data - model_bkg, 0.0)
-        u = (gx_img - center[0]) / scale[0]
-        v = (gy_img - center[1]) / scale[1]
-        amp = np.stack([flux * u**a * v**b for a, b in poly_terms(degree)])
-        # The first update has no iterate to fit a reference to: it smooths toward zero curvature.
-        c_ref = np.zeros_like(coeffs)
-        if prior == "moffat" and it > 0:
-            got = moffat_reference_terms(coeffs, n, s, degree)
-            if got is not None:
-                c_ref[: len(got)] = got
-        elif prior == "lowpass" and it > 0:
-            c_ref = lowpass_reference_terms(coeffs, n, s).astype(coeffs.dtype)
-        c_new, n_cg = solve_coeffs(
-            jnp.asarray(coeffs, jnp.float32),
-            jnp.asarray(c_ref, jnp.float32),
-            jnp.asarray(target.reshape(n_st, -1), jnp.float32),
-            jnp.asarray(wgt.reshape(n_st, -1), jnp.float32),
-            jnp.asarray(xl, jnp.float32),
-            jnp.asarray(yl, jnp.float32),
-            jnp.asarray(amp, jnp.float32),
-            jnp.float32(smoothness),
-            n=n,
-            s=s,
-            shape=(h, w),
-            max_cg=400 if it == 0 else 150,
-            cg_tol=jnp.float32(1e-5),
-        )
-        coeffs, fwhm_px = pin_psf(np.asarray(c_new), s, n, centre=True)
-        coeffs = coeffs.astype(np.float32)
-        s0 = spline_samples(coeffs[0].reshape(n, n), "bspline3")
-        change = np.inf if prev is None else np.max(np.abs(s0 - prev)) / s0.max()
-        prev = s0
-        if change < tol:
+        fit.iterations = it + 1
+        if _update_epsf(pb, fit, it) < pb.tol:
             break
-        # ---- (a) star fits with the ePSF fixed
-        if degree == 0:
-            psf = template.replace(coeffs=jnp.asarray(coeffs[0].reshape(n, n)))
-            kw = {}
-        else:
-            psf = PolynomialPSF(
-                np.stack([spline_samples(t.reshape(n, n), "bspline3") for t in coeffs]),
-                s,
-                degree,
-                center,
-                scale,
-            )
-            kw = {"origin": org}
-        fit_err = np.sqrt(var)
-        res = fit_cutouts(
-            data,
-            psf,
-            xl,
-            yl,
-            flux,
-            error=fit_err,
-            mask=~valid,
-            background=None,
-            max_iter=30,
-            bkg=sky,
-            **kw,
-        )
-        xf, yf, ff = res.x_fit[:, 0], res.y_fit[:, 0], res.flux_fit[:, 0]
-        good = (
-            np.isfinite(xf)
-            & np.isfinite(yf)
-            & np.isfinite(ff)
-            & (ff > 0)
-            & (np.abs(xf - (w - 1) / 2.0) < 1.5)
-            & (np.abs(yf - (h - 1) / 2.0) < 1.5)
-        )
-        # Over-relaxed position update. Undersampled data leave the ePSF's sharpness nearly
-        # degenerate with pixel-phase-dependent position errors (Anderson & King 2000), and plain
-        # alternation crawls along that valley; stepping past the fitted positions (omega < 2,
-        # still convergent) roughly halves the number of iterations.
-        om = 1.0 if it == 0 else relax
-        xl = np.where(good, xl + om * (xf - xl), xl)
-        yl = np.where(good, yl + om * (yf - yl), yl)
-        flux = np.where(good, ff, flux)
-        gx_img, gy_img = org[:, 0] + xl, org[:, 1] + yl
-
-        # ---- noise model, outlier pixels and stars, from the residuals
-        u = (gx_img - center[0]) / scale[0]
-        v = (gy_img - center[1]) / scale[1]
-        amp = np.stack([flux * u**a * v**b for a, b in poly_terms(degree)])
-        stars_model = np.asarray(
-            model_pixels(
-                jnp.asarray(coeffs),
-                jnp.asarray(xl, jnp.float32),
-                jnp.asarray(yl, jnp.float32),
-                jnp.asarray(amp, jnp.float32),
-                n=n,
-                s=s,
-                shape=(h, w),
-            )
-        ).reshape(n_st, h, w)
-        model = np.einsum("nk,khw->nhw", plane, basis) + stars_model
-        resid = np.where(valid, data - model, 0.0)
-        if err_cut is None:
-            g_inv = inv_gain
-            if g_inv is None:
-                # var - sky_var ~ model / gain: least squares on the pixels with signal
-                sel = valid & (stars_model > 3.0 * np.sqrt(sky_var)[:, None, None])
-                sel &= star_ok[:, None, None]
-                excess = resid**2 - sky_var[:, None, None]
-                num = np.sum(np.where(sel, excess * stars_model, 0.0))
-                den = np.sum(np.where(sel, stars_model**2, 0.0))
-                g_inv = max(num / den, 0.0) if den > 0 else 0.0
-            g_est = g_inv
-            var = sky_var[:, None, None] + g_inv * np.maximum(stars_model, 0.0)
-        zres = resid / np.sqrt(var)
-        pix_ok = valid & (np.abs(zres) <= clip_sigma)
-        dof = np.maximum(pix_ok.sum(axis=(1, 2)) - 6, 1)
-        chi2_red = np.sum(np.where(pix_ok, zres**2, 0.0), axis=(1, 2)) / dof
-        med = np.median(chi2_red[good])
-        spread = mad_std(chi2_red[good], axis=0, ignore_nan=True)
-        star_ok = good & (chi2_red <= max(med + 5.0 * spread, 1.5 * med))
-        if star_ok.sum() < min_stars:
-            star_ok = good
+        good = _fit_stars(pb, fit, it)
+        _update_noise(pb, fit, good)
     else:
-        it_done = maxiters
+        fit.iterations = maxiters
+    return fit
 
-    # ---- aperture correction from the used stars: large-aperture / fitted flux
-    apc = None
-    if aperture_radius is not None or normalize == "aperture":
-        r_ap = float(aperture_radius) if aperture_radius is not None else h / 2.0
-        apc = aperture_correction(
-            np.where(bad_img, np.nan, img),
-            gx_img[star_ok],
-            gy_img[star_ok],
-            flux[star_ok],
-            r_ap,
-            annulus=aperture_annulus,
-            mask=bad_img,
-            error=err_img,
-            gain=1.0 / g_est if g_est else None,
+
+def _reference(pb: _Problem, coeffs: np.ndarray, it: int) -> np.ndarray:
+    """(T, n*n) coefficients the smoothness penalty pulls toward (see ``prior``)."""
+    # The first update has no iterate to fit a reference to: it smooths toward zero curvature.
+    c_ref = np.zeros_like(coeffs)
+    if pb.prior == "moffat" and it > 0:
+        got = moffat_reference_terms(coeffs, pb.n, pb.s, pb.degree)
+        if got is not None:
+            c_ref[: len(got)] = got
+    elif pb.prior == "lowpass" and it > 0:
+        c_ref = lowpass_reference_terms(coeffs, pb.n, pb.s).astype(coeffs.dtype)
+    return c_ref
+
+
+def _update_epsf(pb: _Problem, fit: _Fit, it: int) -> float:
+    """(b) The ePSF update with the stars fixed; returns the largest sample change over the peak."""
+    n_st = len(pb.data)
+    wgt = np.where(fit.pix_ok & fit.star_ok[:, None, None], 1.0 / fit.var, 0.0)
+    target = np.where(pb.valid, pb.data - pb.sky[:, None, None], 0.0)
+    c_new, _ = solve_coeffs(
+        jnp.asarray(fit.coeffs, jnp.float32),
+        jnp.asarray(_reference(pb, fit.coeffs, it), jnp.float32),
+        jnp.asarray(target.reshape(n_st, -1), jnp.float32),
+        jnp.asarray(wgt.reshape(n_st, -1), jnp.float32),
+        jnp.asarray(fit.xl, jnp.float32),
+        jnp.asarray(fit.yl, jnp.float32),
+        jnp.asarray(pb.amplitudes(fit), jnp.float32),
+        jnp.float32(pb.smoothness),
+        n=pb.n,
+        s=pb.s,
+        shape=pb.shape,
+        max_cg=400 if it == 0 else 150,
+        cg_tol=jnp.float32(1e-5),
+    )
+    coeffs, fit.fwhm = pin_psf(np.asarray(c_new), pb.s, pb.n, centre=True)
+    fit.coeffs = coeffs.astype(np.float32)
+    s0 = spline_samples(fit.coeffs[0].reshape(pb.n, pb.n), "bspline3")
+    change = np.inf if fit.samples is None else np.max(np.abs(s0 - fit.samples)) / s0.max()
+    fit.samples = s0
+    return change
+
+
+def _fit_stars(pb: _Problem, fit: _Fit, it: int) -> np.ndarray:
+    """(a) Every star's (x, y, flux) fitted with the ePSF fixed; returns the (M,) good fits."""
+    n, (h, w) = pb.n, pb.shape
+    if pb.degree == 0:
+        psf = pb.template.replace(coeffs=jnp.asarray(fit.coeffs[0].reshape(n, n)))
+        kw = {}
+    else:
+        psf = PolynomialPSF(
+            np.stack([spline_samples(t.reshape(n, n), "bspline3") for t in fit.coeffs]),
+            pb.s,
+            pb.degree,
+            pb.center,
+            pb.scale,
         )
-    norm = apc.value if normalize == "aperture" else 1.0
+        kw = {"origin": pb.org}
+    res = fit_cutouts(pb.data, psf, fit.xl, fit.yl, fit.flux, error=np.sqrt(fit.var),
+                      mask=~pb.valid, background=None, max_iter=30, bkg=pb.sky, **kw)  # fmt: skip
+    xf, yf, ff = res.x_fit[:, 0], res.y_fit[:, 0], res.flux_fit[:, 0]
+    good = (
+        np.isfinite(xf)
+        & np.isfinite(yf)
+        & np.isfinite(ff)
+        & (ff > 0)
+        & (np.abs(xf - (w - 1) / 2.0) < 1.5)
+        & (np.abs(yf - (h - 1) / 2.0) < 1.5)
+    )
+    # Over-relaxed position update. Undersampled data leave the ePSF's sharpness nearly
+    # degenerate with pixel-phase-dependent position errors (Anderson & King 2000), and plain
+    # alternation crawls along that valley; stepping past the fitted positions (omega < 2,
+    # still convergent) roughly halves the number of iterations.
+    om = 1.0 if it == 0 else pb.relax
+    fit.xl = np.where(good, fit.xl + om * (xf - fit.xl), fit.xl)
+    fit.yl = np.where(good, fit.yl + om * (yf - fit.yl), fit.yl)
+    fit.flux = np.where(good, ff, fit.flux)
+    return good
 
-    # ---- result
+
+def _update_noise(pb: _Problem, fit: _Fit, good: np.ndarray) -> None:
+    """The noise model, outlier pixels and outlier stars, from the residuals of the new fits."""
+    n_st = len(pb.data)
+    stars_model = np.asarray(
+        model_pixels(
+            jnp.asarray(fit.coeffs),
+            jnp.asarray(fit.xl, jnp.float32),
+            jnp.asarray(fit.yl, jnp.float32),
+            jnp.asarray(pb.amplitudes(fit), jnp.float32),
+            n=pb.n,
+            s=pb.s,
+            shape=pb.shape,
+        )
+    ).reshape(n_st, *pb.shape)
+    model = pb.sky[:, None, None] + stars_model
+    resid = np.where(pb.valid, pb.data - model, 0.0)
+    if pb.err is None:
+        g_inv = pb.inv_gain
+        if g_inv is None:
+            g_inv = _estimate_inv_gain(pb, fit.star_ok, stars_model, resid)
+        fit.g_est = g_inv
+        fit.var = pb.sky_var[:, None, None] + g_inv * np.maximum(stars_model, 0.0)
+    zres = resid / np.sqrt(fit.var)
+    fit.pix_ok = pb.valid & (np.abs(zres) <= pb.clip_sigma)
+    dof = np.maximum(fit.pix_ok.sum(axis=(1, 2)) - 6, 1)
+    fit.chi2_red = np.sum(np.where(fit.pix_ok, zres**2, 0.0), axis=(1, 2)) / dof
+    med = np.median(fit.chi2_red[good])
+    spread = mad_std(fit.chi2_red[good], axis=0, ignore_nan=True)
+    fit.star_ok = good & (fit.chi2_red <= max(med + 5.0 * spread, 1.5 * med))
+    if fit.star_ok.sum() < pb.min_stars:
+        fit.star_ok = good
+
+
+def _estimate_inv_gain(pb: _Problem, star_ok, stars_model, resid) -> float:
+    """1 / gain (image units per electron) from the residuals (M, h, w) of the used stars.
+
+    ``var - sky_var ~ model / gain``: least squares on the pixels with signal.
+    """
+    sky_var = pb.sky_var[:, None, None]
+    sel = pb.valid & (stars_model > 3.0 * np.sqrt(pb.sky_var)[:, None, None])
+    sel &= star_ok[:, None, None]
+    excess = resid**2 - sky_var
+    num = np.sum(np.where(sel, excess * stars_model, 0.0))
+    den = np.sum(np.where(sel, stars_model**2, 0.0))
+    return max(num / den, 0.0) if den > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Aperture correction and results
+
+
+def _aperture_correction(img, bad_img, err_img, pb: _Problem, fit: _Fit, radius, annulus):
+    """Aperture correction (large-aperture / fitted flux) from the used stars."""
+    gx_img, gy_img = pb.image_xy(fit)
+    ok = fit.star_ok
+    return aperture_correction(
+        np.where(bad_img, np.nan, img),
+        gx_img[ok],
+        gy_img[ok],
+        fit.flux[ok],
+        radius,
+        annulus=annulus,
+        mask=bad_img,
+        error=err_img,
+        gain=1.0 / fit.g_est if fit.g_est else None,
+    )
+
+
+def _result_psf(pb: _Problem, coeffs: np.ndarray, norm: float):
+    """The ePSF's samples as a DiscretePSF (degree 0) or PolynomialPSF, divided by ``norm``."""
+    n, s = pb.n, pb.s
     arrays = np.stack([spline_samples(t.reshape(n, n).astype(np.float64), "bspline3") for t in coeffs])
-    if degree == 0:
+    if pb.degree == 0:
         # samples summing to s^2 / apcor: fitted fluxes come out aperture-corrected
         a0 = arrays[0] * (s * s / arrays[0].sum() / norm)
-        out = DiscretePSF(a0, s, integrated=True, normalize=False)
-    else:
-        out = PolynomialPSF(arrays, s, degree, center, scale, norm=1.0 / norm)
-    if not return_stars:
-        return out
+        return DiscretePSF(a0, s, integrated=True, normalize=False)
+    return PolynomialPSF(arrays, s, pb.degree, pb.center, pb.scale, norm=1.0 / norm)
+
+
+def _stars_table(pos, cut: _Cut, pb: _Problem, fit: _Fit, apc, norm: float, normalize: str):
+    """The :class:`EPSFStars` table of :func:`build_epsf` (N rows, one per position)."""
     tab = EPSFStars()
     tab["x"], tab["y"] = pos[:, 0], pos[:, 1]
-    st = status.copy()
-    full = lambda a: np.full(len(pos), np.nan) if a is None else a  # noqa: E731
-    xo, yo, fo, co = (full(None) for _ in range(4))
-    xo[idx_use], yo[idx_use] = gx_img, gy_img
-    fo[idx_use], co[idx_use] = flux * norm, chi2_red
-    st[idx_use[~star_ok]] = "rejected"
+    st = cut.status.copy()
+    idx = cut.idx
+    xo, yo, fo, co = (np.full(len(pos), np.nan) for _ in range(4))
+    xo[idx], yo[idx] = pb.image_xy(fit)
+    fo[idx], co[idx] = fit.flux * norm, fit.chi2_red
+    st[idx[~fit.star_ok]] = "rejected"
     tab["x_fit"], tab["y_fit"], tab["flux_fit"], tab["chi2_red"] = xo, yo, fo, co
     tab["status"] = st.astype(str)
     tab.meta.update(
-        iterations=it_done, degree=degree, fwhm=fwhm_px, oversampling=s, normalize=normalize
-    )
+        iterations=fit.iterations, degree=pb.degree, fwhm=fit.fwhm, oversampling=pb.s,
+        normalize=normalize,
+    )  # fmt: skip
     if apc is not None:
         ratio = np.full(len(pos), np.nan)
-        ratio[idx_use[star_ok]] = apc.ratio
+        ratio[idx[fit.star_ok]] = apc.ratio
         tab["apcor_ratio"] = ratio
         tab.meta.update(
             apcor=apc.value,
@@ -547,4 +723,4 @@ def build_epsf(
             apcor_annulus=apc.annulus,
             apcor_nstars=int(apc.used.sum()),
         )
-    return out, tab
+    return tab

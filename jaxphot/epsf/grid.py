@@ -5,7 +5,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from astropy.table import vstack
 
+from ..psf import GriddedPSF
 from .builder import EPSFStars, EPSFWarning, as_positions, build_epsf, odd_shape
 
 
@@ -69,8 +71,6 @@ def build_epsf_grid(
     ValueError
         Bad arguments, or fewer usable stars in a region than :func:`build_epsf` accepts.
     """
-    from ..psf import GriddedPSF
-
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
@@ -83,9 +83,42 @@ def build_epsf_grid(
         raise ValueError(f"grid must be (ny, nx) positive integers, got {grid!r}") from None
     if ny < 1 or nx < 1:
         raise ValueError(f"grid must be (ny, nx) positive integers, got {grid!r}")
-    H, W = img.shape
+    iy, ix, counts, ok = _assign_regions(img.shape, pos, (ny, nx), min_region_stars, build_kwargs)
+    ny, nx = counts.shape
+    built = _build_regions(img, pos, ok, iy, ix, (ny, nx), build_kwargs)
+    # a GriddedPSF needs a rectangular grid: the columns' mean x and the rows' mean y
+    gx, gy = built["nodes"][..., 0].mean(axis=0), built["nodes"][..., 1].mean(axis=1)
+    s = int(build_kwargs.get("oversampling", 4))
+    out = GriddedPSF(
+        np.asarray(built["arrays"]).reshape(ny, nx, *built["arrays"][0].shape),
+        gx,
+        gy,
+        s,
+        integrated=True,
+        norm=1.0 / built["apcor"],
+        extrapolate=extrapolate,
+    )
+    if not return_stars:
+        return out
+    tab = EPSFStars(vstack(built["tables"], metadata_conflicts="silent"))
+    for k in ("apcor", "apcor_err", "apcor_nstars"):
+        tab.meta.pop(k, None)
+    tab.meta.update(grid=(ny, nx), grid_x=gx, grid_y=gy, nstars=built["nused"])
+    measured = built["measured"]
+    if np.isfinite(measured).all():
+        tab.meta["apcor"] = measured  # per node; folded into the nodes with normalize="aperture"
+    return out, tab
+
+
+def _assign_regions(shape, pos, grid, min_region_stars: int, build_kwargs):
+    """Region (row, column) (N,) of every star and the (ny, nx) star counts, coarsened as needed.
+
+    Also returns the (N,) bool stars whose cutout fits on the image (the ones :func:`build_epsf`
+    can use; only they are counted). The grid is coarsened, with an :class:`EPSFWarning`, until
+    every region has ``min_region_stars``.
+    """
+    H, W = shape
     h, w = odd_shape(build_kwargs.get("shape", 15))
-    # the stars whose cutout fits on the image are the ones build_epsf can use
     ok = np.all(np.isfinite(pos), axis=1)
     ok &= (pos[:, 0] >= w // 2) & (pos[:, 0] <= W - 1 - w // 2)
     ok &= (pos[:, 1] >= h // 2) & (pos[:, 1] <= H - 1 - h // 2)
@@ -98,7 +131,7 @@ def build_epsf_grid(
         np.add.at(counts, (iy[ok], ix[ok]), 1)
         return iy, ix, counts
 
-    asked = (ny, nx)
+    (ny, nx), asked = grid, grid
     iy, ix, counts = assign(ny, nx)
     while counts.min() < min_region_stars and ny * nx > 1:
         if nx >= ny:
@@ -111,9 +144,20 @@ def build_epsf_grid(
             f"ePSF grid lowered from {asked[0]}x{asked[1]} to {ny}x{nx}: a region had fewer than "
             f"{min_region_stars} usable PSF stars ({int(ok.sum())} in all)",
             EPSFWarning,
-            stacklevel=2,
+            stacklevel=3,  # build_epsf_grid's caller
         )
+    return iy, ix, counts, ok
 
+
+def _build_regions(img, pos, ok, iy, ix, grid, build_kwargs) -> dict:
+    """:func:`build_epsf` on each region's stars (one build per region, row by row).
+
+    Returns ``arrays`` (the ny * nx ePSF sample arrays), ``nodes`` (ny, nx, 2) the mean fitted
+    (x, y) of each region's used stars (pixels), ``nused`` (ny, nx), ``apcor`` (ny, nx: the
+    correction folded into each node, 1 unless ``normalize="aperture"``), ``measured`` (ny, nx:
+    the measured corrections, NaN where none) and ``tables`` (each region's EPSFStars).
+    """
+    ny, nx = grid
     arrays, nused, node_xy, tabs = [], np.zeros((ny, nx), int), [], []
     apcor, measured = np.ones((ny, nx)), np.full((ny, nx), np.nan)
     for j in range(ny):
@@ -133,27 +177,5 @@ def build_epsf_grid(
             st["region"] = np.full(len(st), j * nx + i)
             st["index"] = sel
             tabs.append(st)
-    nodes = np.asarray(node_xy).reshape(ny, nx, 2)
-    # a GriddedPSF needs a rectangular grid: the columns' mean x and the rows' mean y
-    gx, gy = nodes[..., 0].mean(axis=0), nodes[..., 1].mean(axis=1)
-    s = int(build_kwargs.get("oversampling", 4))
-    out = GriddedPSF(
-        np.asarray(arrays).reshape(ny, nx, *arrays[0].shape),
-        gx,
-        gy,
-        s,
-        integrated=True,
-        norm=1.0 / apcor,
-        extrapolate=extrapolate,
-    )
-    if not return_stars:
-        return out
-    from astropy.table import vstack
-
-    tab = EPSFStars(vstack(tabs, metadata_conflicts="silent"))
-    for k in ("apcor", "apcor_err", "apcor_nstars"):
-        tab.meta.pop(k, None)
-    tab.meta.update(grid=(ny, nx), grid_x=gx, grid_y=gy, nstars=nused)
-    if np.isfinite(measured).all():
-        tab.meta["apcor"] = measured  # per node; folded into the nodes with normalize="aperture"
-    return out, tab
+    return dict(arrays=arrays, nodes=np.asarray(node_xy).reshape(ny, nx, 2), nused=nused,
+                apcor=apcor, measured=measured, tables=tabs)  # fmt: skip

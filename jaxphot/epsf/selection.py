@@ -10,23 +10,20 @@ from astropy.stats import mad_std
 from astropy.table import Table
 
 from ..core.fit import fit_cutouts
+from ..image.background import estimate_background
+from ..image.cutouts import extract_cutouts
+from ..image.detection import find_stars
 from ..image.render import scatter_stamps, stamps
-from .builder import EPSFWarning, build_epsf, odd_shape
+from .builder import XY_COLUMNS, EPSFWarning, build_epsf, odd_shape, table_xy
 
 
 def _catalog_xy_flux(catalog):
+    """(x, y, flux) float arrays (N,) from a catalog's columns (not ``x_0, y_0``)."""
     t = catalog
-    for xn, yn in (
-        ("x_centroid", "y_centroid"),
-        ("x", "y"),
-        ("xcentroid", "ycentroid"),
-        ("x_fit", "y_fit"),
-    ):
-        if xn in t.colnames and yn in t.colnames:
-            x, y = np.asarray(t[xn], float), np.asarray(t[yn], float)
-            break
-    else:
+    xy = table_xy(t, XY_COLUMNS[:4])
+    if xy is None:
         raise ValueError(f"catalog has no x/y columns (x_centroid/y_centroid): {t.colnames}")
+    x, y = xy
     for fn in ("flux", "flux_fit", "peak"):
         if fn in t.colnames:
             return x, y, np.asarray(t[fn], float)
@@ -106,13 +103,12 @@ def select_stars(
     bad_img = ~np.isfinite(img)
     if mask is not None:
         bad_img |= np.asarray(mask, bool)
-    d = np.arange(-2, 3)
-    rr = np.clip(yi[:, None, None] + d[None, :, None], 0, H - 1)
-    cc = np.clip(xi[:, None, None] + d[None, None, :], 0, W - 1)
-    near = bad_img[rr, cc][:, 1:4, 1:4].any(axis=(1, 2))
-    ok &= ~near
+    # 5 x 5 boxes, edge pixels repeated (a star that close to an edge is already dropped)
+    near = extract_cutouts(bad_img, xi - 2, yi - 2, 5, mode="nearest")[0][:, 1:4, 1:4]
+    ok &= ~near.any(axis=(1, 2))
     if saturation is not None:
-        ok &= ~(np.nan_to_num(img[rr, cc], nan=-np.inf) >= saturation).any(axis=(1, 2))
+        box = extract_cutouts(img, xi - 2, yi - 2, 5, mode="nearest")[0]
+        ok &= ~(np.nan_to_num(box, nan=-np.inf) >= saturation).any(axis=(1, 2))
     # isolation: pairwise distances (chunked to bound memory; no Python loop over stars)
     fin = np.isfinite(x) & np.isfinite(y) & np.isfinite(f)
     xs, ys, fs = x[fin], y[fin], f[fin]
@@ -213,9 +209,6 @@ def build_epsf_from_image(
     -------
     DiscretePSF or PolynomialPSF (and EPSFStars)
     """
-    from ..image.background import estimate_background
-    from ..image.detection import find_stars
-
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
@@ -254,38 +247,40 @@ def build_epsf_from_image(
             f"{len(cat)} detections (need >= {build_kwargs.get('min_stars', 5)})"
         )
     pos = np.stack([np.asarray(chosen["x_centroid"]), np.asarray(chosen["y_centroid"])], 1)
+    common = dict(oversampling=oversampling, shape=shape, error=error, mask=bad, gain=gain,
+                  saturation=saturation, **build_kwargs)  # fmt: skip
     work = img
     if neighbour_passes > 0:
-        hw = odd_shape(shape)
-        for _ in range(int(neighbour_passes)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", EPSFWarning)
-                psf0, st0 = build_epsf(
-                    work, pos, oversampling=oversampling, shape=shape, error=error, mask=bad,
-                    gain=gain, saturation=saturation, degree=0, return_stars=True, **build_kwargs,
-                )  # (a constant ePSF is enough to model the neighbours)
-            # Neighbours fainter than the selection's catalog still broaden the stack: detect
-            # down to 5 sigma, with the ePSF's own FWHM (a too-narrow kernel, e.g. fwhm_guess 1.4
-            # for the GLIMPSE image's 1.9, splits stars into knots that get over-subtracted).
-            fw0 = float(st0.meta["fwhm"])
-            deep = find_stars(
-                np.where(bad, np.nan, sub), fw0, threshold=min(5.0, threshold), rms=rms, mask=bad
-            )
-            cat_xy = np.stack([np.asarray(deep["x_centroid"]), np.asarray(deep["y_centroid"])], 1)
-            work = level + _subtract_neighbours(sub, bad, psf0, pos, cat_xy, hw, 1.5 * fw0)
-    return build_epsf(
-        work,
-        pos,
-        oversampling=oversampling,
-        shape=shape,
-        error=error,
-        mask=bad,
-        gain=gain,
-        saturation=saturation,
-        degree=degree,
-        return_stars=return_stars,
-        **build_kwargs,
-    )
+        passes = int(neighbour_passes)
+        work = _without_neighbours(img, level, rms, bad, pos, passes, threshold, common)
+    return build_epsf(work, pos, degree=degree, return_stars=return_stars, **common)
+
+
+def _without_neighbours(img, level, rms, bad, pos, passes: int, threshold: float, build_args):
+    """The image (H, W) with the PSF stars' neighbours subtracted, after ``passes`` rebuilds.
+
+    ``img`` is the image and ``level`` (H, W) its background, ``rms`` (H, W) the pixel noise
+    (image units), ``bad`` (H, W) the pixels to ignore; ``pos`` (M, 2) the PSF stars;
+    ``build_args`` the keywords of :func:`build_epsf` (each rebuild is constant: that is enough
+    to model the neighbours).
+    """
+    hw = odd_shape(build_args["shape"])
+    sub = img - level
+    work = img
+    for _ in range(passes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EPSFWarning)
+            psf0, st0 = build_epsf(work, pos, degree=0, return_stars=True, **build_args)
+        # Neighbours fainter than the selection's catalog still broaden the stack: detect
+        # down to 5 sigma, with the ePSF's own FWHM (a too-narrow kernel, e.g. fwhm_guess 1.4
+        # for the GLIMPSE image's 1.9, splits stars into knots that get over-subtracted).
+        fw0 = float(st0.meta["fwhm"])
+        deep = find_stars(
+            np.where(bad, np.nan, sub), fw0, threshold=min(5.0, threshold), rms=rms, mask=bad
+        )
+        cat_xy = np.stack([np.asarray(deep["x_centroid"]), np.asarray(deep["y_centroid"])], 1)
+        work = level + _subtract_neighbours(sub, bad, psf0, pos, cat_xy, hw, 1.5 * fw0)
+    return work
 
 
 def _subtract_neighbours(sub, bad, psf, psf_xy, cat_xy, shape, min_sep: float, k_max: int = 12):
@@ -336,10 +331,8 @@ def _subtract_neighbours(sub, bad, psf, psf_xy, cat_xy, shape, min_sep: float, k
     act_nb = np.take_along_axis(inside, order, 1)
     ox = np.rint(psf_xy[:, 0]).astype(int) - w // 2
     oy = np.rint(psf_xy[:, 1]).astype(int) - h // 2
-    rows = np.clip(oy[:, None] + np.arange(h), 0, H - 1)
-    cols = np.clip(ox[:, None] + np.arange(w), 0, W - 1)
-    cut = sub[rows[:, :, None], cols[:, None, :]]
-    msk = bad[rows[:, :, None], cols[:, None, :]] | ~np.isfinite(cut)
+    cut = extract_cutouts(sub, ox, oy, (h, w), mode="nearest")[0]
+    msk = extract_cutouts(bad, ox, oy, (h, w), mode="nearest")[0] | ~np.isfinite(cut)
     xs = np.concatenate([psf_xy[:, :1], cat_xy[order, 0]], 1) - ox[:, None]
     ys = np.concatenate([psf_xy[:, 1:], cat_xy[order, 1]], 1) - oy[:, None]
     act = np.concatenate([np.ones((m, 1), bool), act_nb], 1)
@@ -379,8 +372,6 @@ def _estimate_fwhm(sub, rms, bad) -> float:
     Spitzer/IRAC GLIMPSE (ePSF FWHM ~1.8 px) 1.88 px (2.70 with plain moments); Moffat(beta=4)
     FWHM 1.5/2/3/4 px: 1.69/2.21/3.22/4.02 (plain: 2.00/2.59/3.57/4.26).
     """
-    from ..image.detection import find_stars
-
     cat = find_stars(np.where(bad, np.nan, sub), 2.5, threshold=10.0, rms=rms, mask=bad)
     if len(cat) < 3:
         raise ValueError("fewer than 3 stars detected: give fwhm_guess")
@@ -389,11 +380,8 @@ def _estimate_fwhm(sub, rms, bad) -> float:
         chosen = cat[np.argsort(-np.asarray(cat["flux"]))[:20]]
     x = np.rint(np.asarray(chosen["x_centroid"])).astype(int)
     y = np.rint(np.asarray(chosen["y_centroid"])).astype(int)
-    H, W = sub.shape
     d = np.arange(-5, 6)
-    rr = np.clip(y[:, None, None] + d[None, :, None], 0, H - 1)
-    cc = np.clip(x[:, None, None] + d[None, None, :], 0, W - 1)
-    c = np.where(bad[rr, cc], np.nan, sub[rr, cc])
+    c = extract_cutouts(np.where(bad, np.nan, sub), x - 5, y - 5, d.size, mode="nearest")[0]
     rim = np.ones((d.size, d.size), bool)
     rim[2:-2, 2:-2] = False
     with warnings.catch_warnings():

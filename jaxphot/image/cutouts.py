@@ -1,18 +1,59 @@
-"""Cutting square cutouts out of an image, with a fill value outside it (numpy, batched)."""
+"""Cutting cutouts out of an image, with a fill value or the edge pixels outside it (numpy, batched).
+
+This is the package's one numpy cutout cutter: the crowded-field driver, detection, the ePSF
+builder and its star selection all cut with :func:`extract_cutouts`. (The aperture sums gather
+their cutouts inside jitted JAX code instead.)
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
 __all__ = ["extract_cutouts"]
 
 
-def extract_cutouts(image: np.ndarray, ox: np.ndarray, oy: np.ndarray, size: int, fill):
-    """(G, S, S) cutouts with pixel [0, 0] at (ox, oy); outside pixels get ``fill``."""
+def extract_cutouts(
+    image: np.ndarray,
+    ox: np.ndarray,
+    oy: np.ndarray,
+    size,
+    fill=0.0,
+    *,
+    mode: Literal["constant", "nearest"] = "constant",
+):
+    """Cutouts with pixel ``[0, 0]`` at image pixel ``(ox, oy)``, all cut at once.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        The image (any dtype; bool images give bool cutouts with a bool ``fill``).
+    ox, oy : (G,) int arrays
+        Column and row (pixels, 0-based) of each cutout's first pixel; may lie off the image.
+    size : int or (int, int)
+        Cutout size S (square) or ``(h, w)`` (pixels).
+    fill : scalar
+        Value of the pixels that fall outside the image, with ``mode="constant"``.
+    mode : {"constant", "nearest"}
+        Outside pixels get ``fill`` (``"constant"``) or the value of the nearest edge pixel
+        (``"nearest"``, as in ``scipy.ndimage``; ``fill`` is then unused).
+
+    Returns
+    -------
+    cutouts : (G, h, w) array
+        The cutouts.
+    inside : (G, h, w) bool array
+        True for the pixels that lie on the image.
+    """
     h, w = image.shape
-    d = np.arange(size)
-    yy = oy[:, None, None] + d[None, :, None]
-    xx = ox[:, None, None] + d[None, None, :]
+    sh, sw = (size, size) if np.ndim(size) == 0 else size
+    yy = oy[:, None, None] + np.arange(sh)[None, :, None]
+    xx = ox[:, None, None] + np.arange(sw)[None, None, :]
     inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
     vals = image[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+    if mode == "nearest":
+        return vals, inside
+    if mode != "constant":
+        raise ValueError(f"mode must be 'constant' or 'nearest', got {mode!r}")
     return np.where(inside, vals, fill), inside

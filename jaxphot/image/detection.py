@@ -21,6 +21,7 @@ coordinates (``x`` = column index).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import jax
@@ -30,6 +31,10 @@ from astropy.stats import mad_std
 from astropy.table import Table
 from scipy import ndimage
 
+from ..constants import FWHM_TO_SIGMA
+from .background import Background, estimate_background
+from .cutouts import extract_cutouts
+
 __all__ = [
     "find_stars",
     "segment",
@@ -38,8 +43,6 @@ __all__ = [
     "centroid_moments",
     "centroid_gaussian_marginal",
 ]
-
-_FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 # Mighell's 3×3 low-pass kernel (a binomial smoother).
 _LP3 = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=float) / 16.0
@@ -88,7 +91,7 @@ def daofind_kernel(
         raise ValueError(f"fwhm must be a positive number of pixels, got {fwhm}")
     if not (0 < ratio <= 1):
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    s_maj = fwhm * _FWHM_TO_SIGMA
+    s_maj = fwhm * FWHM_TO_SIGMA
     s_min = s_maj * ratio
     t = np.deg2rad(theta)
     a = np.cos(t) ** 2 / (2 * s_maj**2) + np.sin(t) ** 2 / (2 * s_min**2)
@@ -162,13 +165,6 @@ def _local_peaks(img: np.ndarray, footprint: np.ndarray | None) -> np.ndarray:
                 nb = pad[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx]
                 peak &= ~(nb == img)
     return peak
-
-
-def _cutouts(img: np.ndarray, yc: np.ndarray, xc: np.ndarray, half: int, fill=0.0):
-    """(N, 2h+1, 2h+1) cutouts centred on integer pixels (yc, xc), padded with ``fill``."""
-    pad = np.pad(img, half, constant_values=fill)
-    d = np.arange(-half, half + 1)
-    return pad[(yc + half)[:, None, None] + d[None, :, None], (xc + half)[:, None, None] + d]
 
 
 # --------------------------------------------------------------------------------------
@@ -488,6 +484,48 @@ def find_stars(
         For a non-2-D image, an image smaller than the kernel, an image with no finite
         unmasked pixel, a non-positive ``fwhm``/``rms``, or an unknown option.
     """
+    a, good, k = _check_inputs(data, fwhm, threshold, mask, method, centroid, ratio, theta,
+                               sigma_radius)  # fmt: skip
+    sky, d, rms_map = _sky_and_noise(a, good, fwhm, background, rms)
+    # Matched filter: flux of a Gaussian star + constant at every pixel, and its S/N.
+    conv = ndimage.correlate(d, k["kernel"], mode="constant", cval=0.0)
+    snr_map = conv / (rms_map * k["flux_noise"])
+    yp, xp = _candidates(d, good, snr_map, rms_map, k, method, threshold, min_separation,
+                         exclude_border)  # fmt: skip
+    c = _measure(d, good, conv, rms_map, k, yp, xp)
+    # Centroids on the cutouts, in cutout coordinates, then shifted to the image.
+    half = k["kernel"].shape[0] // 2
+    cx, cy = _centroids(c.dc, c.gc, k, centroid)
+    xc, yc = xp + cx - half, yp + cy - half
+    snr = _snr(snr_map, rms_map, k, c.flux, yp, xp, gain)
+    keep = _passes_cuts(c, shape_nsigma, (sharplo, sharphi), (roundlo, roundhi), peakmax)
+    order = np.argsort(-c.flux[keep], kind="stable")
+    if brightest is not None:
+        order = order[: int(brightest)]
+    sel = np.nonzero(keep)[0][order]
+    t = Table()
+    t["id"] = np.arange(1, len(sel) + 1, dtype=np.int64)
+    t["x_centroid"] = xc[sel]
+    t["y_centroid"] = yc[sel]
+    t["x_peak"] = xp[sel].astype(np.int64)
+    t["y_peak"] = yp[sel].astype(np.int64)
+    t["peak"] = c.peak[sel]
+    t["amplitude"] = c.amp[sel]
+    t["flux"] = c.flux[sel]
+    t["snr"] = snr[sel]
+    t["sharpness"] = c.sharp[sel]
+    t["roundness1"] = c.round1[sel]
+    t["roundness2"] = c.round2[sel]
+    t["sky"] = np.asarray(sky[yp, xp], float)[sel]
+    t["rms"] = np.asarray(rms_map[yp, xp], float)[sel]
+    t.meta["method"] = method
+    t.meta["fwhm"] = float(fwhm)
+    t.meta["threshold"] = float(threshold)
+    return t
+
+
+def _check_inputs(data, fwhm, threshold, mask, method, centroid, ratio, theta, sigma_radius):
+    """Validated image (H, W) float, its usable-pixel map (H, W) bool, and the DAOFIND kernel."""
     a = np.asarray(data, dtype=float)
     if a.ndim != 2:
         raise ValueError(f"data must be a 2-D image, got shape {a.shape}")
@@ -499,7 +537,6 @@ def find_stars(
         raise ValueError(f"threshold must be positive (in σ), got {threshold}")
     k = daofind_kernel(fwhm, ratio, theta, sigma_radius)
     ksize = k["kernel"].shape[0]
-    half = ksize // 2
     if min(a.shape) < ksize:
         raise ValueError(
             f"data shape {a.shape} is smaller than the detection kernel ({ksize}×{ksize} "
@@ -513,9 +550,15 @@ def find_stars(
         good &= ~m
     if not good.any():
         raise ValueError("data has no finite, unmasked pixel: nothing to detect")
+    return a, good, k
 
-    from .background import Background, estimate_background
 
+def _sky_and_noise(a, good, fwhm, background, rms):
+    """Sky (H, W), sky-subtracted image (H, W; 0 on unusable pixels) and pixel rms (H, W).
+
+    Units are the image's. The defaults are those of :func:`find_stars`' ``background`` and
+    ``rms``.
+    """
     if background is None:
         box = int(max(16, round(8 * fwhm)))
         if min(a.shape) >= 2 * box:
@@ -534,10 +577,11 @@ def find_stars(
     rms_map = np.broadcast_to(np.asarray(rms, dtype=float), a.shape)
     if not np.all(np.isfinite(rms_map[good]) & (rms_map[good] > 0)):
         raise ValueError("rms must be positive and finite on every usable pixel")
+    return sky, d, rms_map
 
-    # Matched filter: flux of a Gaussian star + constant at every pixel, and its S/N.
-    conv = ndimage.correlate(d, k["kernel"], mode="constant", cval=0.0)
-    snr_map = conv / (rms_map * k["flux_noise"])
+
+def _candidates(d, good, snr_map, rms_map, k, method, threshold, min_separation, exclude_border):
+    """(row, column) int arrays (N,) of the candidate peaks (see the module docstring)."""
     foot_sep = k["footprint"]
     if min_separation is not None:
         r = max(float(min_separation), 1.0)
@@ -556,79 +600,152 @@ def find_stars(
         cand &= _local_peaks(np.where(cand, lpd_snr, -np.inf), foot_sep)
     cand &= good
     if exclude_border:
+        half = k["kernel"].shape[0] // 2
         edge = np.zeros_like(cand)
         edge[half:-half, half:-half] = True
         cand &= edge
-    yp, xp = np.nonzero(cand)
+    return np.nonzero(cand)
 
-    # Cutout statistics, all vectorised over candidates.
-    dc = _cutouts(d, yp, xp, half)
-    gc = _cutouts(good.astype(float), yp, xp, half).astype(bool)
-    foot = k["footprint"] & gc
+
+@dataclass
+class _Measured:
+    """Cutout statistics of N candidates; cutouts are (N, k, k), the kernel's size.
+
+    ``dc``: sky-subtracted cutouts (image units, 0 off the image and on unusable pixels); ``gc``:
+    usable pixels; ``peak``: ``dc``'s centre pixel; ``flux`` (image units x pixels) and ``amp``
+    (its Gaussian's peak height); the shape statistics and their 1σ noise (dimensionless).
+    """
+
+    dc: np.ndarray
+    gc: np.ndarray
+    peak: np.ndarray
+    flux: np.ndarray
+    amp: np.ndarray
+    sharp: np.ndarray
+    sharp_err: np.ndarray
+    round1: np.ndarray
+    round1_err: np.ndarray
+    round2: np.ndarray
+    round2_err: np.ndarray
+
+
+def _measure(d, good, conv, rms_map, k, yp, xp) -> _Measured:
+    """Flux, amplitude and DAOFIND's shape statistics of the candidates at ``(yp, xp)``.
+
+    All vectorised over candidates. ``d`` is the sky-subtracted image, ``conv`` its matched
+    filter (both (H, W), image units), ``rms_map`` the pixel rms (H, W).
+    """
+    half = k["kernel"].shape[0] // 2
+    size, ox, oy = 2 * half + 1, xp - half, yp - half
+    dc = extract_cutouts(d, ox, oy, size, 0.0)[0]
+    gc = extract_cutouts(good, ox, oy, size, False)[0]
     flux = conv[yp, xp]
     amp = flux / k["volume"]  # peak height of the continuous Gaussian
-    ctr = (slice(None), half, half)
     # DAOFIND's own footprint (r ≤ max(2, 1.5σ)) for the shape statistics, so that
     # sharpness keeps its classic scale whatever the kernel truncation.
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     core = xx * xx + yy * yy <= max(2.0, 1.5 * k["sigma_x"]) ** 2
-    cfoot = core & gc
+    rpk = rms_map[yp, xp]
+    sharp, sharp_err = _sharpness(dc, core & gc, amp, rpk)
+    cc = extract_cutouts(conv, ox, oy, size, 0.0)[0]
+    round1, round1_err = _roundness1(cc, core, k["kernel"], rpk)
+    round2, round2_err = _roundness2(dc, k["footprint"] & gc, k, rpk)
+    return _Measured(dc, gc, dc[:, half, half], flux, amp, sharp, sharp_err, round1, round1_err,
+                     round2, round2_err)  # fmt: skip
+
+
+def _sharpness(dc, cfoot, amp, rpk):
+    """DAOFIND's SHARP, ``(d₀ − mean of the other core pixels) / amplitude``, and its 1σ noise.
+
+    ``cfoot`` (N, k, k): the usable core pixels; ``rpk`` (N,): the pixel rms at the peak. The
+    noise is first-order propagation of the pixel noise, as for the roundness measures.
+    """
+    half = dc.shape[1] // 2
     nfoot = cfoot.sum(axis=(1, 2)) - 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_other = (np.where(cfoot, dc, 0).sum(axis=(1, 2)) - dc[ctr]) / np.maximum(nfoot, 1)
-        sharp = (dc[ctr] - mean_other) / amp
-        # roundness1: filtered-image flux in the |x|>|y| vs |y|>|x| sectors of the core,
-        # where the filtered image of a star is positive and smooth.
-        cc = _cutouts(conv, yp, xp, half)
-        sx_ = (np.where(core & (np.abs(xx) > np.abs(yy)), cc, 0)).sum(axis=(1, 2))
-        sy_ = (np.where(core & (np.abs(yy) > np.abs(xx)), cc, 0)).sum(axis=(1, 2))
-        round1 = 2.0 * (sx_ - sy_) / (sx_ + sy_)
-        # roundness2: heights of Gaussian fits to the marginals (linear with fixed centre).
-        hx, hy, vhx, vhy = _ground(dc, foot, k["sigma_x"], k["sigma_y"])
-        round2 = 2.0 * (hx - hy) / (hx + hy)
-        # 1σ noise of each shape statistic from the pixel noise (first-order propagation).
-        rpk = rms_map[yp, xp]
+        mean_other = (np.where(cfoot, dc, 0).sum(axis=(1, 2)) - dc[:, half, half]) / np.maximum(
+            nfoot, 1
+        )
+        sharp = (dc[:, half, half] - mean_other) / amp
         sharp_err = rpk * np.sqrt(1.0 + 1.0 / np.maximum(nfoot, 1)) / np.abs(amp)
-        wsx = ndimage.convolve(
-            (core & (np.abs(xx) > np.abs(yy))).astype(float), k["kernel"], mode="constant"
-        )
-        wsy = ndimage.convolve(
-            (core & (np.abs(yy) > np.abs(xx))).astype(float), k["kernel"], mode="constant"
-        )
+    return sharp, sharp_err
+
+
+def _roundness1(cc, core, kernel, rpk):
+    """roundness1 and its 1σ noise from the filtered-image cutouts ``cc`` (N, k, k).
+
+    Filtered-image flux in the |x|>|y| vs |y|>|x| sectors of the core, where the filtered image
+    of a star is positive and smooth.
+    """
+    half = cc.shape[1] // 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    sect_x = core & (np.abs(xx) > np.abs(yy))
+    sect_y = core & (np.abs(yy) > np.abs(xx))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sx_ = (np.where(sect_x, cc, 0)).sum(axis=(1, 2))
+        sy_ = (np.where(sect_y, cc, 0)).sum(axis=(1, 2))
+        round1 = 2.0 * (sx_ - sy_) / (sx_ + sy_)
+        # the sector sums are linear in the image pixels, with these weights
+        wsx = ndimage.convolve(sect_x.astype(float), kernel, mode="constant")
+        wsy = ndimage.convolve(sect_y.astype(float), kernel, mode="constant")
         den1 = (sx_ + sy_) ** 2
         g1x, g1y = 4.0 * sy_ / den1, -4.0 * sx_ / den1
         round1_err = rpk * np.sqrt(
             g1x**2 * (wsx**2).sum() + g1y**2 * (wsy**2).sum() + 2 * g1x * g1y * (wsx * wsy).sum()
         )
+    return round1, round1_err
+
+
+def _roundness2(dc, foot, k, rpk):
+    """roundness2 (DAOFIND's GROUND) and its 1σ noise, from Gaussian fits to the marginals.
+
+    Heights of linear fits with a fixed centre over the usable footprint pixels ``foot``.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hx, hy, vhx, vhy = _ground(dc, foot, k["sigma_x"], k["sigma_y"])
+        round2 = 2.0 * (hx - hy) / (hx + hy)
         den2 = (hx + hy) ** 2
         round2_err = rpk * np.sqrt((4 * hy / den2) ** 2 * vhx + (4 * hx / den2) ** 2 * vhy)
+    return round2, round2_err
 
-    # Centroids on the cutouts, in cutout coordinates, then shifted to the image.
-    if len(yp):
-        mx, my = centroid_moments(dc, ~gc, radius=max(1.5, 1.5 * k["sigma_x"]))
-        mx, my = np.asarray(mx, float), np.asarray(my, float)
-        if centroid == "gaussian":
-            gx, gy = centroid_gaussian_marginal(dc, (k["sigma_y"], k["sigma_x"]), ~gc)
-            gx, gy = np.asarray(gx, float), np.asarray(gy, float)
-            # A fit that wandered more than ~1.5 px from the peak has latched onto a neighbour.
-            bad = ~np.isfinite(gx + gy) | (np.hypot(gx - half, gy - half) > 1.5)
-            cx, cy = np.where(bad, mx, gx), np.where(bad, my, gy)
-        elif centroid == "moments":
-            cx, cy = mx, my
-        else:
-            cx = cy = np.full(len(yp), float(half))
-        bad = ~np.isfinite(cx + cy)
-        cx, cy = np.where(bad, half, cx), np.where(bad, half, cy)
+
+def _centroids(dc, gc, k, centroid):
+    """Centroids (N,) x, y of the candidates, in cutout pixels (the peak is at ``half, half``).
+
+    A failed Gaussian fit falls back to the moments, a failed moment to the peak pixel.
+    """
+    half = dc.shape[1] // 2
+    if not len(dc):
+        return np.zeros(0), np.zeros(0)
+    mx, my = centroid_moments(dc, ~gc, radius=max(1.5, 1.5 * k["sigma_x"]))
+    mx, my = np.asarray(mx, float), np.asarray(my, float)
+    if centroid == "gaussian":
+        gx, gy = centroid_gaussian_marginal(dc, (k["sigma_y"], k["sigma_x"]), ~gc)
+        gx, gy = np.asarray(gx, float), np.asarray(gy, float)
+        # A fit that wandered more than ~1.5 px from the peak has latched onto a neighbour.
+        bad = ~np.isfinite(gx + gy) | (np.hypot(gx - half, gy - half) > 1.5)
+        cx, cy = np.where(bad, mx, gx), np.where(bad, my, gy)
+    elif centroid == "moments":
+        cx, cy = mx, my
     else:
-        cx = cy = np.zeros(0)
-    xc, yc = xp + cx - half, yp + cy - half
+        cx = cy = np.full(len(dc), float(half))
+    bad = ~np.isfinite(cx + cy)
+    return np.where(bad, half, cx), np.where(bad, half, cy)
 
+
+def _snr(snr_map, rms_map, k, flux, yp, xp, gain):
+    """Matched-filter S/N (N,) of the candidates, with their own Poisson noise when ``gain``."""
     snr = snr_map[yp, xp]
     if gain is not None:
         if not gain > 0:
             raise ValueError(f"gain must be positive, got {gain}")
         var_src = np.maximum(flux, 0) * np.sum(k["kernel"] ** 2 * k["prf"]) / gain
         snr = flux / np.sqrt((rms_map[yp, xp] * k["flux_noise"]) ** 2 + var_src)
+    return snr
+
+
+def _passes_cuts(c: _Measured, shape_nsigma, sharp_range, round_range, peakmax):
+    """(N,) bool: positive flux, shape statistics within their (noise-widened) ranges, unsaturated."""
     if not shape_nsigma >= 0:
         raise ValueError(f"shape_nsigma must be >= 0, got {shape_nsigma}")
 
@@ -638,36 +755,14 @@ def find_stars(
         return np.isfinite(v) & (v + tol >= lo) & (v - tol <= hi)
 
     keep = (
-        within(sharp, sharp_err, sharplo, sharphi)
-        & within(round1, round1_err, roundlo, roundhi)
-        & within(round2, round2_err, roundlo, roundhi)
-        & (flux > 0)
+        within(c.sharp, c.sharp_err, *sharp_range)
+        & within(c.round1, c.round1_err, *round_range)
+        & within(c.round2, c.round2_err, *round_range)
+        & (c.flux > 0)
     )
     if peakmax is not None:
-        keep &= dc[ctr] <= peakmax
-    order = np.argsort(-flux[keep], kind="stable")
-    if brightest is not None:
-        order = order[: int(brightest)]
-    sel = np.nonzero(keep)[0][order]
-    t = Table()
-    t["id"] = np.arange(1, len(sel) + 1, dtype=np.int64)
-    t["x_centroid"] = xc[sel]
-    t["y_centroid"] = yc[sel]
-    t["x_peak"] = xp[sel].astype(np.int64)
-    t["y_peak"] = yp[sel].astype(np.int64)
-    t["peak"] = dc[ctr][sel]
-    t["amplitude"] = amp[sel]
-    t["flux"] = flux[sel]
-    t["snr"] = snr[sel]
-    t["sharpness"] = sharp[sel]
-    t["roundness1"] = round1[sel]
-    t["roundness2"] = round2[sel]
-    t["sky"] = np.asarray(sky[yp, xp], float)[sel]
-    t["rms"] = np.asarray(rms_map[yp, xp], float)[sel]
-    t.meta["method"] = method
-    t.meta["fwhm"] = float(fwhm)
-    t.meta["threshold"] = float(threshold)
-    return t
+        keep &= c.peak <= peakmax
+    return keep
 
 
 def _ground(dc: np.ndarray, foot: np.ndarray, sx: float, sy: float) -> np.ndarray:

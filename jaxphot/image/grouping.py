@@ -11,6 +11,7 @@ that no group can exhaust memory in the batched fitter.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -18,7 +19,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 __all__ = ["group_stars", "pair_critical_separation", "group_sizes", "bucket_groups", "group_buckets",
-           "STAR_BUCKETS"]
+           "smallest_bucket", "Bucket", "STAR_BUCKETS"]
 
 
 def pair_critical_separation(
@@ -227,6 +228,27 @@ def group_sizes(group_id) -> tuple[np.ndarray, np.ndarray]:
     return ids, sizes
 
 
+def smallest_bucket(needs, capacities) -> np.ndarray:
+    """Index of the smallest bucket that holds each item, for buckets that grow in every need.
+
+    Parameters
+    ----------
+    needs : sequence of D arrays, each shape (G,)
+        What each item needs (e.g. its number of stars, its extent in pixels).
+    capacities : sequence of D arrays, each shape (B,)
+        What each bucket holds, in the same order as ``needs``; every one ascending, so that a
+        bucket holds everything a smaller one does.
+
+    Returns
+    -------
+    ndarray of int64, shape (G,)
+        Index into the buckets; ``B`` where no bucket holds the item.
+    """
+    idx = [np.searchsorted(np.asarray(c), np.asarray(n), side="left")
+           for n, c in zip(needs, capacities, strict=True)]
+    return np.maximum.reduce(idx).astype(np.int64)
+
+
 def bucket_groups(group_id, buckets=None) -> dict[int, np.ndarray]:
     """Assign groups to a few padded sizes, so a batched fit compiles once per bucket.
 
@@ -257,7 +279,7 @@ def bucket_groups(group_id, buckets=None) -> dict[int, np.ndarray]:
     b = np.sort(np.asarray(buckets, dtype=np.int64))
     if sizes.max() > b[-1]:
         raise ValueError(f"a group of {sizes.max()} stars exceeds the largest bucket {b[-1]}")
-    which = b[np.searchsorted(b, sizes, side="left")]
+    which = b[smallest_bucket([sizes], [b])]
     return {int(s): ids[which == s] for s in np.unique(which)}
 
 
@@ -265,8 +287,19 @@ def bucket_groups(group_id, buckets=None) -> dict[int, np.ndarray]:
 STAR_BUCKETS = (1, 2, 4, 8, 16)
 
 
+class Bucket(NamedTuple):
+    """One compiled fit shape of :func:`group_buckets` and the groups padded to it."""
+
+    size: int  #: cutout side, pixels
+    k: int  #: star slots per cutout
+    group_ids: np.ndarray  #: (G,) ids of the groups in this bucket
+
+
 def _group_stats(gid, x, y):
-    """Size and extent (max of x/y span, +1 px for the rounding of the cutout centre)."""
+    """Size and extent (max of x/y span, +1 px for the rounding of the cutout centre).
+
+    Returns two ``(max(gid) + 1,)`` arrays indexed by group id (entry 0 is unused: size 0).
+    """
     ng = int(gid.max()) + 1
     size = np.bincount(gid, minlength=ng)
     lo_x = np.full(ng, np.inf)
@@ -287,51 +320,67 @@ def _relabel_by_id(gid):
     return np.unique(gid, return_inverse=True)[1].ravel() + 1
 
 
-def group_buckets(x, y, crit_sep, max_k, fit_half):
-    """Groups and their (cutout size, K) buckets.
+def _unfit_groups(gid, x, y, ks, ext):
+    """(max(gid) + 1,) bool: groups that no (K, extent) bucket holds."""
+    size, extent = _group_stats(gid, x, y)
+    return smallest_bucket([size, extent], [ks, ext]) == len(ks)
 
-    Returns ``group_id (N,)`` (1..G) and a list of ``(size, k, group_ids)``. A group whose
-    member count or extent does not fit the largest bucket is re-grouped with a tighter
-    separation, and what still does not fit is split into single stars (neighbour
+
+def group_buckets(x, y, crit_sep: float, max_k: int, fit_half: int) -> tuple[np.ndarray, list[Bucket]]:
+    """Groups of live stars and the padded (cutout size, K) buckets they are fitted in.
+
+    A group whose member count or extent does not fit the largest bucket is re-grouped with a
+    tighter separation, and what still does not fit is split into single stars (neighbour
     subtraction then couples them across outer iterations).
+
+    Parameters
+    ----------
+    x, y : (N,) arrays
+        Finite star positions, pixels.
+    crit_sep : float
+        Critical separation of :func:`group_stars`, pixels.
+    max_k : int
+        Most stars per group; rounded down to one of :data:`STAR_BUCKETS`.
+    fit_half : int
+        Half size of the fitting box around a star, pixels.
+
+    Returns
+    -------
+    group_id : (N,) int64 array
+        1..G.
+    buckets : list of Bucket
+        The non-empty buckets, by increasing K; each group is in the smallest that holds it.
     """
-    ks = [k for k in STAR_BUCKETS if k <= max(1, max_k)]
+    ks = np.array([k for k in STAR_BUCKETS if k <= max(1, max_k)])
     sep = int(math.ceil(crit_sep))
     # Extent (px) a K bucket holds: a pair is at most crit_sep apart; bigger groups are
     # compact chains, allowed ~log2(K) links, so cutouts stay small (fast, few shapes).
-    ext = {k: 0 if k == 1 else (int(math.log2(k)) * sep + 1) for k in ks}
-    sizes = {k: 2 * fit_half + 1 + 2 * int(math.ceil(ext[k] / 2)) for k in ks}
-    n = len(x)
-    if n == 0:
+    ext = np.array([0 if k == 1 else (int(math.log2(k)) * sep + 1) for k in ks])
+    sizes = 2 * fit_half + 1 + 2 * np.ceil(ext / 2).astype(int)
+    if len(x) == 0:
         return np.zeros(0, np.int64), []
-    gid = group_stars(x, y, crit_sep=crit_sep, max_group_size=ks[-1])
+    gid = group_stars(x, y, crit_sep=crit_sep, max_group_size=int(ks[-1]))
     scale = 1.0
     for _ in range(6):
-        size, extent = _group_stats(gid, x, y)
-        bad_g = (size > ks[-1]) | (extent > ext[ks[-1]])
+        bad_g = _unfit_groups(gid, x, y, ks, ext)
         if not bad_g.any():
             break
         bad = bad_g[gid]
         scale *= 0.7
-        sub = group_stars(x[bad], y[bad], crit_sep=crit_sep * scale, max_group_size=ks[-1])
+        sub = group_stars(x[bad], y[bad], crit_sep=crit_sep * scale, max_group_size=int(ks[-1]))
         gid = gid.copy()
         gid[bad] = gid.max() + sub
         gid = _relabel_by_id(gid)
-    size, extent = _group_stats(gid, x, y)
-    bad_g = (size > ks[-1]) | (extent > ext[ks[-1]])
-    if bad_g.any():
-        bad = bad_g[gid]
+    bad = _unfit_groups(gid, x, y, ks, ext)[gid]
+    if bad.any():
         gid = gid.copy()
         gid[bad] = gid.max() + 1 + np.arange(bad.sum())
         gid = _relabel_by_id(gid)
-        size, extent = _group_stats(gid, x, y)
-    which = np.full(len(size), -1)
-    for i in range(len(ks) - 1, -1, -1):
-        which[(size <= ks[i]) & (extent <= ext[ks[i]])] = i
-    which[0] = -1
+    which = smallest_bucket(_group_stats(gid, x, y), [ks, ext])
+    which[0] = -1  # id 0 is no group
     out = []
     for i, k in enumerate(ks):
         ids = np.nonzero(which == i)[0]
         if len(ids):
-            out.append((sizes[k], k, ids))
+            out.append(Bucket(int(sizes[i]), int(k), ids))
     return gid, out

@@ -6,16 +6,19 @@ pixel on an ``n x n`` Gauss-Legendre sub-pixel grid. Both follow the ``evaluate`
 :mod:`jaxphot.psf`.
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
 from ..constants import FWHM_TO_SIGMA
-from ..core.pytree import pytree
+from ..core.pytree import pytree, static
 from .base import axis_derivatives, dtype_of, positive, separable_derivatives, trail
 
 __all__ = ["GaussianPRF", "MoffatPSF"]
@@ -23,7 +26,8 @@ __all__ = ["GaussianPRF", "MoffatPSF"]
 _SQRT2 = math.sqrt(2.0)
 
 
-def _pixel_edges_profile(x0, sigma, n, dtype):
+def _pixel_edges_profile(x0: Float[ArrayLike, " *batch"], sigma: Float[ArrayLike, ""], n: int,
+                         dtype) -> Float[Array, " n *batch"]:
     """Fraction of a 1-D Gaussian (centre x0, width sigma) in each of pixels 0..n-1: (n,) + x0.shape.
 
     Uses ``0.5 * (erfc(lo) - erfc(hi))`` on the side of the pixel centre away from the star's
@@ -38,14 +42,21 @@ def _pixel_edges_profile(x0, sigma, n, dtype):
     return jnp.where(edges[:-1] + edges[1:] > 0, right, left)
 
 
+def _outer(gy: Float[Array, " H *batch"], gx: Float[Array, " W *batch"]) -> Float[Array, " H W *batch"]:
+    """The separable image ``gy[j] gx[i]`` from its y and x profiles."""
+    return gy[:, None] * gx[None, :]  # (H, 1, ...) * (1, W, ...)
 
-def _gauss_legendre(n: int):
+
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes in [-1/2, 1/2] and weights summing to 1 for n-point Gauss-Legendre integration."""
     nodes, weights = np.polynomial.legendre.leggauss(n)
     return nodes / 2.0, weights / 2.0
 
 
-def _integrate_over_pixels(density, x0, y0, shape, n_sub, dtype):
+def _integrate_over_pixels(
+    density: Callable[[Array, Array], Array], x0: Float[ArrayLike, " *batch"],
+    y0: Float[ArrayLike, " *batch"], shape: tuple[int, int], n_sub: int, dtype,
+) -> Float[Array, " H W *batch"]:
     """Integrate a 2-D surface density ``density(dx, dy)`` over every pixel of an (H, W) grid.
 
     Uses an ``n_sub x n_sub`` Gauss-Legendre rule inside each pixel. The sub-pixel grid exists
@@ -64,8 +75,7 @@ def _integrate_over_pixels(density, x0, y0, shape, n_sub, dtype):
     return jnp.sum(jnp.sum(f * wx, axis=3) * wy, axis=1)
 
 
-
-@pytree(data_fields=("fwhm", "fwhm_y", "theta"), meta_fields=("rotated", "subsample"))
+@pytree
 class GaussianPRF:
     """Gaussian PSF integrated exactly over square pixels.
 
@@ -83,23 +93,34 @@ class GaussianPRF:
         Sub-pixel rule order for the rotated case only.
     """
 
-    def __init__(self, fwhm, fwhm_y=None, theta=None, subsample: int = 6):
-        fwhm = positive("fwhm", fwhm)
-        object.__setattr__(self, "fwhm", fwhm)
-        object.__setattr__(self, "fwhm_y", fwhm if fwhm_y is None else positive("fwhm_y", fwhm_y))
-        object.__setattr__(self, "theta", 0.0 if theta is None else float(theta))
-        object.__setattr__(self, "rotated", theta is not None)
-        object.__setattr__(self, "subsample", int(subsample))
+    fwhm: Float[Array, ""]
+    fwhm_y: Float[Array, ""]
+    theta: Float[Array, ""]
+    rotated: bool = static()
+    subsample: int = static()
 
-    def evaluate(self, x, y, shape):
-        """Pixel-integrated PRF of unit-flux stars at (x, y) on an (H, W) grid: (H, W) + x.shape."""
-        dtype = dtype_of(x, y)
+    def __init__(self, fwhm, fwhm_y=None, theta=None, subsample: int = 6):
+        self.fwhm = positive("fwhm", fwhm)
+        self.fwhm_y = self.fwhm if fwhm_y is None else positive("fwhm_y", fwhm_y)
+        self.theta = 0.0 if theta is None else float(theta)
+        self.rotated = theta is not None
+        self.subsample = int(subsample)
+
+    def _sigmas(self, dtype) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        """Gaussian widths along the ellipse's axes (pixels) in the working dtype."""
         sx = jnp.asarray(self.fwhm, dtype) * FWHM_TO_SIGMA
         sy = jnp.asarray(self.fwhm_y, dtype) * FWHM_TO_SIGMA
+        return sx, sy
+
+    def evaluate(self, x: Float[ArrayLike, " *batch"], y: Float[ArrayLike, " *batch"],
+                 shape: tuple[int, int]) -> Float[Array, " H W *batch"]:
+        """Pixel-integrated PRF of unit-flux stars at (x, y) on an (H, W) grid: (H, W) + x.shape."""
+        dtype = dtype_of(x, y)
+        sx, sy = self._sigmas(dtype)
         if not self.rotated:
             gx = _pixel_edges_profile(x, sx, shape[1], dtype)
             gy = _pixel_edges_profile(y, sy, shape[0], dtype)
-            return gy[:, None] * gx[None, :]  # separable: (H, 1, ...) * (1, W, ...)
+            return _outer(gy, gx)
         c, s = jnp.cos(self.theta), jnp.sin(self.theta)
 
         def density(dx, dy):
@@ -109,17 +130,19 @@ class GaussianPRF:
 
         return _integrate_over_pixels(density, x, y, shape, self.subsample, dtype)
 
-    def evaluate_derivatives(self, x, y, shape, order: int = 1):
-        """PRF and its derivatives in the star position (see :func:`jaxphot.scene.linearize`)."""
+    def evaluate_derivatives(
+        self, x: Float[ArrayLike, " *batch"], y: Float[ArrayLike, " *batch"],
+        shape: tuple[int, int], order: int = 1,
+    ) -> tuple[Float[Array, " H W *batch"], ...] | None:
+        """PRF and its derivatives in the star position (see :func:`jaxphot.core.scene.linearize`)."""
         if self.rotated:
             return None  # not separable: the scene falls back to generic autodiff
         dtype = dtype_of(x, y)
         x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
-        sx = jnp.asarray(self.fwhm, dtype) * FWHM_TO_SIGMA
-        sy = jnp.asarray(self.fwhm_y, dtype) * FWHM_TO_SIGMA
+        sx, sy = self._sigmas(dtype)
         ax = axis_derivatives(lambda a: _pixel_edges_profile(a, sx, shape[1], dtype), x, order)
         ay = axis_derivatives(lambda b: _pixel_edges_profile(b, sy, shape[0], dtype), y, order)
-        return separable_derivatives(ax, ay, lambda gy, gx: gy[:, None] * gx[None, :], order)
+        return separable_derivatives(ax, ay, _outer, order)
 
     def scaled(self, factor: int) -> GaussianPRF:
         """The same PSF in units of 1/factor pixel (for sub-pixel detector models)."""
@@ -129,7 +152,7 @@ class GaussianPRF:
         return f"GaussianPRF(fwhm={self.fwhm}, fwhm_y={self.fwhm_y}, theta={self.theta})"
 
 
-@pytree(data_fields=("fwhm", "beta"), meta_fields=("subsample",))
+@pytree
 class MoffatPSF:
     """Circular Moffat PSF, ``(beta-1)/(pi alpha^2) (1 + r^2/alpha^2)^-beta``, unit volume.
 
@@ -145,15 +168,20 @@ class MoffatPSF:
         beta >= 1.5 (``tests/test_psf.py`` checks this against a 32-point rule).
     """
 
+    fwhm: Float[Array, ""]
+    beta: Float[Array, ""]
+    subsample: int = static()
+
     def __init__(self, fwhm, beta=2.5, subsample: int = 5):
-        object.__setattr__(self, "fwhm", positive("fwhm", fwhm))
+        self.fwhm = positive("fwhm", fwhm)
         beta = float(beta)
         if not beta > 1.0:
             raise ValueError(f"beta must be > 1 for a normalisable Moffat profile, got {beta}")
-        object.__setattr__(self, "beta", beta)
-        object.__setattr__(self, "subsample", int(subsample))
+        self.beta = beta
+        self.subsample = int(subsample)
 
-    def evaluate(self, x, y, shape):
+    def evaluate(self, x: Float[ArrayLike, " *batch"], y: Float[ArrayLike, " *batch"],
+                 shape: tuple[int, int]) -> Float[Array, " H W *batch"]:
         """Pixel-integrated PRF of unit-flux stars at (x, y) on an (H, W) grid: (H, W) + x.shape."""
         dtype = dtype_of(x, y)
         beta = jnp.asarray(self.beta, dtype)
@@ -171,4 +199,3 @@ class MoffatPSF:
 
     def __repr__(self):
         return f"MoffatPSF(fwhm={self.fwhm}, beta={self.beta})"
-

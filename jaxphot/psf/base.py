@@ -1,24 +1,27 @@
 """Shared pieces of the PSF models: batch-axis broadcasting, position derivatives, dtypes."""
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 __all__ = ["HIGHEST", "trail", "axis_derivatives", "separable_derivatives", "dtype_of", "positive"]
 
 HIGHEST = jax.lax.Precision.HIGHEST  # avoid TF32 matmuls on GPUs
 
 
-def trail(a, n_batch: int):
+def trail(a: Array, n_batch: int) -> Array:
     """Append ``n_batch`` unit axes so that ``a`` broadcasts against trailing batch axes."""
     return a.reshape(a.shape + (1,) * n_batch)
 
 
-
-def axis_derivatives(f, x0, order: int):
+def axis_derivatives(f: Callable[[Array], Array], x0: Float[Array, " *batch"],
+                     order: int) -> tuple[Array, ...]:
     """``f(x0)`` and its first ``order`` (1 or 2) derivatives in ``x0``, by forward-mode AD.
 
     ``f`` maps positions to 1-D profiles or interpolation matrices; the derivatives come from
@@ -31,7 +34,8 @@ def axis_derivatives(f, x0, order: int):
     return v, d1, d2
 
 
-def separable_derivatives(ax, ay, combine, order: int):
+def separable_derivatives(ax: Sequence, ay: Sequence, combine: Callable,
+                          order: int) -> tuple[Float[Array, " H W *batch"], ...]:
     """PRF and its position derivatives from 1-D factors: ``combine(Y, X)`` builds an image.
 
     ``ax`` and ``ay`` are tuples of the x and y factors and their derivatives. Returns
@@ -43,18 +47,19 @@ def separable_derivatives(ax, ay, combine, order: int):
     return tuple(out)
 
 
-
-def dtype_of(*xs):
+def dtype_of(*xs: ArrayLike):
     """Floating dtype of the coordinates: float64 only when JAX x64 is on and they are float64."""
     return jnp.result_type(*xs, float)
 
 
+def positive(name: str, value):
+    """``value`` as a float after checking it is a positive finite number of pixels.
 
-def positive(name, value):
+    A traced or array value (e.g. inside a fit of the PSF shape) is returned unchecked.
+    """
     try:
         v = float(value)
     except (TypeError, ValueError):
-        # a traced or array value (e.g. inside a fit of the PSF shape): keep as is
         return value
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a positive finite number of pixels, got {value!r}")

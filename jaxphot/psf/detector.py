@@ -21,17 +21,20 @@ star are ``flux * PRF.sum()``, which depends on where the star falls inside its 
 sensitivity map is not flat (MATPHOT's "ugly detector" loses 40-47 % of the light).
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
 from ..core.pytree import pytree
+from ..core.scene import PSFModel
 
 __all__ = ["DetectorPRF", "ugly_detector_sensitivity"]
 
 
-def ugly_detector_sensitivity(s: int = 4) -> np.ndarray:
+def ugly_detector_sensitivity(s: int = 4) -> Float[np.ndarray, " s s"]:
     """MATPHOT's "ugly detector" (Mighell 2005, section 5.4): s x s sub-pixels whose first row and
     first column are dead gate structures (QE 0) and the rest have QE 1. For s = 4, 9/16 of the
     pixel is active (V = 0.5625 for a broad PSF).
@@ -46,7 +49,7 @@ def ugly_detector_sensitivity(s: int = 4) -> np.ndarray:
     return sens
 
 
-@pytree(data_fields=("psf", "volume", "sensitivity"), meta_fields=())
+@pytree
 class DetectorPRF:
     """A PSF seen through a detector with a quantum efficiency and an intrapixel sensitivity map.
 
@@ -68,6 +71,10 @@ class DetectorPRF:
     ``volume * mean(sensitivity)`` for a broad PSF and depends on the sub-pixel phase otherwise.
     """
 
+    psf: PSFModel
+    volume: Float[Array, ""]
+    sensitivity: Float[Array, " s s"] | None
+
     def __init__(self, psf, volume: float = 1.0, sensitivity=None):
         v = float(volume)
         if not (np.isfinite(v) and v > 0):
@@ -82,34 +89,48 @@ class DetectorPRF:
             if not hasattr(psf, "scaled"):
                 raise ValueError("an intrapixel sensitivity map needs a PSF with scaled(s)")
             sens = jnp.asarray(sens, jnp.float32)
-        object.__setattr__(self, "psf", psf)
-        object.__setattr__(self, "volume", v)
-        object.__setattr__(self, "sensitivity", sens)
+        self.psf = psf
+        self.volume = v
+        self.sensitivity = sens
 
     @property
     def subsampling(self) -> int:
         """Sub-pixels per pixel axis of the sensitivity map (1 when flat)."""
         return 1 if self.sensitivity is None else int(self.sensitivity.shape[0])
 
-    def evaluate(self, x, y, shape):
-        """PRF of one-photon stars at (x, y) on an (H, W) grid: (H, W) + x.shape."""
-        if self.sensitivity is None:
-            return self.volume * self.psf.evaluate(x, y, shape)
+    def _fine(self, x: ArrayLike, y: ArrayLike, shape: tuple[int, int]):
+        """Star positions and grid shape on the (sH, sW) sub-pixel grid of ``psf.scaled(s)``.
+
+        Sub-pixel (J, I) of the fine grid is centred at fine coordinate (I, J); detector pixel i
+        spans fine columns s*i .. s*i+s-1, whose centre is s*i + (s-1)/2.
+        """
+        s = self.subsampling
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        return s * x + (s - 1) / 2.0, s * y + (s - 1) / 2.0, (s * shape[0], s * shape[1])
+
+    def _to_pixels(self, fine: Float[Array, " sH sW *batch"],
+                   shape: tuple[int, int]) -> Float[Array, " H W *batch"]:
+        """Sub-pixel values summed to detector pixels, weighted by the sensitivity map."""
         s = self.subsampling
         h, w = shape
-        x, y = jnp.asarray(x), jnp.asarray(y)
-        # Sub-pixel (J, I) of the fine grid is centred at fine coordinate (I, J); detector pixel i
-        # spans fine columns s*i .. s*i+s-1, whose centre is s*i + (s-1)/2.
-        fine = self.psf.scaled(s).evaluate(
-            s * x + (s - 1) / 2.0, s * y + (s - 1) / 2.0, (s * h, s * w)
-        )  # (sH, sW, ...)
         nb = fine.ndim - 2
         fine = fine.reshape((h, s, w, s) + fine.shape[2:])
         sens = self.sensitivity.astype(fine.dtype).reshape((1, s, 1, s) + (1,) * nb)
-        return self.volume * jnp.sum(fine * sens, axis=(1, 3))
+        return jnp.sum(fine * sens, axis=(1, 3))
 
-    def evaluate_derivatives(self, x, y, shape, order: int = 1):
-        """PRF and its position derivatives (see :func:`jaxphot.scene.linearize`), or None.
+    def evaluate(self, x: Float[ArrayLike, " *batch"], y: Float[ArrayLike, " *batch"],
+                 shape: tuple[int, int]) -> Float[Array, " H W *batch"]:
+        """PRF of one-photon stars at (x, y) on an (H, W) grid: (H, W) + x.shape."""
+        if self.sensitivity is None:
+            return self.volume * self.psf.evaluate(x, y, shape)
+        fine = self.psf.scaled(self.subsampling).evaluate(*self._fine(x, y, shape))  # (sH, sW, ...)
+        return self.volume * self._to_pixels(fine, shape)
+
+    def evaluate_derivatives(
+        self, x: Float[ArrayLike, " *batch"], y: Float[ArrayLike, " *batch"],
+        shape: tuple[int, int], order: int = 1,
+    ) -> tuple[Float[Array, " H W *batch"], ...] | None:
+        """PRF and its position derivatives (see :func:`jaxphot.core.scene.linearize`), or None.
 
         Forwards to the wrapped PSF's fast separable derivatives when it has them: the detector
         response is linear (a volume, and a weighted sum of sub-pixels), so it commutes with
@@ -122,24 +143,13 @@ class DetectorPRF:
             fast = getattr(self.psf, "evaluate_derivatives", None)
             out = None if fast is None else fast(x, y, shape, order)
             return None if out is None else tuple(self.volume * a for a in out)
-        fine_psf = self.psf.scaled(s)
-        fast = getattr(fine_psf, "evaluate_derivatives", None)
-        if fast is None:
-            return None
-        h, w = shape
-        x, y = jnp.asarray(x), jnp.asarray(y)
-        out = fast(s * x + (s - 1) / 2.0, s * y + (s - 1) / 2.0, (s * h, s * w), order)
+        fast = getattr(self.psf.scaled(s), "evaluate_derivatives", None)
+        out = None if fast is None else fast(*self._fine(x, y, shape), order)
         if out is None:
             return None
         factors = (1.0, s, s) + ((s * s,) * 3 if order == 2 else ())
-
-        def to_pixels(fine):  # (sH, sW, ...) -> (H, W, ...), weighted by the sensitivity map
-            nb = fine.ndim - 2
-            fine = fine.reshape((h, s, w, s) + fine.shape[2:])
-            sens = self.sensitivity.astype(fine.dtype).reshape((1, s, 1, s) + (1,) * nb)
-            return jnp.sum(fine * sens, axis=(1, 3))
-
-        return tuple(self.volume * f * to_pixels(a) for f, a in zip(factors, out, strict=True))
+        return tuple(self.volume * f * self._to_pixels(a, shape)
+                     for f, a in zip(factors, out, strict=True))
 
     def __repr__(self):
         return (

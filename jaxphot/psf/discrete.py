@@ -1,16 +1,30 @@
 """The matrix PSF: a (supersampled) PSF or ePSF shifted by separable interpolation."""
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
+
+import functools
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
-from ..core.pytree import pytree
+from ..core.pytree import pytree, static
 from ..io import read_image
 from .base import HIGHEST, axis_derivatives, dtype_of, separable_derivatives, trail
-from .kernels import KERNELS, bspline_prefilter, kernel_weights
+from .kernels import KERNELS, kernel_weights, spline_coefficients, spline_samples
 
-__all__ = ["DiscretePSF", "interpolation_matrix", "integrated_card"]
+__all__ = ["DiscretePSF", "interpolation_matrix", "integrated_card", "check_sampling"]
+
+
+def check_sampling(kernel: str, oversampling) -> int:
+    """``oversampling`` as an int, after checking it and the interpolation ``kernel``'s name."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
+    s = int(oversampling)
+    if s < 1 or s != oversampling:
+        raise ValueError(f"oversampling must be a positive integer, got {oversampling!r}")
+    return s
 
 
 def integrated_card(header, default: bool) -> bool:
@@ -21,7 +35,9 @@ def integrated_card(header, default: bool) -> bool:
     return default
 
 
-def interpolation_matrix(kernel, oversampling, integrated, x0, n_pix, n_arr, dtype):
+def interpolation_matrix(kernel: str, oversampling: int, integrated: bool,
+                         x0: Float[ArrayLike, " *batch"], n_pix: int, n_arr: int,
+                         dtype) -> Float[Array, " n_pix n_arr *batch"]:
     """Weights mapping the samples of a discrete PSF to detector pixels along one axis.
 
     Returns (n_pix, n_arr) + x0.shape: entry ``[i, m]`` is the weight of array sample ``m`` in
@@ -43,7 +59,7 @@ def interpolation_matrix(kernel, oversampling, integrated, x0, n_pix, n_arr, dty
     return kernel_weights(kernel, t, axis=2).sum(axis=1)
 
 
-@pytree(data_fields=("coeffs",), meta_fields=("oversampling", "integrated", "kernel"))
+@pytree
 class DiscretePSF:
     """A PSF given as a matrix, possibly supersampled, shifted by separable interpolation.
 
@@ -72,6 +88,11 @@ class DiscretePSF:
     position derivatives come from differentiating the kernel (autodiff), not finite differences.
     """
 
+    coeffs: Float[Array, " ny nx"]
+    oversampling: int = static()
+    integrated: bool = static()
+    kernel: str = static()
+
     def __init__(
         self, array, oversampling: int = 1, integrated: bool = False, kernel: str = "bspline3",
         normalize: bool = True,
@@ -81,25 +102,21 @@ class DiscretePSF:
             raise ValueError(f"array must be a 2-D PSF matrix of at least 3x3, got shape {a.shape}")
         if not np.all(np.isfinite(a)):
             raise ValueError("array (the PSF) contains non-finite values")
-        s = int(oversampling)
-        if s < 1 or s != oversampling:
-            raise ValueError(f"oversampling must be a positive integer, got {oversampling!r}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
+        s = check_sampling(kernel, oversampling)
         total = a.sum()
         if not total > 0:
             raise ValueError("array (the PSF) must have a positive sum")
         if normalize:
             a = a * ((s * s if integrated else 1.0) / total)
-        coeffs = bspline_prefilter(a) if kernel == "bspline3" else a
-        object.__setattr__(self, "coeffs", jnp.asarray(coeffs, dtype=jnp.float32))
-        object.__setattr__(self, "oversampling", s)
-        object.__setattr__(self, "integrated", bool(integrated))
-        object.__setattr__(self, "kernel", kernel)
+        self.coeffs = jnp.asarray(spline_coefficients(a, kernel), dtype=jnp.float32)
+        self.oversampling = s
+        self.integrated = bool(integrated)
+        self.kernel = kernel
 
     @classmethod
-    def from_header(cls, data, header, *, oversampling: int | None = None,
-                    integrated: bool | None = None, kernel: str | None = None):
+    def from_header(cls, data: Float[np.ndarray, " ny nx"], header, *,
+                    oversampling: int | None = None, integrated: bool | None = None,
+                    kernel: str | None = None) -> DiscretePSF:
         """A DiscretePSF from a 2-D sample array and its FITS header.
 
         ``oversampling`` defaults to ``OVERSAMP`` (1 when absent); ``integrated`` to
@@ -119,7 +136,8 @@ class DiscretePSF:
         return cls(a, s, integrated=integ, kernel=kern, normalize=False)
 
     @classmethod
-    def from_fits(cls, path, oversampling: int | None = None, hdu: int | str = 0, **kwargs):
+    def from_fits(cls, path, oversampling: int | None = None, hdu: int | str = 0,
+                  **kwargs) -> DiscretePSF:
         """Read a PSF image from a FITS file (header keywords as in :meth:`from_header`).
 
         ``kwargs`` (``integrated``, ``kernel``) override the header. Spatially varying PSF
@@ -132,35 +150,20 @@ class DiscretePSF:
         return cls.from_header(img.data, img.header, oversampling=oversampling, **kwargs)
 
     @property
-    def array(self) -> np.ndarray:
+    def array(self) -> Float[np.ndarray, " ny nx"]:
         """The PSF samples (inverting the spline prefilter when needed), as float64 numpy."""
-        c = np.asarray(self.coeffs, dtype=np.float64)
-        if self.kernel != "bspline3":
-            return c
+        return spline_samples(np.asarray(self.coeffs, dtype=np.float64), self.kernel)
 
-        def smooth(v, axis):
-            pad = [(0, 0), (0, 0)]
-            pad[axis] = (1, 1)
-            p = np.pad(v, pad)
-            sl = [slice(None), slice(None)]
-            out = 4.0 * v
-            for shift in (0, 2):
-                sl[axis] = slice(shift, shift + v.shape[axis])
-                out = out + p[tuple(sl)]
-            return out / 6.0
-
-        return smooth(smooth(c, 0), 1)
-
-    def _axis_matrix(self, x0, n_pix, n_arr, dtype):
-        return interpolation_matrix(self.kernel, self.oversampling, self.integrated,
-                                    x0, n_pix, n_arr, dtype)
-
-    def evaluate(self, x, y, shape):
+    def evaluate(self, x: Float[ArrayLike, " *batch"], y: Float[ArrayLike, " *batch"],
+                 shape: tuple[int, int]) -> Float[Array, " H W *batch"]:
         """Pixel-integrated PRF of unit-flux stars at (x, y) on an (H, W) grid: (H, W) + x.shape."""
         return self.evaluate_derivatives(x, y, shape, order=0)[0]
 
-    def evaluate_derivatives(self, x, y, shape, order: int = 1):
-        """PRF and its derivatives in the star position (see :func:`jaxphot.scene.linearize`).
+    def evaluate_derivatives(
+        self, x: Float[ArrayLike, " *batch"], y: Float[ArrayLike, " *batch"],
+        shape: tuple[int, int], order: int = 1,
+    ) -> tuple[Float[Array, " H W *batch"], ...]:
+        """PRF and its derivatives in the star position (see :func:`jaxphot.core.scene.linearize`).
 
         With ``Rx, Rx', Rx''`` the interpolation matrix and its derivatives (autodiff of the
         kernel), every image is ``Ry^(i) @ C @ Rx^(j)T``: three large matmuls ``C @ Rx^(j)T``
@@ -169,12 +172,13 @@ class DiscretePSF:
         dtype = dtype_of(x, y)
         x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
         c = self.coeffs.astype(dtype)
+        matrix = functools.partial(interpolation_matrix, self.kernel, self.oversampling, self.integrated)
 
         def rx(a):
-            return self._axis_matrix(a, shape[1], c.shape[1], dtype)  # (W, nx, ...)
+            return matrix(a, shape[1], c.shape[1], dtype)  # (W, nx, ...)
 
         def ry(b):
-            return self._axis_matrix(b, shape[0], c.shape[0], dtype)  # (H, ny, ...)
+            return matrix(b, shape[0], c.shape[0], dtype)  # (H, ny, ...)
 
         if order == 0:
             ax, ay = (rx(x),), (ry(y),)

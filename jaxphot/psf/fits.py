@@ -13,11 +13,13 @@ WebbPSF/photutils ``GriddedPSFModel`` layout (photutils reads the first number a
 photutils.
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+from jaxtyping import Float
 
 from ..io import read_image
 from .discrete import DiscretePSF, integrated_card
@@ -26,7 +28,7 @@ from .varying import GriddedPSF, PolynomialPSF
 __all__ = ["write_psf_fits", "read_psf_fits", "grid_from_points"]
 
 
-def write_psf_fits(psf, path, overwrite: bool = False) -> None:
+def write_psf_fits(psf: DiscretePSF | PolynomialPSF | GriddedPSF, path, overwrite: bool = False) -> None:
     """Save a DiscretePSF, PolynomialPSF or GriddedPSF to a FITS file (samples + metadata).
 
     See the module docstring for the header keywords.
@@ -75,7 +77,8 @@ def write_psf_fits(psf, path, overwrite: bool = False) -> None:
     fits.PrimaryHDU(np.asarray(data, np.float64), header=hdr).writeto(path, overwrite=overwrite)
 
 
-def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = None):
+def read_psf_fits(path, oversampling: int | None = None,
+                  kernel: str | None = None) -> DiscretePSF | PolynomialPSF | GriddedPSF:
     """Read a PSF from :func:`write_psf_fits`, a photutils/WebbPSF gridded PSF or a plain image.
 
     Parameters
@@ -91,10 +94,10 @@ def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = No
     -------
     DiscretePSF, PolynomialPSF or GriddedPSF
         A file with ``DET_YX*`` cards is a :class:`GriddedPSF`; ``PSFTYPE = 'POLY'`` a
-        :class:`PolynomialPSF`; a 2-D image a :class:`~jaxphot.psf.DiscretePSF`. ``INTEGRAT`` (or ``EPSF``) says
-        whether the samples are an ePSF; without it grids and polynomials are taken to be ePSFs
-        (what photutils and WebbPSF grids are) and a plain image a PSF (MATPHOT), as
-        :meth:`DiscretePSF.from_header` reads it.
+        :class:`PolynomialPSF`; a 2-D image a :class:`~jaxphot.psf.DiscretePSF`. ``INTEGRAT``
+        (or ``EPSF``) says whether the samples are an ePSF; without it grids and polynomials are
+        taken to be ePSFs (what photutils and WebbPSF grids are) and a plain image a PSF
+        (MATPHOT), as :meth:`DiscretePSF.from_header` reads it.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PSF files often carry odd WCS cards
@@ -102,20 +105,12 @@ def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = No
     data, hdr, path = img.data, img.header, img.path
     s = int(oversampling or hdr.get("OVERSAMP", 1))
     kern = kernel or hdr.get("KERNEL", "bspline3")
-    norm = float(hdr.get("PSFNORM", 1.0))
     ptype = str(hdr.get("PSFTYPE", "")).upper()
-    det = [k for k in hdr if k.startswith("DET_YX")]
-    if det or ptype == "GRID":
-        if not det:
-            raise ValueError(f"{path}: PSFTYPE='GRID' but no DET_YX* position cards")
-        det.sort(key=lambda k: int(k[6:]))
-        xy = []
-        for k in det:
-            vals = str(hdr[k]).strip().lstrip("(").rstrip(")").split(",")
-            xy.append((float(vals[0]), float(vals[1])))
+    xy = _node_positions(hdr, path, ptype == "GRID")
+    if xy is not None:
         return grid_from_points(
             data[None] if data.ndim == 2 else data,
-            np.array(xy),
+            xy,
             s,
             integrated_card(hdr, default=True),
             kern,
@@ -132,14 +127,33 @@ def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = No
             (hdr["POLYSX"], hdr["POLYSY"]),
             integrated=integrated_card(hdr, default=True),
             kernel=kern,
-            norm=norm,
+            norm=float(hdr.get("PSFNORM", 1.0)),
         )
     if data.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D PSF image, got shape {data.shape}")
     return DiscretePSF.from_header(data, hdr, oversampling=oversampling, kernel=kernel)
 
 
-def grid_from_points(data, xy, s, integrated, kernel, name, node_norm=False, extrapolate=False):
+def _node_positions(hdr, path, grid: bool) -> Float[np.ndarray, " N 2"] | None:
+    """The (x, y) of every plane from the ``DET_YX{i}`` cards, in plane order; None without
+    cards (a ValueError when ``grid`` says the file is a grid)."""
+    det = [k for k in hdr if k.startswith("DET_YX")]
+    if not det:
+        if grid:
+            raise ValueError(f"{path}: PSFTYPE='GRID' but no DET_YX* position cards")
+        return None
+    det.sort(key=lambda k: int(k[6:]))
+    xy = []
+    for k in det:
+        # photutils reads the first number of DET_YX as x (see module docstring)
+        vals = str(hdr[k]).strip().lstrip("(").rstrip(")").split(",")
+        xy.append((float(vals[0]), float(vals[1])))
+    return np.array(xy)
+
+
+def grid_from_points(data: Float[np.ndarray, " N ny nx"], xy: Float[np.ndarray, " N 2"], s: int,
+                     integrated: bool, kernel: str, name: str, node_norm: bool = False,
+                     extrapolate: bool = False) -> GriddedPSF:
     """GriddedPSF from a stack (N, ny, nx) and arbitrary-order node positions (N, 2).
 
     With ``node_norm`` each plane's sum relative to the convention is its node's ``norm``.
@@ -156,8 +170,3 @@ def grid_from_points(data, xy, s, integrated, kernel, name, node_norm=False, ext
     return GriddedPSF(
         arr, gx, gy, s, integrated=integrated, kernel=kernel, norm=norm, extrapolate=extrapolate
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# HST WFC3/UVIS library PSFs
-

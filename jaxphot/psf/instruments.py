@@ -1,18 +1,22 @@
 """Instrument PSF libraries: the HST WFC3/UVIS empirical PSF grid."""
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
 import numpy as np
+from jaxtyping import Bool, Float
 
 from .varying import GriddedPSF, PSFGridWarning
 
 __all__ = ["read_wfc3_uvis_grid", "wfc3_uvis_grid_positions"]
 
 
-def wfc3_uvis_grid_positions(detector: str = "both") -> tuple[np.ndarray, np.ndarray]:
+def wfc3_uvis_grid_positions(
+    detector: str = "both",
+) -> tuple[Float[np.ndarray, " 7"], Float[np.ndarray, " G"]]:
     """Assumed detector positions (0-based pixels) of the 7 x 8 WFC3/UVIS library PSF grid.
 
     STScI's WFC3/UVIS "STDPSF" library (Anderson) holds 56 = 7 x 8 PSFs: 7 columns across the
@@ -102,35 +106,46 @@ def read_wfc3_uvis_grid(
         rows = rows[4:]
     bad = _floored_nodes(rows, floor_frac)
     if bad.any():
-        where = ", ".join(f"({gx[i]:.0f}, {gy[j]:.0f})" for j, i in zip(*np.nonzero(bad), strict=True))
-        if corrupt == "raise":
-            raise ValueError(f"{path}: {int(bad.sum())} corrupt PSFs (flat floor) at (x, y) = {where}")
-        keep_r, keep_c = np.ones(bad.shape[0], bool), np.ones(bad.shape[1], bool)
-        while (b := bad[np.ix_(keep_r, keep_c)]).any():
-            # drop the grid row or column holding the most corrupt nodes (rows on a tie)
-            nr, nc = b.sum(1), b.sum(0)
-            if nr.max() >= nc.max():
-                keep_r[np.nonzero(keep_r)[0][np.argmax(nr)]] = False
-            else:
-                keep_c[np.nonzero(keep_c)[0][np.argmax(nc)]] = False
-        if not (keep_r.any() and keep_c.any()):
-            raise ValueError(f"{path}: no valid PSF left after dropping the corrupt ones")
-        warnings.warn(
-            f"{path.name}: {int(bad.sum())} corrupt PSFs (flat floor > {floor_frac:g} x peak) at "
-            f"(x, y) = {where}; dropped grid rows y = {_fmt(np.asarray(gy)[~keep_r])} and columns "
-            f"x = {_fmt(np.asarray(gx)[~keep_c])}, leaving {keep_r.sum()} x {keep_c.sum()} nodes",
-            PSFGridWarning,
-            stacklevel=2,
-        )
-        rows, gx, gy = rows[np.ix_(keep_r, keep_c)], np.asarray(gx)[keep_c], np.asarray(gy)[keep_r]
+        rows, gx, gy = _drop_corrupt(rows, np.asarray(gx), np.asarray(gy), bad, path, corrupt,
+                                     floor_frac)
     return GriddedPSF(rows, gx, gy, oversampling=4, integrated=True, kernel=kernel)
 
 
+def _drop_corrupt(rows: Float[np.ndarray, " gy gx ny nx"], gx: Float[np.ndarray, " gx"],
+                  gy: Float[np.ndarray, " gy"], bad: Bool[np.ndarray, " gy gx"], path: Path,
+                  corrupt: str, floor_frac: float):
+    """``(rows, gx, gy)`` without the grid rows and columns holding corrupt nodes (warned), or
+    a ValueError naming them (``corrupt="raise"``)."""
+    where = ", ".join(f"({gx[i]:.0f}, {gy[j]:.0f})" for j, i in zip(*np.nonzero(bad), strict=True))
+    if corrupt == "raise":
+        raise ValueError(f"{path}: {int(bad.sum())} corrupt PSFs (flat floor) at (x, y) = {where}")
+    keep_r, keep_c = np.ones(bad.shape[0], bool), np.ones(bad.shape[1], bool)
+    while (b := bad[np.ix_(keep_r, keep_c)]).any():
+        # drop the grid row or column holding the most corrupt nodes (rows on a tie)
+        nr, nc = b.sum(1), b.sum(0)
+        if nr.max() >= nc.max():
+            keep_r[np.nonzero(keep_r)[0][np.argmax(nr)]] = False
+        else:
+            keep_c[np.nonzero(keep_c)[0][np.argmax(nc)]] = False
+    if not (keep_r.any() and keep_c.any()):
+        raise ValueError(f"{path}: no valid PSF left after dropping the corrupt ones")
+    warnings.warn(
+        f"{path.name}: {int(bad.sum())} corrupt PSFs (flat floor > {floor_frac:g} x peak) at "
+        f"(x, y) = {where}; dropped grid rows y = {_fmt(gy[~keep_r])} and columns "
+        f"x = {_fmt(gx[~keep_c])}, leaving {keep_r.sum()} x {keep_c.sum()} nodes",
+        PSFGridWarning,
+        stacklevel=3,  # the caller of read_wfc3_uvis_grid
+    )
+    return rows[np.ix_(keep_r, keep_c)], gx[keep_c], gy[keep_r]
+
+
 def _fmt(v) -> str:
+    """``[a, b, ...]`` of pixel coordinates, for messages."""
     return "[" + ", ".join(f"{a:.0f}" for a in v) + "]"
 
 
-def _floored_nodes(rows: np.ndarray, floor_frac: float) -> np.ndarray:
+def _floored_nodes(rows: Float[np.ndarray, " gy gx ny nx"],
+                   floor_frac: float) -> Bool[np.ndarray, " gy gx"]:
     """(ny, nx) bool: nodes whose outermost 1-pixel rim median exceeds ``floor_frac`` x peak."""
     k = 4  # samples per pixel of the library
     rim = np.zeros(rows.shape[-2:], bool)

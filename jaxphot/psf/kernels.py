@@ -19,22 +19,25 @@ Kernels
     accuracy experiment behind that choice.
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
-__all__ = ["KERNELS", "kernel_weights", "support", "bspline3", "bspline_prefilter", "spline_samples"]
+__all__ = ["KERNELS", "kernel_weights", "support", "bspline3", "bspline_prefilter", "spline_samples",
+           "spline_coefficients"]
 
 _SINC_HALF = 10
 _SINC_DAMP = 3.25
 
 
-def _damped_sinc(t):
+def _damped_sinc(t: Array) -> Array:
     return jnp.exp(-((t / _SINC_DAMP) ** 2)) * jnp.sinc(t) * (jnp.abs(t) <= _SINC_HALF)
 
 
-def _keys(t, a=-0.5):
+def _keys(t: Array, a: float = -0.5) -> Array:
     at = jnp.abs(t)
     at2, at3 = at * at, at * at * at
     near = (a + 2.0) * at3 - (a + 3.0) * at2 + 1.0
@@ -42,7 +45,8 @@ def _keys(t, a=-0.5):
     return jnp.where(at <= 1.0, near, jnp.where(at < 2.0, far, 0.0))
 
 
-def bspline3(t):
+def bspline3(t: Array) -> Array:
+    """The cubic B-spline basis at distances ``t`` (array samples): C2, non-negative, 4 taps."""
     at = jnp.abs(t)
     near = 2.0 / 3.0 - at * at + 0.5 * at * at * at
     far = (2.0 - at) ** 3 / 6.0
@@ -58,7 +62,7 @@ def support(name: str) -> int:
     return _SUPPORT[name]
 
 
-def kernel_weights(name: str, t, axis: int = -1):
+def kernel_weights(name: str, t: Float[Array, " ..."], axis: int = -1) -> Float[Array, " ..."]:
     """Evaluate kernel ``name`` at distances ``t`` (any shape).
 
     For the damped sinc, the weights are divided by the sum of the 21 taps at the same phase, so
@@ -80,7 +84,7 @@ def kernel_weights(name: str, t, axis: int = -1):
     return w
 
 
-def bspline_prefilter(a: np.ndarray) -> np.ndarray:
+def bspline_prefilter(a: Float[np.ndarray, " ny nx"]) -> Float[np.ndarray, " ny nx"]:
     """Cubic B-spline coefficients ``c`` that interpolate the 2-D array ``a`` exactly.
 
     Solves ``(c[m-1] + 4 c[m] + c[m+1]) / 6 = a[m]`` along each axis with ``c = 0`` beyond the edges
@@ -99,16 +103,27 @@ def bspline_prefilter(a: np.ndarray) -> np.ndarray:
     return np.linalg.solve(mx, c.T).T
 
 
-def spline_samples(c: np.ndarray, kernel: str) -> np.ndarray:
-    """The samples a coefficient array stands for: the inverse of :func:`bspline_prefilter`.
+def spline_coefficients(a: Float[np.ndarray, " *stack ny nx"],
+                        kernel: str) -> Float[np.ndarray, " *stack ny nx"]:
+    """What a PSF stores for samples ``a`` (last two axes y, x): spline coefficients for
+    ``"bspline3"`` (:func:`bspline_prefilter` of every 2-D array), the samples for other kernels."""
+    if kernel != "bspline3":
+        return a
+    flat = np.reshape(a, (-1,) + np.shape(a)[-2:])
+    return np.stack([bspline_prefilter(t) for t in flat]).reshape(np.shape(a))
+
+
+def spline_samples(c: Float[np.ndarray, " *stack ny nx"], kernel: str) -> Float[np.ndarray, " *stack ny nx"]:
+    """The samples a coefficient array stands for: the inverse of :func:`spline_coefficients`.
 
     For ``"bspline3"`` each sample is the separable ``[1, 4, 1] / 6`` combination of the
     coefficients around it (zero beyond the edges); other kernels store samples directly.
-    Float64 numpy, shape of ``c`` (last two axes are y, x).
+    Float64 numpy, shape of ``c`` (last two axes are y, x; leading axes are a stack of arrays).
     """
     if kernel != "bspline3":
         return np.asarray(c, np.float64)
     k = np.array([1.0, 4.0, 1.0]) / 6.0
-    p = np.pad(np.asarray(c, np.float64), 1)
-    rows = k[0] * p[:-2] + k[1] * p[1:-1] + k[2] * p[2:]
-    return k[0] * rows[:, :-2] + k[1] * rows[:, 1:-1] + k[2] * rows[:, 2:]
+    c = np.asarray(c, np.float64)
+    p = np.pad(c, [(0, 0)] * (c.ndim - 2) + [(1, 1), (1, 1)])
+    rows = k[0] * p[..., :-2, :] + k[1] * p[..., 1:-1, :] + k[2] * p[..., 2:, :]
+    return k[0] * rows[..., :-2] + k[1] * rows[..., 1:-1] + k[2] * rows[..., 2:]

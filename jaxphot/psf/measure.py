@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 
+from ..core.scene import PSFModel
+
 __all__ = ["psf_fwhm", "support_half", "check_psf"]
 
 
-def psf_fwhm(psf) -> float:
+def psf_fwhm(psf: PSFModel) -> float:
     """FWHM of a PSF model in detector pixels.
 
     Uses ``psf.fwhm`` (the larger of ``fwhm``/``fwhm_y``) when the model has one, else the
@@ -33,7 +35,7 @@ def psf_fwhm(psf) -> float:
     return float(max(2.0 * math.sqrt(area / math.pi), 0.5))
 
 
-def support_half(psf, fwhm: float) -> int:
+def support_half(psf: PSFModel, fwhm: float) -> int:
     """Half size (pixels) of the stamp on which one star's model is evaluated."""
     if hasattr(psf, "coeffs") and hasattr(psf, "oversampling"):
         ny, nx = np.shape(psf.coeffs)
@@ -43,7 +45,8 @@ def support_half(psf, fwhm: float) -> int:
     return int(math.ceil(factor * fwhm)) + 1
 
 
-def check_psf(psf, half: int) -> None:
+def check_psf(psf: PSFModel, half: int) -> None:
+    """Raise a ValueError unless ``psf`` gives a finite, positive (2 half + 1)^2 pixel stamp."""
     n = 2 * half + 1
     try:
         prf = np.asarray(psf.evaluate(float(half), float(half), (n, n)), float)

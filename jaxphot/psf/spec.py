@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.scene import PSFModel
 from .analytic import GaussianPRF, MoffatPSF
 from .fits import read_psf_fits
 
@@ -21,7 +22,8 @@ class PSFSpecError(ValueError):
     """A PSF specification that cannot be turned into a PSF; the message names the spec."""
 
 
-def _analytic(spec: str):
+def _analytic(spec: str) -> GaussianPRF | MoffatPSF:
+    """The analytic PSF of a ``kind:key=value,...`` specification."""
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
     kw = {}
@@ -46,7 +48,7 @@ def _analytic(spec: str):
         raise PSFSpecError(f"--psf {spec!r}: {exc}") from None
 
 
-def parse_psf_spec(spec: str, oversampling: int | None = None):
+def parse_psf_spec(spec: str, oversampling: int | None = None) -> PSFModel:
     """Build a PSF from a text specification.
 
     Parameters

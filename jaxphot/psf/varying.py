@@ -18,23 +18,27 @@ Models
     PSFs on a rectangular grid of detector positions, bilinearly interpolated between the nodes and
     held constant beyond the outermost ones (as photutils' ``GriddedPSFModel`` does).
 
-Every PSF returned by ``at`` is renormalised exactly to the package's convention (docs/conventions.md) (sum of the
-samples = s^2 for an integrated ePSF, 1 for a MATPHOT PSF), so a polynomial or an interpolation
-never changes a star's flux scale.
+Every PSF returned by ``at`` is renormalised exactly to the package's convention
+(docs/conventions.md: the samples sum to s^2 for an integrated ePSF, 1 for a MATPHOT PSF), so a
+polynomial or an interpolation never changes a star's flux scale.
 
 FITS I/O is :mod:`jaxphot.psf.fits`; the HST WFC3/UVIS grid reader :mod:`jaxphot.psf.instruments`.
 """
 
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
-from ..core.pytree import pytree
+from ..core.pytree import pytree, static
 from .base import HIGHEST
-from .discrete import DiscretePSF, interpolation_matrix
-from .kernels import KERNELS, bspline_prefilter, spline_samples
+from .discrete import DiscretePSF, check_sampling, interpolation_matrix
+from .kernels import spline_coefficients, spline_samples
 
 __all__ = [
     "BatchedDiscretePSF",
@@ -58,12 +62,12 @@ def poly_terms(degree: int) -> tuple[tuple[int, int], ...]:
     return tuple((d - b, b) for d in range(degree + 1) for b in range(d + 1))
 
 
-def _monomials(u, v, degree: int):
+def _monomials(u: Float[Array, " N"], v: Float[Array, " N"], degree: int) -> Float[Array, " T N"]:
     """(T,) + u.shape array of the monomials of :func:`poly_terms`."""
     return jnp.stack([u**a * v**b for a, b in poly_terms(degree)])
 
 
-def sample_sum_weights(n: int, kernel: str) -> np.ndarray:
+def sample_sum_weights(n: int, kernel: str) -> Float[np.ndarray, " n"]:
     """(n,) weights e with ``sum(samples) = e_y^T C e_x`` for coefficient array C along one axis.
 
     For the cubic B-spline a sample is ``(c[m-1] + 4 c[m] + c[m+1]) / 6`` with zero coefficients
@@ -75,16 +79,7 @@ def sample_sum_weights(n: int, kernel: str) -> np.ndarray:
     return e
 
 
-def _check_kernel_and_oversampling(kernel, oversampling):
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
-    s = int(oversampling)
-    if s < 1 or s != oversampling:
-        raise ValueError(f"oversampling must be a positive integer, got {oversampling!r}")
-    return s
-
-
-@pytree(data_fields=("coeffs",), meta_fields=("oversampling", "integrated", "kernel", "batch_size"))
+@pytree
 class BatchedDiscretePSF:
     """N discrete PSFs of one shape, one per cutout: what spatially varying PSFs' ``at`` returns.
 
@@ -97,23 +92,24 @@ class BatchedDiscretePSF:
         As for :class:`~jaxphot.psf.DiscretePSF`.
     """
 
+    coeffs: Float[Array, " ny nx N"]
+    oversampling: int = static()
+    integrated: bool = static()
+    kernel: str = static()
+    batch_size: int = static()
+
     def __init__(self, coeffs, oversampling: int, integrated: bool = True, kernel="bspline3"):
         c = jnp.asarray(coeffs)
         if c.ndim != 3:
             raise ValueError(f"coeffs must have shape (ny, nx, N), got {c.shape}")
-        object.__setattr__(self, "coeffs", c)
-        object.__setattr__(
-            self, "oversampling", _check_kernel_and_oversampling(kernel, oversampling)
-        )
-        object.__setattr__(self, "integrated", bool(integrated))
-        object.__setattr__(self, "kernel", kernel)
-        object.__setattr__(self, "batch_size", int(c.shape[-1]))
+        self.coeffs = c
+        self.oversampling = check_sampling(kernel, oversampling)
+        self.integrated = bool(integrated)
+        self.kernel = kernel
+        self.batch_size = int(c.shape[-1])
 
-    def _axis_matrix(self, x0, n_pix, n_arr, dtype):
-        return interpolation_matrix(self.kernel, self.oversampling, self.integrated,
-                                    x0, n_pix, n_arr, dtype)
-
-    def evaluate(self, x, y, shape):
+    def evaluate(self, x: Float[ArrayLike, " *lead N"], y: Float[ArrayLike, " *lead N"],
+                 shape: tuple[int, int]) -> Float[Array, " H W *lead N"]:
         """PRF of unit-flux stars at (x, y): (H, W) + x.shape; x's last axis indexes the PSFs."""
         dtype = jnp.result_type(x, y, float)
         x, y = jnp.broadcast_arrays(jnp.asarray(x, dtype), jnp.asarray(y, dtype))
@@ -125,8 +121,9 @@ class BatchedDiscretePSF:
         n = x.shape[-1]
         x2, y2 = x.reshape(-1, n), y.reshape(-1, n)  # (K, N)
         c = self.coeffs.astype(dtype)
-        rx = self._axis_matrix(x2, shape[1], c.shape[1], dtype)  # (W, nx, K, N)
-        ry = self._axis_matrix(y2, shape[0], c.shape[0], dtype)  # (H, ny, K, N)
+        matrix = functools.partial(interpolation_matrix, self.kernel, self.oversampling, self.integrated)
+        rx = matrix(x2, shape[1], c.shape[1], dtype)  # (W, nx, K, N)
+        ry = matrix(y2, shape[0], c.shape[0], dtype)  # (H, ny, K, N)
         t = jnp.einsum("abn,wbkn->awkn", c, rx, precision=HIGHEST)
         out = jnp.einsum("hakn,awkn->hwkn", ry, t, precision=HIGHEST)
         return out.reshape(tuple(shape) + lead + (n,))
@@ -138,7 +135,8 @@ class BatchedDiscretePSF:
         )
 
 
-def _normalised_batch(c, oversampling, integrated, kernel, norm=1.0):
+def _normalised_batch(c: Float[Array, " ny nx N"], oversampling: int, integrated: bool, kernel: str,
+                      norm: float | Float[Array, " N"] = 1.0) -> BatchedDiscretePSF:
     """Rescale coefficients (ny, nx, N) so that every PSF's samples sum to ``norm`` s^2 (or 1)."""
     ey = jnp.asarray(sample_sum_weights(c.shape[0], kernel), c.dtype)
     ex = jnp.asarray(sample_sum_weights(c.shape[1], kernel), c.dtype)
@@ -150,11 +148,19 @@ def _normalised_batch(c, oversampling, integrated, kernel, norm=1.0):
     return BatchedDiscretePSF(c * (target / total), oversampling, integrated, kernel)
 
 
-@pytree(
-    data_fields=("coeffs",),
-    meta_fields=("oversampling", "integrated", "kernel", "degree", "center", "scale", "norm"),
-)
-class PolynomialPSF:
+class _Varying:
+    """What the spatially varying PSFs share: one PSF at a position from their ``at``."""
+
+    def at(self, x, y) -> BatchedDiscretePSF:
+        raise NotImplementedError
+
+    def psf_at(self, x: float, y: float) -> DiscretePSF:
+        """One :class:`~jaxphot.psf.DiscretePSF` for the image position (x, y)."""
+        return _single(self.at(np.array([x]), np.array([y])))
+
+
+@pytree
+class PolynomialPSF(_Varying):
     """A discrete PSF whose samples vary with detector position as a polynomial of degree <= 2.
 
     Parameters
@@ -179,6 +185,15 @@ class PolynomialPSF:
         holds; ``1 / apcor`` (``build_epsf(normalize="aperture")``) makes them total fluxes.
     """
 
+    coeffs: Float[Array, " T ny nx"]
+    oversampling: int = static()
+    integrated: bool = static()
+    kernel: str = static()
+    degree: int = static()
+    center: tuple[float, float] = static()
+    scale: tuple[float, float] = static()
+    norm: float = static()
+
     def __init__(
         self,
         arrays,
@@ -198,29 +213,28 @@ class PolynomialPSF:
             )
         if not np.all(np.isfinite(a)):
             raise ValueError("arrays (the PSF terms) contain non-finite values")
-        s = _check_kernel_and_oversampling(kernel, oversampling)
+        s = check_sampling(kernel, oversampling)
         cx, cy = (float(v) for v in center)
         sx, sy = (float(v) for v in scale)
         if not (sx > 0 and sy > 0):
             raise ValueError(f"scale must be positive (pixels), got {scale!r}")
-        c = np.stack([bspline_prefilter(t) for t in a]) if kernel == "bspline3" else a
-        object.__setattr__(self, "coeffs", jnp.asarray(c, jnp.float32))
-        object.__setattr__(self, "oversampling", s)
-        object.__setattr__(self, "integrated", bool(integrated))
-        object.__setattr__(self, "kernel", kernel)
-        object.__setattr__(self, "degree", int(degree))
-        object.__setattr__(self, "center", (cx, cy))
-        object.__setattr__(self, "scale", (sx, sy))
         if not (np.isfinite(norm) and norm > 0):
             raise ValueError(f"norm must be a positive number, got {norm!r}")
-        object.__setattr__(self, "norm", float(norm))
+        self.coeffs = jnp.asarray(spline_coefficients(a, kernel), jnp.float32)
+        self.oversampling = s
+        self.integrated = bool(integrated)
+        self.kernel = kernel
+        self.degree = int(degree)
+        self.center = (cx, cy)
+        self.scale = (sx, sy)
+        self.norm = float(norm)
 
     @property
-    def arrays(self) -> np.ndarray:
+    def arrays(self) -> Float[np.ndarray, " T ny nx"]:
         """(T, ny, nx) samples of each term (float64 numpy)."""
-        return np.stack([spline_samples(c, self.kernel) for c in np.asarray(self.coeffs, np.float64)])
+        return spline_samples(np.asarray(self.coeffs, np.float64), self.kernel)
 
-    def at(self, x, y) -> BatchedDiscretePSF:
+    def at(self, x: Float[ArrayLike, " N"], y: Float[ArrayLike, " N"]) -> BatchedDiscretePSF:
         """The PSFs at image positions ``x, y`` (N,): a :class:`BatchedDiscretePSF` of N PSFs."""
         x, y = jnp.atleast_1d(jnp.asarray(x)), jnp.atleast_1d(jnp.asarray(y))
         u = (x - self.center[0]) / self.scale[0]
@@ -229,10 +243,6 @@ class PolynomialPSF:
         c = jnp.einsum("tab,tn->abn", self.coeffs, p, precision=HIGHEST)
         return _normalised_batch(c, self.oversampling, self.integrated, self.kernel, self.norm)
 
-    def psf_at(self, x: float, y: float) -> DiscretePSF:
-        """One :class:`~jaxphot.psf.DiscretePSF` for the image position (x, y)."""
-        return _single(self.at(np.array([x]), np.array([y])))
-
     def __repr__(self):
         return (
             f"PolynomialPSF(shape={tuple(self.coeffs.shape[1:])}, degree={self.degree}, "
@@ -240,11 +250,55 @@ class PolynomialPSF:
         )
 
 
-@pytree(
-    data_fields=("coeffs",),
-    meta_fields=("oversampling", "integrated", "kernel", "grid_x", "grid_y", "norm", "extrapolate"),
-)
-class GriddedPSF:
+def _grid_stack(arrays, gx: tuple[float, ...], gy: tuple[float, ...]) -> Float[np.ndarray, " gy gx ny nx"]:
+    """The node PSFs as a (len(gy), len(gx), ny, nx) float64 array, after checking the grid."""
+    a = np.asarray(arrays, np.float64)
+    if a.ndim == 3:
+        if a.shape[0] != len(gx) * len(gy):
+            raise ValueError(
+                f"{a.shape[0]} PSFs do not fill a {len(gy)} x {len(gx)} grid of positions"
+            )
+        a = a.reshape(len(gy), len(gx), *a.shape[1:])
+    if a.ndim != 4 or a.shape[:2] != (len(gy), len(gx)) or min(a.shape[2:]) < 3:
+        raise ValueError(
+            f"arrays must have shape ({len(gy)}, {len(gx)}, ny, nx), got {np.shape(arrays)}"
+        )
+    for name, g in (("grid_x", gx), ("grid_y", gy)):
+        if len(g) > 1 and not np.all(np.diff(g) > 0):
+            raise ValueError(f"{name} must be strictly increasing, got {g}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("arrays (the PSF grid) contain non-finite values")
+    return a
+
+
+def _node_norms(norm, sums: Float[np.ndarray, " gy gx"]) -> Float[np.ndarray, " gy gx"]:
+    """Each node's ``norm`` (scalar or per node), checked positive."""
+    if not np.all(sums > 0):
+        raise ValueError("every PSF of the grid must have a positive sum")
+    nrm = np.broadcast_to(np.asarray(norm, np.float64), sums.shape)
+    if not (np.all(np.isfinite(nrm)) and np.all(nrm > 0)):
+        raise ValueError(f"norm must be positive, scalar or {sums.shape}, got {norm!r}")
+    return nrm
+
+
+def _grid_weights(p: Float[Array, " N"], grid: tuple[float, ...],
+                  extrapolate: bool = False) -> Float[Array, " G N"]:
+    """(len(grid), N) linear-interpolation weights of positions p, clamped to the grid unless
+    ``extrapolate`` (then the outermost intervals' weights continue linearly)."""
+    g = jnp.asarray(grid, p.dtype)
+    if len(grid) == 1:
+        return jnp.ones((1,) + p.shape, p.dtype)
+    i = jnp.clip(jnp.searchsorted(g, p) - 1, 0, len(grid) - 2)
+    f = (p - g[i]) / (g[i + 1] - g[i])
+    if not extrapolate:
+        f = jnp.clip(f, 0.0, 1.0)
+    hot = jax.nn.one_hot(i, len(grid), dtype=p.dtype).T  # (G, N)
+    nxt = jax.nn.one_hot(i + 1, len(grid), dtype=p.dtype).T
+    return hot * (1.0 - f) + nxt * f
+
+
+@pytree
+class GriddedPSF(_Varying):
     """Discrete PSFs on a rectangular grid of detector positions, bilinearly interpolated.
 
     Parameters
@@ -277,6 +331,15 @@ class GriddedPSF:
     ``extrapolate``.
     """
 
+    coeffs: Float[Array, " gy gx ny nx"]
+    oversampling: int = static()
+    integrated: bool = static()
+    kernel: str = static()
+    grid_x: tuple[float, ...] = static()
+    grid_y: tuple[float, ...] = static()
+    norm: float | tuple[tuple[float, ...], ...] = static()
+    extrapolate: bool = static()
+
     def __init__(
         self,
         arrays,
@@ -290,83 +353,39 @@ class GriddedPSF:
     ):
         gx = tuple(float(v) for v in np.atleast_1d(grid_x))
         gy = tuple(float(v) for v in np.atleast_1d(grid_y))
-        a = np.asarray(arrays, np.float64)
-        if a.ndim == 3:
-            if a.shape[0] != len(gx) * len(gy):
-                raise ValueError(
-                    f"{a.shape[0]} PSFs do not fill a {len(gy)} x {len(gx)} grid of positions"
-                )
-            a = a.reshape(len(gy), len(gx), *a.shape[1:])
-        if a.ndim != 4 or a.shape[:2] != (len(gy), len(gx)) or min(a.shape[2:]) < 3:
-            raise ValueError(
-                f"arrays must have shape ({len(gy)}, {len(gx)}, ny, nx), got {np.shape(arrays)}"
-            )
-        for name, g in (("grid_x", gx), ("grid_y", gy)):
-            if len(g) > 1 and not np.all(np.diff(g) > 0):
-                raise ValueError(f"{name} must be strictly increasing, got {g}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError("arrays (the PSF grid) contain non-finite values")
-        s = _check_kernel_and_oversampling(kernel, oversampling)
+        a = _grid_stack(arrays, gx, gy)
+        s = check_sampling(kernel, oversampling)
         sums = a.sum(axis=(2, 3))
-        if not np.all(sums > 0):
-            raise ValueError("every PSF of the grid must have a positive sum")
-        nrm = np.broadcast_to(np.asarray(norm, np.float64), sums.shape)
-        if not (np.all(np.isfinite(nrm)) and np.all(nrm > 0)):
-            raise ValueError(f"norm must be positive, scalar or ({len(gy)}, {len(gx)}), got {norm!r}")
+        nrm = _node_norms(norm, sums)
         a = a * ((s * s if integrated else 1.0) * nrm / sums)[:, :, None, None]
-        flat = a.reshape(-1, *a.shape[2:])
-        c = np.stack([bspline_prefilter(t) for t in flat]) if kernel == "bspline3" else flat
-        object.__setattr__(self, "coeffs", jnp.asarray(c.reshape(a.shape), jnp.float32))
-        object.__setattr__(self, "oversampling", s)
-        object.__setattr__(self, "integrated", bool(integrated))
-        object.__setattr__(self, "kernel", kernel)
-        object.__setattr__(self, "grid_x", gx)
-        object.__setattr__(self, "grid_y", gy)
-        object.__setattr__(self, "extrapolate", bool(extrapolate))
+        self.coeffs = jnp.asarray(spline_coefficients(a, kernel), jnp.float32)
+        self.oversampling = s
+        self.integrated = bool(integrated)
+        self.kernel = kernel
+        self.grid_x = gx
+        self.grid_y = gy
+        self.extrapolate = bool(extrapolate)
         # a hashable static field: a float when uniform (the common case), else nested tuples
         uni = bool(np.all(nrm == nrm.flat[0]))
-        object.__setattr__(
-            self, "norm", float(nrm.flat[0]) if uni else tuple(map(tuple, nrm.tolist()))
-        )
+        self.norm = float(nrm.flat[0]) if uni else tuple(map(tuple, nrm.tolist()))
 
     @property
-    def arrays(self) -> np.ndarray:
+    def arrays(self) -> Float[np.ndarray, " gy gx ny nx"]:
         """(ny_grid, nx_grid, ny, nx) samples (float64 numpy); each sums to ``norm`` s^2 (or norm)."""
-        c = np.asarray(self.coeffs, np.float64)
-        flat = np.stack([spline_samples(t, self.kernel) for t in c.reshape(-1, *c.shape[2:])])
-        return flat.reshape(c.shape)
+        return spline_samples(np.asarray(self.coeffs, np.float64), self.kernel)
 
-    @staticmethod
-    def _weights(p, grid, extrapolate=False):
-        """(len(grid), N) linear-interpolation weights of positions p, clamped to the grid unless
-        ``extrapolate`` (then the outermost intervals' weights continue linearly)."""
-        g = jnp.asarray(grid, p.dtype)
-        if len(grid) == 1:
-            return jnp.ones((1,) + p.shape, p.dtype)
-        i = jnp.clip(jnp.searchsorted(g, p) - 1, 0, len(grid) - 2)
-        f = (p - g[i]) / (g[i + 1] - g[i])
-        if not extrapolate:
-            f = jnp.clip(f, 0.0, 1.0)
-        hot = jax.nn.one_hot(i, len(grid), dtype=p.dtype).T  # (G, N)
-        nxt = jax.nn.one_hot(i + 1, len(grid), dtype=p.dtype).T
-        return hot * (1.0 - f) + nxt * f
-
-    def at(self, x, y) -> BatchedDiscretePSF:
+    def at(self, x: Float[ArrayLike, " N"], y: Float[ArrayLike, " N"]) -> BatchedDiscretePSF:
         """The PSFs at image positions ``x, y`` (N,): a :class:`BatchedDiscretePSF` of N PSFs."""
         x = jnp.atleast_1d(jnp.asarray(x, jnp.float32))
         y = jnp.atleast_1d(jnp.asarray(y, jnp.float32))
-        wx = self._weights(x, self.grid_x, self.extrapolate)
-        wy = self._weights(y, self.grid_y, self.extrapolate)
+        wx = _grid_weights(x, self.grid_x, self.extrapolate)
+        wy = _grid_weights(y, self.grid_y, self.extrapolate)
         c = jnp.einsum("ijab,in,jn->abn", self.coeffs, wy, wx, precision=HIGHEST)
         if isinstance(self.norm, float):
             nrm = self.norm
         else:
             nrm = jnp.einsum("ij,in,jn->n", jnp.asarray(self.norm, c.dtype), wy, wx, precision=HIGHEST)
         return _normalised_batch(c, self.oversampling, self.integrated, self.kernel, nrm)
-
-    def psf_at(self, x: float, y: float) -> DiscretePSF:
-        """One :class:`~jaxphot.psf.DiscretePSF` for the image position (x, y)."""
-        return _single(self.at(np.array([x]), np.array([y])))
 
     def __repr__(self):
         return (
@@ -375,9 +394,8 @@ class GriddedPSF:
         )
 
 
-
-
 def _single(batch: BatchedDiscretePSF) -> DiscretePSF:
+    """The first PSF of a batch as a :class:`~jaxphot.psf.DiscretePSF`."""
     c = np.asarray(batch.coeffs[..., 0], np.float64)
     # the batch is already normalised (to ``norm`` s^2 for a PolynomialPSF): keep its sum
     return DiscretePSF(
@@ -389,7 +407,7 @@ def _single(batch: BatchedDiscretePSF) -> DiscretePSF:
     )
 
 
-def poly_scale(shape) -> tuple[tuple[float, float], tuple[float, float]]:
+def poly_scale(shape: tuple[int, int]) -> tuple[tuple[float, float], tuple[float, float]]:
     """Default (center, scale) of a polynomial PSF for an image of ``shape`` (H, W)."""
     h, w = shape
     return ((w - 1) / 2.0, (h - 1) / 2.0), (max((w - 1) / 2.0, 1.0), max((h - 1) / 2.0, 1.0))

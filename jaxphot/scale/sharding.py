@@ -1,6 +1,6 @@
 """The fit batch sharded over several devices in one process: :func:`fit_sharded`.
 
-:func:`jaxphot.fit.fit_cutouts` runs fixed-size chunks through one compiled solver, on threads
+:func:`jaxphot.core.fit.fit_cutouts` runs fixed-size chunks through one compiled solver, on threads
 on a CPU. This module is the alternative path for several *devices* (GPUs, or CPU host devices
 made with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``): each compiled call takes
 ``n_devices x chunk`` problems, laid out over a 1-D :class:`jax.sharding.Mesh` of the devices
@@ -32,13 +32,16 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..core import fit as _fit
-from ..core.batching import bucket, pad, psf_batch_size, slice_psf
+from ..core.batching import bucket, concat_trees, psf_batch_size, unpad
+from ..core.fit import FitJob
+from ..core.params import n_params
 
 __all__ = ["fit_sharded", "use_devices", "adaptive_chunk_size", "is_out_of_memory"]
 
 _AXIS = "batch"
 _MIN_CHUNK = 16  # below this an OOM is not a chunk-size problem
 _MAX_CHUNK = 1 << 17
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for XLA's out-of-memory errors (``RESOURCE_EXHAUSTED``), on any backend."""
@@ -104,7 +107,8 @@ def _mesh(devices: Sequence) -> Mesh:
 
 @functools.lru_cache(maxsize=32)
 def _compiled(mesh: Mesh, newton: bool, psf_tree, psf_ndims: tuple[int, ...] | None):
-    """``_fit_chunk`` under shard_map: batch axes split over the mesh, scalars replicated.
+    """:func:`~jaxphot.core.fit.solve_chunk` under shard_map: batch axes split over the mesh,
+    scalars replicated.
 
     One Levenberg-Marquardt ``while_loop`` per device: each shard stops when its own problems
     have converged. ``check_vma`` is off because the loop mixes replicated scalars with
@@ -119,25 +123,12 @@ def _compiled(mesh: Mesh, newton: bool, psf_tree, psf_ndims: tuple[int, ...] | N
             psf_tree, [P(*([None] * (nd - 1)), _AXIS) for nd in psf_ndims]
         )
 
-    def body(psf, data, var0, valid, p0, free, done0, lam0, it0, inv_gain, max_iter, step_tol):
-        return _fit.solve_chunk(
-            psf,
-            data,
-            var0,
-            valid,
-            p0,
-            free,
-            done0,
-            lam0,
-            it0,
-            inv_gain,
-            max_iter,
-            step_tol,
-            newton=newton,
-        )
+    def body(psf, *args):
+        return _fit.solve_chunk(psf, *args, newton=newton)
 
-    in_specs = (psf_specs, b, b, b, b, b, b, b, b, P(), P(), P())
-    out_specs = b  # every LMResult field is batch-first after _fit_chunk
+    # the psf, FitJob.span's eight row arrays, FitJob.scalars' three scalars
+    in_specs = (psf_specs, *[b] * 8, P(), P(), P())
+    out_specs = b  # every LMResult field is batch-first after solve_chunk
     fn = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
     return jax.jit(fn), psf_specs
 
@@ -155,29 +146,15 @@ class _ShardedRunner:
         self.chunk = chunk  # None: whatever fit_cutouts passes (its chunk_size)
         self.n_oom = 0
 
-    def __call__(
-        self,
-        psf,
-        pix,
-        rows,
-        state,
-        inv_gain,
-        max_iter,
-        step_tol,
-        chunk,
-        newton,
-        index=None,
-        min_bucket=0,
-    ):
+    def __call__(self, job: FitJob, chunk: int, min_bucket: int = 0):
+        """Solve every row of ``job`` (as :func:`~jaxphot.core.fit.thread_runner` does)."""
         if self.chunk is None:
             self.chunk = int(chunk)
-        n = rows[0].shape[0]
+        n = job.n
         nd = len(self.devices)
         out = []
         start = 0
         pending = None
-        # Everything but the span travels together to _dispatch / _collect.
-        job = (psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index)
         while start < n:
             per = self.chunk
             stop = min(n, start + nd * per)
@@ -197,7 +174,7 @@ class _ShardedRunner:
             start = stop
         if pending is not None:
             out.append(self._collect(*pending, job))
-        return jax.tree_util.tree_map(lambda *v: np.concatenate(v), *out)
+        return concat_trees(out)
 
     def _shrink(self, exc) -> bool:
         if not is_out_of_memory(exc) or self.chunk // 2 < _MIN_CHUNK:
@@ -206,22 +183,14 @@ class _ShardedRunner:
         self.n_oom += 1
         return True
 
-    def _dispatch(self, job, start, stop, size):
-        psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index = job
-        total = size * len(self.devices)
-        sel = slice(start, stop) if index is None else index[start:stop]
-        pixels = pix.chunk(sel)
-        a = [pad(x, total, f) for x, f in zip(pixels, (0.0, 1.0, False), strict=True)]
-        a += [pad(x[start:stop], total, f) for x, f in zip(rows, (0.0, False, True), strict=True)]
-        a.append(pad(state[0][start:stop], total, 1.0))
-        a.append(pad(state[1][start:stop], total, 0))
+    def _dispatch(self, job: FitJob, start: int, stop: int, size: int):
+        p, a = job.span(start, stop, size * len(self.devices))
         # One host->device transfer per array, already split over the devices.
         a = jax.device_put(a, self.sharding)
-        p = slice_psf(psf, start, stop, total)
         leaves, tree = jax.tree_util.tree_flatten(p)
-        batched = psf_batch_size(psf) is not None
+        batched = psf_batch_size(job.psf) is not None
         ndims = tuple(np.ndim(v) for v in leaves) if batched else None
-        fn, specs = _compiled(self.mesh, bool(newton), tree, ndims)
+        fn, specs = _compiled(self.mesh, bool(job.newton), tree, ndims)
         if batched:
             p = jax.device_put(
                 p,
@@ -229,36 +198,16 @@ class _ShardedRunner:
                     lambda s: NamedSharding(self.mesh, s), specs, is_leaf=lambda s: isinstance(s, P)
                 ),
             )
-        return fn(p, *a, inv_gain, np.int32(max_iter), step_tol)
+        return fn(p, *a, *job.scalars)
 
-    def _collect(self, handle, start, stop, job):
+    def _collect(self, handle, start: int, stop: int, job: FitJob):
         try:
-            return jax.tree_util.tree_map(lambda v: np.asarray(v)[: stop - start], handle)
+            return unpad(handle, stop - start)
         except Exception as exc:
             if not self._shrink(exc):
                 raise
         # Out of memory while running: redo this span alone with the smaller chunk.
-        psf, pix, rows, state, inv_gain, max_iter, step_tol, newton, index = job
-        sub_rows = tuple(r[start:stop] for r in rows)
-        sub_state = tuple(s[start:stop] for s in state)
-        sub_index = None if index is None else index[start:stop]
-        sub_psf = (
-            psf if psf_batch_size(psf) is None else slice_psf(psf, start, stop, stop - start)
-        )
-        if sub_index is None:
-            sub_index = np.arange(start, stop)
-        return self(
-            sub_psf,
-            pix,
-            sub_rows,
-            sub_state,
-            inv_gain,
-            max_iter,
-            step_tol,
-            self.chunk,
-            newton,
-            index=sub_index,
-        )
+        return self(job.subset(np.arange(start, stop)), self.chunk)
 
 
 @contextlib.contextmanager
@@ -343,6 +292,7 @@ def fit_sharded(
         d = np.shape(data)
         k = 1 if np.ndim(x) < 2 else np.shape(x)[1]
         over = int(getattr(psf, "oversampling", 1) or 1)
-        chunk_size = adaptive_chunk_size(tuple(d[-2:]), 3 + 3 * k, device=devices[0], oversampling=over)
+        chunk_size = adaptive_chunk_size(tuple(d[-2:]), n_params(k), device=devices[0],
+                                         oversampling=over)
     with use_devices(devices, chunk_size=chunk_size):
         return _fit.fit_cutouts(data, psf, x, y, flux, chunk_size=chunk_size, **kwargs)
