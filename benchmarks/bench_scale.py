@@ -13,7 +13,7 @@
    first fit result, and to the first photometry catalog) without the persistent cache and
    with a cache filled by an earlier process. Target: >= 3x lower with the cache.
 4. **GPU** (only when JAX's default backend is a GPU): fits/s of the core benchmark against
-   DESIGN.md's arithmetic limit (~8e7 fits/s on an H100), and the crowded-field benchmark
+   the design's arithmetic limit (~8e7 fits/s on an H100), and the crowded-field benchmark
    (2048x2048, 12,000 stars) through :func:`jaxphot.photometry`. Skipped (and said so) on a
    machine without one.
 
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-H100_LIMIT = 8e7  # fits/s, DESIGN.md: 15x15, 4x4 supersampled Gaussian, 4 parameters
+H100_LIMIT = 8e7  # fits/s, design estimate: 15x15, 4x4 supersampled Gaussian, 4 parameters
 FWHM, SHAPE, OVERSAMPLING = 2.5, (15, 15), 4
 
 

@@ -16,7 +16,7 @@ Beside them: ``constants``, ``io`` (FITS and WCS), ``stats``, ``morphology``, ``
 
 The public names below are imported on first use, so ``import jaxphot`` is quick, pulls in only
 what a program uses, and changes no global setting (the compilation cache is switched on by the
-first fit, or by :func:`enable_compilation_cache`).
+first call that compiles, or by :func:`enable_compilation_cache`).
 """
 
 from __future__ import annotations

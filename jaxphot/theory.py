@@ -11,8 +11,8 @@ Three levels of answer, from the cheapest to the exact one:
    of the model actually fitted (plane background, blended neighbours, pixelisation, detector
    response) with Poisson plus read-noise variance.
 
-Definitions (DESIGN.md)
------------------------
+Definitions (docs/conventions.md)
+---------------------------------
 For a PRF ``P_i`` (pixel values of a unit-intensity star, summing to V over an infinite detector)
 and its normalised version ``Pn_i = P_i / V``::
 
@@ -93,6 +93,7 @@ import numpy as np
 
 from .constants import FWHM_CRITICAL, POGSON
 from .core import params as layout
+from .core.config import enable_compilation_cache
 from .core.fisher import fisher_crlb
 
 __all__ = [
@@ -148,6 +149,7 @@ def prf_quantities(psf, x=0.0, y=0.0, size: int = 65) -> PRFQuantities:
     PRFQuantities
         ``volume, sharpness, beta (px^2), L (px)`` as float64 numpy arrays of ``x``'s shape.
     """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
     c = (size - 1) / 2.0
     dtype = jnp.result_type(float)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import stats
 from ..core.batching import map_chunks
+from ..core.config import enable_compilation_cache
 from . import overlap
 
 __all__ = ["aperture_sums", "ApertureFlag", "SKY_METHODS", "as_positions", "radius_array", "as_image"]
@@ -416,6 +417,7 @@ def aperture_sums(
         (N, R, T) for a cube (``area`` etc. (N, R)); with an annulus also ``sky, sky_std, n_sky``
         ((N,) or (N, T)), ``sky_geom_n, sky_off_n`` (N,).
     """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     nparams = _check_options(kind, params, method, sky, subpixels)
     data = as_image("data", data)
     pos = as_positions(positions)

@@ -2,8 +2,9 @@
 
 :func:`enable_compilation_cache` turns on JAX's persistent compilation cache in
 ``$JAXPHOT_CACHE_DIR`` (default ``~/.cache/jaxphot/xla``), so that a second process does not
-pay compilation again. :func:`jaxphot.fit_cutouts` calls it on its first fit; call it yourself
-to choose the directory. ``JAXPHOT_CACHE_DIR=off`` leaves JAX untouched, and a
+pay compilation again. Every jaxphot entry point that compiles (``fit_cutouts``,
+``photometry``, ``find_stars``, ``aperture_sums``, ``build_epsf``, the CRLB) calls it first; call
+it yourself to choose the directory. ``JAXPHOT_CACHE_DIR=off`` leaves JAX untouched, and a
 ``jax_compilation_cache_dir`` you configured yourself is respected.
 """
 

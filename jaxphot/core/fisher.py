@@ -20,7 +20,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from . import scene
 from .batching import bucket, map_chunks, pad, slice_psf
-from .config import default_dtype
+from .config import default_dtype, enable_compilation_cache
 from .params import n_params, n_stars
 from .scene import PSFModel
 from .solve import covariance, decouple_fixed, normal_matrix
@@ -110,6 +110,7 @@ def fisher_crlb(
         ``sqrt(diag(F^-1))`` for free parameters (ADU for fluxes and plane, px for positions),
         0 for fixed ones, NaN where the Fisher matrix is singular or ``params`` is not finite.
     """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     params = np.asarray(params, np.float64)
     if params.ndim == 1:
         params = params[None]

@@ -101,7 +101,7 @@ class FitResult:
     """Results of :func:`fit_cutouts`. Per-star arrays are (N, K); per-cutout arrays are (N,).
 
     Positions are in each cutout's pixel frame, fluxes in the data's units times pixels (the
-    star's total intensity, see DESIGN conventions). ``bkg`` is the plane's value at the cutout
+    star's total intensity, see docs/conventions.md). ``bkg`` is the plane's value at the cutout
     centre; ``bkg_x``, ``bkg_y`` its slopes per pixel.
     """
 
@@ -606,12 +606,18 @@ def _add_crlb(result: FitResult, psf: PSFModel, free: Bool[np.ndarray, " N P"], 
 
 def model_cutouts(psf: PSFModel, params: Float[ArrayLike, " N P"], shape: tuple[int, int],
                   chunk_size: int | None = None) -> Float[np.ndarray, " N H W"]:
-    """Model images (N, H, W) for packed parameters ``params`` (N, 3+3K) (see :mod:`jaxphot.core.params`)."""
+    """Model images (N, H, W) for packed parameters ``params`` (N, 3+3K) (see :mod:`jaxphot.core.params`).
+
+    ``psf`` may be one PSF for all rows or a per-cutout PSF (``batch_size`` N, e.g. a varying
+    PSF's ``at(x, y)``), which is sliced along with the rows.
+    """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     params = np.asarray(params)
     chunk = int(chunk_size or default_chunk_size())
     dtype = default_dtype(params)
     out = []
     for start, stop, size in chunks(len(params), chunk):
         p = pad(np.nan_to_num(params[start:stop]).astype(dtype), size, 0.0)
-        out.append(np.asarray(_model_chunk(psf, p, np.zeros((1,) + tuple(shape))))[: stop - start])
+        sub = slice_psf(psf, start, stop, size)  # identity for one PSF
+        out.append(np.asarray(_model_chunk(sub, p, np.zeros((1,) + tuple(shape))))[: stop - start])
     return np.concatenate(out) if out else np.zeros((0,) + tuple(shape))

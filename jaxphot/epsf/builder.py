@@ -58,6 +58,7 @@ import numpy as np
 from astropy.stats import mad_std
 from astropy.table import Table
 
+from ..core.config import enable_compilation_cache
 from ..core.fit import fit_cutouts
 from ..image.cutouts import extract_cutouts
 from ..psf import DiscretePSF, PolynomialPSF, poly_terms
@@ -253,6 +254,7 @@ def build_epsf(
         Bad shapes or arguments, or fewer than ``min_stars`` usable stars (the message counts the
         stars dropped at the edge, with bad cores, saturated).
     """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     img, pos, s, (h, w), bad_img, err_img = _check_inputs(
         image, positions, degree, oversampling, shape, smoothness, prior, normalize, mask, error
     )

@@ -361,6 +361,28 @@ def estimate_background(
     histogram, and in placing the mesh node at the centre of the box's pixels in y as well
     as x (SExtractor puts it ½ pixel higher in y); both differences are far below the noise.
     """
+    a, box, filt = _checked_inputs(data, box_size, filter_size, mask, sigma, estimator,
+                                   interpolation)
+    lev, rms, bad = _mesh_stats(a, box, sigma, maxiters, estimator, min_good_fraction)
+    lev, rms = _filter_meshes(lev, rms, filt, filter_threshold)
+    xcen, ycen, level, rms_map = _interpolate(a, box, lev, rms, interpolation)
+    return Background(
+        level=level,
+        rms=rms_map,
+        mesh_level=lev,
+        mesh_rms=rms,
+        mesh_x=xcen,
+        mesh_y=ycen,
+        global_level=float(np.median(lev)),
+        global_rms=float(np.median(rms)),
+        mesh_bad=bad,
+        box_size=box,
+        estimator=estimator,
+    )
+
+
+def _checked_inputs(data, box_size, filter_size, mask, sigma, estimator, interpolation):
+    """The image as float with unusable pixels set to NaN, and the (y, x) box and filter sizes."""
     a = np.asarray(data)
     if a.ndim != 2:
         raise ValueError(f"data must be a 2-D image, got shape {a.shape}")
@@ -384,7 +406,11 @@ def estimate_background(
     if not usable.any():
         raise ValueError("data has no finite, unmasked pixel: cannot estimate a background")
     a[~usable] = np.nan
+    return a, box, filt
 
+
+def _mesh_stats(a, box, sigma, maxiters, estimator, min_good_fraction):
+    """Per-mesh level and rms (nym, nxm), bad meshes filled from good neighbours, and the bad map."""
     cube, n_in = _boxes(a, box)
     nym, nxm, npix = cube.shape
     flat = cube.reshape(nym * nxm, npix)
@@ -402,18 +428,26 @@ def estimate_background(
             "smaller mask"
         )
     lev, rms = _fill_bad(lev, rms, bad)
+    return lev, rms, bad
 
-    if filt != (1, 1):
-        flev = _median_filter_shrink(lev, filt)
-        frms = _median_filter_shrink(rms, filt)
-        if filter_threshold is None:
-            lev, rms = flev, frms
-        else:
-            repl = np.abs(flev - lev) >= filter_threshold
-            lev, rms = np.where(repl, flev, lev), np.where(repl, frms, rms)
 
+def _filter_meshes(lev, rms, filt, filter_threshold):
+    """The median-filtered mesh maps (only meshes off by >= ``filter_threshold`` when given)."""
+    if filt == (1, 1):
+        return lev, rms
+    flev = _median_filter_shrink(lev, filt)
+    frms = _median_filter_shrink(rms, filt)
+    if filter_threshold is None:
+        return flev, frms
+    repl = np.abs(flev - lev) >= filter_threshold
+    return np.where(repl, flev, lev), np.where(repl, frms, rms)
+
+
+def _interpolate(a, box, lev, rms, interpolation):
+    """Mesh node positions and the full-resolution level and rms maps."""
     # Node = centre of the pixels actually in the box (partial last boxes included).
     ny, nx = a.shape
+    nym, nxm = lev.shape
     y0 = np.arange(nym) * box[0]
     x0 = np.arange(nxm) * box[1]
     ycen = 0.5 * (y0 + np.minimum(y0 + box[0], ny) - 1)
@@ -423,16 +457,4 @@ def estimate_background(
     # Tensor-product interpolation is two small matrix products: O(ny·nx·n_mesh).
     level = (wy @ lev @ wx.T).astype(a.dtype)
     rms_map = (wy @ rms @ wx.T).astype(a.dtype)
-    return Background(
-        level=level,
-        rms=rms_map,
-        mesh_level=lev,
-        mesh_rms=rms,
-        mesh_x=xcen,
-        mesh_y=ycen,
-        global_level=float(np.median(lev)),
-        global_rms=float(np.median(rms)),
-        mesh_bad=bad,
-        box_size=box,
-        estimator=estimator,
-    )
+    return xcen, ycen, level, rms_map

@@ -32,6 +32,7 @@ from astropy.table import Table
 from scipy import ndimage
 
 from ..constants import FWHM_TO_SIGMA
+from ..core.config import enable_compilation_cache
 from .background import Background, estimate_background
 from .cutouts import extract_cutouts
 
@@ -232,6 +233,7 @@ def centroid_moments(cutouts, mask=None, *, radius: float | None = None, niter: 
         Centroid in the cutout's pixel coordinates (x = column index). NaN where a cutout
         has no positive weight.
     """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     c, valid = _as_batch(cutouts, mask)
     n, h, w = c.shape
     r = float(min(h, w)) / 2.0 if radius is None else float(radius)
@@ -317,6 +319,7 @@ def centroid_gaussian_marginal(
     x, y : jax.Array, shape (N,)
         Centroid in cutout pixel coordinates; NaN where the fit leaves the cutout.
     """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     c, valid = _as_batch(cutouts, mask)
     sy, sx = (sigma, sigma) if np.ndim(sigma) == 0 else sigma
     if not (sx > 0 and sy > 0):
@@ -484,6 +487,7 @@ def find_stars(
         For a non-2-D image, an image smaller than the kernel, an image with no finite
         unmasked pixel, a non-positive ``fwhm``/``rms``, or an unknown option.
     """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     a, good, k = _check_inputs(data, fwhm, threshold, mask, method, centroid, ratio, theta,
                                sigma_radius)  # fmt: skip
     sky, d, rms_map = _sky_and_noise(a, good, fwhm, background, rms)

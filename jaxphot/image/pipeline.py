@@ -34,6 +34,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
+from ..core.config import enable_compilation_cache
 from ..core.flags import FitFlag
 from ..progress import Progress
 from ..psf.measure import check_psf, psf_fwhm, support_half
@@ -190,6 +191,7 @@ def photometry(
         fitting box, a PSF that does not evaluate to finite values, ``init_params``
         without x/y columns, mismatched shapes, or invalid options.
     """
+    enable_compilation_cache()  # persistent cache on first use, never at import
     t_start = time.perf_counter()
     prog = Progress(progress, desc="photometry")
     timer = StageTimer()
@@ -283,7 +285,7 @@ def _settings(psf, shape, detection, *, gain, threshold, maxiters, fit_backgroun
         )
     return _Settings(
         psf=psf, fwhm=fwhm, stamp_half=half_s,
-        beta=1.0 / float(np.sum(prf**2) / np.sum(prf) ** 2),  # DESIGN: beta
+        beta=1.0 / float(np.sum(prf**2) / np.sum(prf) ** 2),  # docs/conventions.md: beta
         fit_half=fh,
         crit_sep=float(crit_sep) if crit_sep is not None else 2.0 * fwhm,
         merge_sep=float(merge_sep) if merge_sep is not None else 0.5 * fwhm,

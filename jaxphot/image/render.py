@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
 
+from ..core.batching import pad, slice_psf
 from ..core.fit import model_cutouts
 from ..core.flags import FitFlag
+from ..core.params import pack
 from ..psf.measure import psf_fwhm, support_half
 
 __all__ = ["stamps", "scatter_stamps", "make_model_image", "make_residual_image", "render_image",
@@ -33,8 +35,23 @@ _MODEL_CHUNK = 256
 def stamps(psf, x, y, flux, half: int):
     """Models of single stars on (2h+1)^2 stamps around their nearest pixel.
 
-    Returns ``(stamps (N, P, P), x0 (N,), y0 (N,))`` with ``x0, y0`` the image coordinates of
-    each stamp's pixel [0, 0].
+    Parameters
+    ----------
+    psf : PSF model
+        One PSF for all stars, or a spatially varying one (with ``at``), which is evaluated at
+        each star's own image position.
+    x, y : (N,) arrays
+        Image positions (pixels).
+    flux : (N,) array
+        Total fluxes (counts).
+    half : int
+        Half size of the stamps (pixels).
+
+    Returns
+    -------
+    stamps : (N, P, P) float64 array, P = 2 half + 1
+    x0, y0 : (N,) int arrays
+        Image coordinates of each stamp's pixel [0, 0].
     """
     n = len(x)
     p = 2 * half + 1
@@ -43,11 +60,12 @@ def stamps(psf, x, y, flux, half: int):
     if n == 0:
         return np.zeros((0, p, p)), x0, y0
     size = -(-n // _MODEL_CHUNK) * _MODEL_CHUNK  # pad so model_cutouts compiles one shape
-    params = np.zeros((size, 6))
-    params[:n, 3] = flux
-    params[:n, 4] = x - x0
-    params[:n, 5] = y - y0
-    params[n:, 4:] = half
+    zeros = np.zeros(size)
+    lx, ly = pad(x - x0, size, half), pad(y - y0, size, half)
+    params = pack(zeros, zeros, zeros, pad(np.asarray(flux, float), size, 0.0)[:, None],
+                  lx[:, None], ly[:, None])
+    if hasattr(psf, "at"):  # varying: the PSF at each star, padded like the rows
+        psf = slice_psf(psf.at(jnp.asarray(x), jnp.asarray(y)), 0, n, size)
     st = model_cutouts(psf, params, (p, p), chunk_size=_MODEL_CHUNK)[:n]
     return np.asarray(st, np.float64), x0, y0
 
@@ -137,32 +155,13 @@ def render_image(psf, x, y, flux, shape, *, stamp: int | None = None, chunk: int
     stamp : int, optional
         Odd size (pixels) of the square stamp drawn around each star; default 25.
     chunk : int
-        Stars per evaluation (bounds memory).
+        Ignored (kept for compatibility): stars are evaluated in fixed chunks of 256.
 
     Returns
     -------
     (H, W) float64 array
     """
     x, y, flux = (np.atleast_1d(np.asarray(v, np.float64)) for v in (x, y, flux))
-    stamp = int(stamp or 25) | 1
-    half = stamp // 2
-    h, w = shape
-    img = np.zeros((h + 2 * stamp, w + 2 * stamp))  # padded so stamps never fall off the edge
-    jj, ii = np.mgrid[0:stamp, 0:stamp]
-    for start in range(0, x.size, chunk):
-        sl = slice(start, start + chunk)
-        xs, ys, fs = x[sl], y[sl], flux[sl]
-        ox, oy = np.round(xs).astype(int) - half, np.round(ys).astype(int) - half
-        lx, ly = xs - ox, ys - oy
-        if hasattr(psf, "at"):
-            p = psf.at(jnp.asarray(xs), jnp.asarray(ys))
-            st = np.asarray(p.evaluate(jnp.asarray(lx)[None], jnp.asarray(ly)[None], (stamp,) * 2))
-            st = st[:, :, 0, :]
-        else:
-            st = np.asarray(psf.evaluate(jnp.asarray(lx), jnp.asarray(ly), (stamp, stamp)))
-        st = np.moveaxis(st, -1, 0) * fs[:, None, None]
-        rows = (oy[:, None, None] + jj[None] + stamp).ravel()
-        cols = (ox[:, None, None] + ii[None] + stamp).ravel()
-        ok = (rows >= 0) & (rows < img.shape[0]) & (cols >= 0) & (cols < img.shape[1])
-        np.add.at(img, (rows[ok], cols[ok]), st.ravel()[ok])
-    return img[stamp : stamp + h, stamp : stamp + w]
+    half = (int(stamp or 25) | 1) // 2
+    st, x0, y0 = stamps(psf, x, y, flux, half)
+    return scatter_stamps(tuple(shape), st, x0, y0)
