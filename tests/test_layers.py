@@ -218,7 +218,9 @@ def test_old_module_paths_still_import(old):
 
 
 def test_importing_jaxphot_changes_no_global_setting(tmp_path):
-    """A fresh interpreter: importing every module leaves JAX's config and os.environ alone."""
+    """A fresh interpreter: importing every module leaves JAX's config and os.environ alone;
+    the compilation cache is switched on by the first call that compiles."""
+    import os
     import subprocess
     import sys
 
@@ -228,6 +230,12 @@ def test_importing_jaxphot_changes_no_global_setting(tmp_path):
         "[importlib.import_module(i.name) for i in pkgutil.walk_packages(jaxphot.__path__, 'jaxphot.')]\n"
         "assert jax.config.jax_compilation_cache_dir == before, 'compilation cache changed'\n"
         "assert dict(os.environ) == env, 'environment changed'\n"
+        # ... and the first call that compiles switches the persistent cache on
+        "import numpy as np\n"
+        "jaxphot.find_stars(np.random.default_rng(0).normal(0, 1, (32, 32)), 2.5)\n"
+        "assert jax.config.jax_compilation_cache_dir == os.environ['JAXPHOT_CACHE_DIR']\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    env = {**os.environ, "JAXPHOT_CACHE_DIR": str(tmp_path / "xla")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=env)
     assert r.returncode == 0, r.stderr[-2000:]

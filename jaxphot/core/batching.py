@@ -10,7 +10,6 @@ A per-cutout PSF (a spatially varying PSF evaluated at every cutout, ``batch_siz
 array leaves with a trailing batch axis) is sliced along with the rows (:func:`slice_psf`).
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import math

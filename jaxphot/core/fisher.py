@@ -7,7 +7,6 @@ of a parameter is ``sqrt((F^-1)_jj)``. Used by :func:`jaxphot.core.fit.fit_cutou
 ``*_crlb`` columns and by :mod:`jaxphot.theory` for exposure planning.
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import functools

@@ -10,7 +10,6 @@ sharded one of :mod:`jaxphot.scale.sharding` set in :data:`chunk_runner`) cuts i
 spans (:meth:`FitJob.span`) and runs each through :func:`solve_chunk`.
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import contextvars
@@ -410,7 +409,7 @@ def fit_cutouts(
         Every input star comes back; failed fits have NaN values and non-zero ``flags``
         (see :class:`~jaxphot.FitFlag`).
     """
-    enable_compilation_cache()  # on the first fit, never at import
+    enable_compilation_cache()  # persistent cache on first use, never at import
     data, xs, ys, act, fixed = _check_arguments(data, x, y, active, background, fixed, max_iter)
     dtype = default_dtype(data)
     error, var_const, inv_gain = _noise_model(error, gain, read_noise, data.shape)
@@ -615,9 +614,13 @@ def model_cutouts(psf: PSFModel, params: Float[ArrayLike, " N P"], shape: tuple[
     params = np.asarray(params)
     chunk = int(chunk_size or default_chunk_size())
     dtype = default_dtype(params)
-    out = []
-    for start, stop, size in chunks(len(params), chunk):
+    dummy = np.zeros((1,) + tuple(shape))
+
+    def run(span):
+        start, stop, size = span
         p = pad(np.nan_to_num(params[start:stop]).astype(dtype), size, 0.0)
         sub = slice_psf(psf, start, stop, size)  # identity for one PSF
-        out.append(np.asarray(_model_chunk(sub, p, np.zeros((1,) + tuple(shape))))[: stop - start])
+        return np.asarray(_model_chunk(sub, p, dummy))[: stop - start]
+
+    out = map_chunks(run, list(chunks(len(params), chunk)))
     return np.concatenate(out) if out else np.zeros((0,) + tuple(shape))

@@ -10,7 +10,6 @@ put their axes after the parameter axis, (P, ...) for the engine; the shell's (N
 the transpose (:func:`unpack_rows`).
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -17,7 +17,6 @@ fluxes) are exact and free; only the position derivatives of the PRF need forwar
 (two tangents per star), taken at pixel resolution, so no sub-pixel Jacobian ever exists.
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 from collections.abc import Callable

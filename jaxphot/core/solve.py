@@ -17,7 +17,6 @@ Steps are Marquardt-scaled by the diagonal of ``J^T W J``. Near the solution the
 positive definite: on faint stars Gauss-Newton alone converges only linearly.
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

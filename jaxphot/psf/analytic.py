@@ -6,7 +6,6 @@ pixel on an ``n x n`` Gauss-Legendre sub-pixel grid. Both follow the ``evaluate`
 :mod:`jaxphot.psf`.
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import math

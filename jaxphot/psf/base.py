@@ -1,6 +1,5 @@
 """Shared pieces of the PSF models: batch-axis broadcasting, position derivatives, dtypes."""
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import math

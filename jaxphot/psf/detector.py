@@ -21,7 +21,6 @@ star are ``flux * PRF.sum()``, which depends on where the star falls inside its 
 sensitivity map is not flat (MATPHOT's "ugly detector" loses 40-47 % of the light).
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import jax.numpy as jnp

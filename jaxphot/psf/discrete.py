@@ -1,6 +1,5 @@
 """The matrix PSF: a (supersampled) PSF or ePSF shifted by separable interpolation."""
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import functools

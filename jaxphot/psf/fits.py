@@ -13,7 +13,6 @@ WebbPSF/photutils ``GriddedPSFModel`` layout (photutils reads the first number a
 photutils.
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import warnings

@@ -1,6 +1,5 @@
 """Instrument PSF libraries: the HST WFC3/UVIS empirical PSF grid."""
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import warnings

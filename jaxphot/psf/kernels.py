@@ -19,7 +19,6 @@ Kernels
     accuracy experiment behind that choice.
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import jax.numpy as jnp

@@ -25,7 +25,6 @@ polynomial or an interpolation never changes a star's flux scale.
 FITS I/O is :mod:`jaxphot.psf.fits`; the HST WFC3/UVIS grid reader :mod:`jaxphot.psf.instruments`.
 """
 
-# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
 from __future__ import annotations
 
 import functools
