@@ -142,7 +142,8 @@ def fit_groups(psf, frame, sigma, model, star_stamps, x, y, flux, gid, buckets: 
         ly = np.where(act, y[np.maximum(slot, 0)] - oy[:, None], (size - 1) / 2.0)
         lf = np.where(act, flux[np.maximum(slot, 0)], 0.0)
         lf = np.where(np.isfinite(lf) & (lf > 0), lf, 1.0)
-        res = _fit_padded(cut, psf, lx, ly, lf, err, msk, act, fit_background, max_iter)
+        org = np.stack([ox, oy], 1).astype(np.float64)  # a varying PSF is taken at each cutout
+        res = _fit_padded(cut, psf, lx, ly, lf, err, msk, act, fit_background, max_iter, org)
         # Back to image coordinates.
         out["x_fit"][mem] = (res.x_fit + ox[:, None])[act]
         out["y_fit"][mem] = (res.y_fit + oy[:, None])[act]
@@ -159,13 +160,15 @@ def fit_groups(psf, frame, sigma, model, star_stamps, x, y, flux, gid, buckets: 
     return out
 
 
-def _fit_padded(cut, psf, lx, ly, lf, err, msk, act, fit_background, max_iter):
+def _fit_padded(cut, psf, lx, ly, lf, err, msk, act, fit_background, max_iter, origin=None):
     """fit_cutouts on the G cutouts padded to a multiple of FIT_CHUNK (one compiled shape).
 
     The first chunk is a call of its own, solved in one pass with the full iteration cap; the
     rest form a second call, in which fit_cutouts caps its first pass and re-runs the
     stragglers together. This schedule fixes the recorded results (tests/test_golden.py).
-    Returns a FitResult of G rows.
+    ``origin`` (G, 2), the cutouts' image offsets, is passed for a spatially varying PSF, which
+    is then evaluated at each cutout's first star (fit_cutouts; a group spans ~2 FWHM, over
+    which the field's PSF hardly changes). Returns a FitResult of G rows.
     """
     n = len(cut)
     size = -(-n // FIT_CHUNK) * FIT_CHUNK
@@ -173,6 +176,8 @@ def _fit_padded(cut, psf, lx, ly, lf, err, msk, act, fit_background, max_iter):
     args = [pad(a, size, fill) for a, fill in ((cut, 0.0), (lx, c), (ly, c), (lf, 1.0))]
     kw = {"error": pad(err, size, 1.0), "mask": pad(msk, size, False),
           "active": pad(act, size, False), "bkg": np.zeros(size)}
+    if origin is not None and callable(getattr(psf, "at", None)):
+        kw["origin"] = pad(origin, size, 0.0)
     # First chunk alone, then the rest (if any) in one call.
     bounds = [slice(0, FIT_CHUNK)] + ([slice(FIT_CHUNK, size)] if size > FIT_CHUNK else [])
     parts = [

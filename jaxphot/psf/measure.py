@@ -8,7 +8,36 @@ import numpy as np
 
 from ..core.scene import PSFModel
 
-__all__ = ["psf_fwhm", "support_half", "check_psf"]
+__all__ = ["psf_fwhm", "support_half", "check_psf", "is_varying", "sample_psfs"]
+
+
+def is_varying(psf) -> bool:
+    """True for a spatially varying PSF (one with ``at(x, y)``, e.g. PolynomialPSF, GriddedPSF)."""
+    return callable(getattr(psf, "at", None)) and not hasattr(psf, "evaluate")
+
+
+def sample_positions(psf) -> tuple[np.ndarray, np.ndarray]:
+    """Image positions (x, y) spanning a varying PSF's domain: its centre, edges and corners.
+
+    A PolynomialPSF spans ``center +- scale``; a GriddedPSF its outermost nodes.
+    """
+    if hasattr(psf, "grid_x"):
+        xs, ys = np.asarray(psf.grid_x, float), np.asarray(psf.grid_y, float)
+        gx = np.unique([xs.min(), 0.5 * (xs.min() + xs.max()), xs.max()])
+        gy = np.unique([ys.min(), 0.5 * (ys.min() + ys.max()), ys.max()])
+    else:
+        (cx, cy), (sx, sy) = psf.center, psf.scale
+        gx, gy = cx + sx * np.array([-1.0, 0.0, 1.0]), cy + sy * np.array([-1.0, 0.0, 1.0])
+    xx, yy = np.meshgrid(gx, gy)
+    return xx.ravel(), yy.ravel()
+
+
+def sample_psfs(psf) -> list:
+    """The PSF itself, or for a varying PSF the DiscretePSFs at :func:`sample_positions`."""
+    if not is_varying(psf):
+        return [psf]
+    x, y = sample_positions(psf)
+    return [psf.psf_at(float(a), float(b)) for a, b in zip(x, y)]
 
 
 def psf_fwhm(psf: PSFModel) -> float:
@@ -16,8 +45,12 @@ def psf_fwhm(psf: PSFModel) -> float:
 
     Uses ``psf.fwhm`` (the larger of ``fwhm``/``fwhm_y``) when the model has one, else the
     area above half maximum of the PSF matrix (``psf.array``), ``2 sqrt(area / pi)``, in
-    detector pixels. Falls back to the PRF evaluated on a pixel grid.
+    detector pixels. Falls back to the PRF evaluated on a pixel grid. For a spatially varying
+    PSF, the largest FWHM over its centre, edges and corners (so stamps and grouping radii fit
+    the widest star).
     """
+    if is_varying(psf):
+        return max(psf_fwhm(p) for p in sample_psfs(psf))
     if hasattr(psf, "fwhm"):
         try:
             return float(max(float(psf.fwhm), float(getattr(psf, "fwhm_y", psf.fwhm))))
@@ -37,6 +70,9 @@ def psf_fwhm(psf: PSFModel) -> float:
 
 def support_half(psf: PSFModel, fwhm: float) -> int:
     """Half size (pixels) of the stamp on which one star's model is evaluated."""
+    if is_varying(psf):  # coeffs (T, ny, nx) or (gy, gx, ny, nx): the last two axes
+        ny, nx = np.shape(psf.coeffs)[-2:]
+        return int(math.ceil(max(ny, nx) / (2.0 * psf.oversampling))) + 1
     if hasattr(psf, "coeffs") and hasattr(psf, "oversampling"):
         ny, nx = np.shape(psf.coeffs)
         return int(math.ceil(max(ny, nx) / (2.0 * psf.oversampling))) + 1
@@ -46,7 +82,17 @@ def support_half(psf: PSFModel, fwhm: float) -> int:
 
 
 def check_psf(psf: PSFModel, half: int) -> None:
-    """Raise a ValueError unless ``psf`` gives a finite, positive (2 half + 1)^2 pixel stamp."""
+    """Raise a ValueError unless ``psf`` gives a finite, positive (2 half + 1)^2 pixel stamp.
+
+    A spatially varying PSF is checked at its centre, edges and corners, and its stored
+    coefficients (every term or grid node) must be finite.
+    """
+    if is_varying(psf):
+        if not np.all(np.isfinite(np.asarray(psf.coeffs))):
+            raise ValueError("psf (spatially varying) has non-finite coefficients (NaN or inf)")
+        for p in sample_psfs(psf):
+            check_psf(p, half)
+        return
     n = 2 * half + 1
     try:
         prf = np.asarray(psf.evaluate(float(half), float(half), (n, n)), float)

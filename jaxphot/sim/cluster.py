@@ -50,6 +50,9 @@ class SimulatedField:
 def prf_sharpness(psf, n: int = 41) -> float:
     """Sharpness sum(PRF^2) of a star centred on a pixel (docs/conventions.md: beta = 1/sharpness)."""
     c = (n - 1) / 2.0
+    if callable(getattr(psf, "at", None)) and not hasattr(psf, "evaluate"):
+        psf = psf.psf_at(*psf.center) if hasattr(psf, "center") else psf.psf_at(
+            float(np.mean(psf.grid_x)), float(np.mean(psf.grid_y)))  # the field centre's PSF
     p = np.asarray(psf.evaluate(c, c, (n, n)), float)
     return float(np.sum(p * p))
 
