@@ -52,6 +52,11 @@ def _add_photometry(sub) -> None:
         help="oversampling of a PSF FITS file (default: header OVERSAMP or 1)",
     )
     p.add_argument(
+        "--variation", default="auto",
+        help="with --psf auto: spatial variation of the ePSF, auto | 0 | 1 | 2 | grid:NYxNX "
+        "(default auto: chosen by cross-validation on held-out PSF stars)",
+    )
+    p.add_argument(
         "--gain", type=float, default=None, help="e-/image unit (default: header GAIN, else none)"
     )
     p.add_argument(
@@ -93,6 +98,8 @@ def _add_epsf(sub) -> None:
     e.add_argument("--hdu", default=None)
     e.add_argument("--oversampling", type=int, default=4)
     e.add_argument("--fwhm", type=float, default=None, help="FWHM guess in pixels")
+    e.add_argument("--variation", default="auto",
+                   help="auto | 0 | 1 | 2 | grid:NYxNX (default auto: cross-validated)")
     e.add_argument("-o", "--output", required=True, help="output FITS file")
 
 
@@ -114,7 +121,25 @@ def _read_aux(path, hdu, shape, what):
     return img.data
 
 
-def _auto_psf(data, mask, oversampling):
+def _variation_arg(text):
+    from ..epsf.variation import parse_variation
+
+    try:
+        return parse_variation(text)
+    except ValueError as exc:
+        raise CLIError(f"--variation: {exc}") from None
+
+
+def _report_variation(psf) -> None:
+    """Print the ePSF's variation choice and its cross-validation evidence."""
+    choice = getattr(psf, "variation", None)
+    if choice is not None:
+        print(f"jaxphot: {choice.summary()}", file=sys.stderr)
+    else:
+        print(f"jaxphot: ePSF {type(psf).__name__}", file=sys.stderr)
+
+
+def _auto_psf(data, mask, oversampling, variation="auto", gain=None):
     try:
         from ..epsf import build_epsf_from_image
     except ImportError:
@@ -126,9 +151,12 @@ def _auto_psf(data, mask, oversampling):
 
     d = np.where(mask, np.nan, data) if mask is not None else data
     try:
-        return build_epsf_from_image(d, oversampling=oversampling or 4)
+        psf = build_epsf_from_image(d, oversampling=oversampling or 4,
+                                    variation=_variation_arg(variation), gain=gain)
     except ValueError as exc:
         raise CLIError(f"--psf auto: cannot build an ePSF from this image: {exc}") from None
+    _report_variation(psf)
+    return psf
 
 
 def _noise(a, img, error):
@@ -186,11 +214,11 @@ def _cmd_photometry(a) -> int:
     out = Path(a.output)
     if out.suffix.lower() not in (".ecsv", ".fits", ".fit", ".fts", ".csv"):
         raise CLIError(f"-o {a.output!r}: the catalog must end in .ecsv, .fits or .csv")
+    gain, rn = _noise(a, img, error)
     if a.psf.strip().lower() == "auto":
-        psf = _auto_psf(img.data, mask, a.oversampling)
+        psf = _auto_psf(img.data, mask, a.oversampling, a.variation, gain)
     else:
         psf = _psf_from_spec(a.psf, a.oversampling)
-    gain, rn = _noise(a, img, error)
     print(_describe_inputs(a, img, psf, gain, rn), file=sys.stderr)
     res = photometry(
         img.data,
@@ -230,14 +258,16 @@ def _cmd_epsf(a) -> int:
     except ImportError:
         raise CLIError("the ePSF builder (jaxphot.epsf) is not available") from None
     try:
-        psf = build_epsf_from_image(img.data, fwhm_guess=a.fwhm, oversampling=a.oversampling)
+        psf = build_epsf_from_image(img.data, fwhm_guess=a.fwhm, oversampling=a.oversampling,
+                                    variation=_variation_arg(a.variation))
     except ValueError as exc:
         raise CLIError(f"cannot build an ePSF from {a.image!r}: {exc}") from None
     try:
         write_psf_fits(psf, a.output, overwrite=True)  # the one PSF file format
     except OSError as exc:
         raise CLIError(f"cannot write {a.output!r}: {exc}") from None
-    print(f"jaxphot: ePSF {psf.array.shape} at {psf.oversampling}x -> {a.output}", file=sys.stderr)
+    _report_variation(psf)
+    print(f"jaxphot: ePSF {type(psf).__name__} at {psf.oversampling}x -> {a.output}", file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,8 @@ from ..image.cutouts import extract_cutouts
 from ..image.detection import find_stars
 from ..image.render import scatter_stamps, stamps
 from .builder import XY_COLUMNS, EPSFWarning, build_epsf, odd_shape, table_xy
+from .grid import build_epsf_grid
+from .variation import choose_variation, parse_variation
 
 
 def _catalog_xy_flux(catalog):
@@ -154,7 +156,9 @@ def build_epsf_from_image(
     shape=None,
     threshold: float = 10.0,
     n_max: int = 200,
-    degree: int = 0,
+    degree: int | None = None,
+    variation="auto",
+    folds: int = 5,
     error=None,
     mask=None,
     gain: float | None = None,
@@ -184,8 +188,19 @@ def build_epsf_from_image(
         Detection threshold in sigma.
     n_max : int
         Most PSF stars used.
-    degree : {0, 1, 2}
-        Spatial variation (see :func:`build_epsf`).
+    degree : {0, 1, 2}, optional
+        Deprecated alias of ``variation`` (a fixed polynomial degree); overrides it when given.
+    variation : "auto", 0, 1, 2 or "grid:NYxNX"
+        Spatial variation of the ePSF. An integer is the polynomial degree of
+        :func:`build_epsf`; ``"grid:3x3"`` builds regional ePSFs (:func:`build_epsf_grid`);
+        ``"auto"`` (default) compares degrees 0, 1, 2 by ``folds``-fold cross-validation on
+        held-out PSF stars (:func:`jaxphot.epsf.variation.choose_variation`; a higher order only
+        when it clearly helps, degrees the star count cannot support dropped with a warning).
+        The choice and its evidence are kept as the PSF's ``variation`` attribute (a
+        :class:`~jaxphot.epsf.variation.VariationChoice`, or None for a fixed request) and written
+        to its FITS header by :func:`jaxphot.psf.write_psf_fits`.
+    folds : int
+        Cross-validation folds for ``variation="auto"``.
     error, mask, gain, saturation
         As for :func:`build_epsf`.
     min_snr : float
@@ -207,8 +222,12 @@ def build_epsf_from_image(
 
     Returns
     -------
-    DiscretePSF or PolynomialPSF (and EPSFStars)
+    DiscretePSF, PolynomialPSF or GriddedPSF (and EPSFStars)
     """
+    if degree is not None:
+        warnings.warn("degree= is deprecated: use variation=", DeprecationWarning, stacklevel=2)
+        variation = degree
+    var = parse_variation(variation)
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
@@ -253,7 +272,20 @@ def build_epsf_from_image(
     if neighbour_passes > 0:
         passes = int(neighbour_passes)
         work = _without_neighbours(img, level, rms, bad, pos, passes, threshold, common)
-    return build_epsf(work, pos, degree=degree, return_stars=return_stars, **common)
+    choice = None
+    if isinstance(var, tuple):
+        out = build_epsf_grid(work, pos, grid=var, return_stars=return_stars, **common)
+    else:
+        if var == "auto":
+            cv_args = {k: v for k, v in common.items() if k not in ("shape", "gain", "mask")}
+            choice = choose_variation(work, pos, folds=folds, shape=shape, gain=gain, mask=bad,
+                                      **cv_args)
+            var = choice.degree
+        out = build_epsf(work, pos, degree=var, return_stars=return_stars, **common)
+    psf = out[0] if return_stars else out
+    # the evidence travels with the PSF (write_psf_fits puts it in the header)
+    object.__setattr__(psf, "variation", choice)
+    return out
 
 
 def _without_neighbours(img, level, rms, bad, pos, passes: int, threshold: float, build_args):

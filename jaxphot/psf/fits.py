@@ -73,6 +73,12 @@ def write_psf_fits(psf: DiscretePSF | PolynomialPSF | GriddedPSF, path, overwrit
             hdr["EXTRAPOL"] = (True, "linear extrapolation beyond the outermost nodes")
     else:
         raise ValueError(f"cannot write a {type(psf).__name__} to FITS")
+    choice = getattr(psf, "variation", None)
+    if choice is not None and hasattr(choice, "header_cards"):
+        # how the variation was chosen (jaxphot.epsf.variation): choice and CV evidence
+        for key, value, comment in choice.header_cards():
+            hdr[key] = (value, comment)
+        hdr["COMMENT"] = "VARIATN/VARDEG/CVCHI2_d: variation chosen by k-fold CV on held-out stars"
     fits.PrimaryHDU(np.asarray(data, np.float64), header=hdr).writeto(path, overwrite=overwrite)
 
 
