@@ -37,7 +37,7 @@ from scipy.spatial import cKDTree
 from ..core.config import enable_compilation_cache
 from ..core.flags import FitFlag
 from ..progress import Progress
-from ..psf.measure import check_psf, psf_fwhm, sample_psfs, support_half
+from ..psf.measure import check_psf, check_psf_coverage, psf_fwhm, sample_psfs, support_half
 from .catalog import build_catalog
 from .detection import find_stars
 from .fitting import fit_groups
@@ -274,6 +274,7 @@ def _settings(psf, shape, detection, *, gain, threshold, maxiters, fit_backgroun
     fwhm = psf_fwhm(psf)
     half_s = support_half(psf, fwhm)
     check_psf(psf, half_s)
+    check_psf_coverage(psf, shape)
     c = float(half_s)
     ref = sample_psfs(psf)  # a varying PSF: its centre's PSF stands for the field's beta
     prf = np.asarray(ref[len(ref) // 2].evaluate(c, c, (2 * half_s + 1, 2 * half_s + 1)), float)

@@ -8,7 +8,48 @@ import numpy as np
 
 from ..core.scene import PSFModel
 
-__all__ = ["psf_fwhm", "support_half", "check_psf", "is_varying", "sample_psfs"]
+__all__ = ["psf_fwhm", "support_half", "check_psf", "check_psf_coverage", "PSFCoverageWarning", "is_varying",
+           "sample_psfs"]
+
+
+class PSFCoverageWarning(UserWarning):
+    """A spatially varying PSF whose domain leaves much of the image uncovered."""
+
+
+def check_psf_coverage(psf, shape, min_fraction: float = 0.5) -> None:
+    """Warn when a varying PSF's domain does not cover the image of ``shape`` (H, W).
+
+    A GriddedPSF is held constant beyond its outermost nodes and a PolynomialPSF extrapolates
+    beyond ``center +- scale``: either is a guess there. Warns (PSFCoverageWarning) when the
+    nodes span less than ``min_fraction`` of the image along an axis, or when the polynomial's
+    domain misses more than 10 % of the image's extent; a constant PSF passes.
+    """
+    import warnings
+
+    if not is_varying(psf):
+        return
+    h, w = shape
+    if hasattr(psf, "grid_x"):
+        gx, gy = np.asarray(psf.grid_x, float), np.asarray(psf.grid_y, float)
+        fx = (min(gx.max(), w - 0.5) - max(gx.min(), -0.5)) / w
+        fy = (min(gy.max(), h - 0.5) - max(gy.min(), -0.5)) / h
+        if (len(gx) > 1 and fx < min_fraction) or (len(gy) > 1 and fy < min_fraction):
+            warnings.warn(
+                f"psf grid nodes x {gx.min():.0f}..{gx.max():.0f}, y {gy.min():.0f}..{gy.max():.0f} "
+                f"cover only {100 * max(fx, 0):.0f} % x {100 * max(fy, 0):.0f} % of the {w}x{h} "
+                "image: the PSF is held constant beyond the outermost nodes",
+                PSFCoverageWarning, stacklevel=3,
+            )
+    else:
+        (cx, cy), (sx, sy) = psf.center, psf.scale
+        miss = max(max(0.0, cx - sx + 0.5), max(0.0, w - 0.5 - cx - sx)) / w
+        miss = max(miss, max(max(0.0, cy - sy + 0.5), max(0.0, h - 0.5 - cy - sy)) / h)
+        if miss > 0.1:
+            warnings.warn(
+                f"the polynomial PSF's domain (centre {psf.center}, scale {psf.scale}) misses "
+                f"{100 * miss:.0f} % of the {w}x{h} image: it is extrapolated there",
+                PSFCoverageWarning, stacklevel=3,
+            )
 
 
 def is_varying(psf) -> bool:
@@ -37,7 +78,7 @@ def sample_psfs(psf) -> list:
     if not is_varying(psf):
         return [psf]
     x, y = sample_positions(psf)
-    return [psf.psf_at(float(a), float(b)) for a, b in zip(x, y)]
+    return [psf.psf_at(float(a), float(b)) for a, b in zip(x, y, strict=True)]
 
 
 def psf_fwhm(psf: PSFModel) -> float:
