@@ -14,6 +14,7 @@ Usage::
     python benchmarks/bench_crowded.py --quick         # 512x512, 750 stars
     python benchmarks/bench_crowded.py --skip-photutils-slow
     python benchmarks/bench_crowded.py --scale          # 4096x4096, 100k stars, jaxphot only
+    python benchmarks/bench_crowded.py --psf varying --skip-photutils  # constant vs degree-2 poly
 
 The last line printed is one JSON object with all figures. photutils results are cached
 (``--cache``) so that jaxphot can be rerun without repeating the slow comparison.
@@ -36,7 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxphot.image import EXCLUDED_FROM_MODEL, photometry  # noqa: E402
-from jaxphot.psf import DiscretePSF, GaussianPRF, MoffatPSF  # noqa: E402
+from jaxphot.psf import DiscretePSF, GaussianPRF, MoffatPSF, PolynomialPSF  # noqa: E402
+from jaxphot.psf.varying import poly_scale  # noqa: E402
 from jaxphot.sim import completeness_by_mag, score, simulate_cluster  # noqa: E402
 
 FWHM = 3.0
@@ -59,10 +61,16 @@ def moffat_prf_4x(fwhm=FWHM, beta=3.0, half=12, s=4) -> np.ndarray:
     return out[c - r : c + r + 1, c - r : c + r + 1]
 
 
-def make_psfs():
+def make_psfs(size: int = 512):
+    arr = moffat_prf_4x()
+    # same support as discrete4x, FWHM +10 % toward the corners through the u^2 and v^2 terms
+    wide = 0.5 * (moffat_prf_4x(fwhm=1.1 * FWHM) - arr)
+    zero = np.zeros_like(arr)
+    center, scale = poly_scale((size, size))
     return {
         "gaussian": GaussianPRF(FWHM),
-        "discrete4x": DiscretePSF(moffat_prf_4x(), oversampling=4, integrated=True),
+        "discrete4x": DiscretePSF(arr, oversampling=4, integrated=True),
+        "poly2": PolynomialPSF(np.stack([arr, zero, zero, wide, zero, wide]), 4, 2, center, scale),
     }
 
 
@@ -158,7 +166,10 @@ def main(argv=None):
     ap.add_argument("--scale", action="store_true", help="4096x4096, 100k stars, jaxphot only")
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--nstars", type=int, default=None)
-    ap.add_argument("--psf", choices=["gaussian", "discrete4x", "both"], default="both")
+    ap.add_argument("--psf", choices=["gaussian", "discrete4x", "poly2", "both", "varying"],
+                    default="both",
+                    help="varying: discrete4x and poly2 (a degree-2 PolynomialPSF of the same "
+                    "size) in one run, with their time ratio; photutils is not run for poly2")
     ap.add_argument("--skip-photutils", action="store_true")
     ap.add_argument("--skip-photutils-slow", action="store_true", help="skip the 2.5 sigma run")
     ap.add_argument("--threshold", type=float, default=None, help="jaxphot threshold (sigma)")
@@ -172,8 +183,9 @@ def main(argv=None):
         size, nstars = args.size or 512, args.nstars or 750
     else:
         size, nstars = args.size or 2048, args.nstars or 12_000
-    psfs = make_psfs()
-    kinds = ["gaussian", "discrete4x"] if args.psf == "both" else [args.psf]
+    psfs = make_psfs(size)
+    kinds = {"both": ["gaussian", "discrete4x"], "varying": ["discrete4x", "poly2"]}.get(
+        args.psf, [args.psf])
     if args.scale and args.psf == "both":
         kinds = ["gaussian"]
     arr4x = moffat_prf_4x()
@@ -227,7 +239,7 @@ def main(argv=None):
         }
         out["runs"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "by_mag"}), flush=True)
-        if args.scale or args.skip_photutils:
+        if args.scale or args.skip_photutils or kind == "poly2":
             continue
         from jaxphot.image.background import estimate_background
 
@@ -277,6 +289,11 @@ def main(argv=None):
             out[f"speedup_{kind}_vs_most_complete_photutils"] = round(
                 best["seconds"] / jr[0]["seconds"], 1
             )
+    times = {r["psf"]: r["seconds"] for r in out["runs"] if r["code"] == "jaxphot"}
+    if "poly2" in times and "discrete4x" in times:
+        out["varying_over_constant"] = round(times["poly2"] / times["discrete4x"], 2)
+        print(f"\nvarying (poly2) / constant (discrete4x) time: {out['varying_over_constant']:.2f}x"
+              " (target <= 1.5x)")
     print(json.dumps(out))
     return 0
 
