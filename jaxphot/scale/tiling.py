@@ -120,13 +120,38 @@ def _positions(cat: Table):
     return x, y
 
 
+def shift_psf(psf, x0: float, y0: float):
+    """A varying PSF re-expressed in the pixels of a tile whose origin is image pixel (x0, y0).
+
+    A PolynomialPSF's centre and a GriddedPSF's nodes move by (-x0, -y0), so a star at tile pixel
+    (x, y) gets the PSF of image pixel (x + x0, y + y0); any other PSF is returned unchanged.
+    """
+    from ..psf import GriddedPSF, PolynomialPSF
+
+    if isinstance(psf, PolynomialPSF):
+        (cx, cy) = psf.center
+        return PolynomialPSF(psf.arrays, psf.oversampling, psf.degree, (cx - x0, cy - y0),
+                             psf.scale, psf.integrated, psf.kernel, psf.norm)
+    if isinstance(psf, GriddedPSF):
+        nrm = psf.norm if isinstance(psf.norm, float) else np.asarray(psf.norm)
+        return GriddedPSF(psf.arrays, np.asarray(psf.grid_x) - x0, np.asarray(psf.grid_y) - y0,
+                          psf.oversampling, psf.integrated, psf.kernel, nrm, psf.extrapolate)
+    return psf
+
+
 def _fit_tile(read, ext, psf, photometry_kwargs) -> Table | None:
     """The catalog of one extended tile, positions in tile pixels; None for a tile without stars."""
+    import warnings
+
     from ..image.pipeline import photometry
+    from ..psf.measure import PSFCoverageWarning
 
     y0, y1, x0, x1 = ext
     try:
-        return photometry(read(y0, y1, x0, x1), psf, **photometry_kwargs)
+        with warnings.catch_warnings():
+            # a tile sees only part of the field's PSF domain: that is expected here
+            warnings.simplefilter("ignore", PSFCoverageWarning)
+            return photometry(read(y0, y1, x0, x1), shift_psf(psf, x0, y0), **photometry_kwargs)
     except ValueError as exc:
         if "no usable pixel" in str(exc) or "smaller than" in str(exc):
             return None  # an empty (all-NaN) or sliver tile contributes no stars
