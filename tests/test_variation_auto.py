@@ -60,3 +60,21 @@ def test_auto_picks_true_order_nine_of_ten_seeds(kind):
                                   folds=4)
         hits.append(ch.degree == TRUE_DEGREE[kind])
     assert sum(hits) >= 9, hits
+
+
+def test_choice_and_evidence_written_to_fits_header(tmp_path):
+    from astropy.io import fits
+
+    from jaxphot.epsf.variation import VariationChoice
+    from jaxphot.psf import read_psf_fits, write_psf_fits
+    from jaxphot.sim.varying import varying_psf
+
+    psf = varying_psf((128, 128), "linear", fwhm=2.5)
+    ch = VariationChoice(1, "auto", {0: 30.5, 1: 12.25, 2: 12.5}, 5, 120, "test")
+    object.__setattr__(psf, "variation", ch)
+    write_psf_fits(psf, tmp_path / "p.fits")
+    hdr = fits.getheader(tmp_path / "p.fits")
+    assert hdr["VARIATN"] == "auto" and hdr["VARDEG"] == 1 and hdr["CVFOLDS"] == 5
+    assert hdr["CVCHI2_0"] == 30.5 and hdr["CVCHI2_1"] == 12.25
+    back = read_psf_fits(tmp_path / "p.fits")
+    assert type(back).__name__ == "PolynomialPSF" and back.degree == 1
