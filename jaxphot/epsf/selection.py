@@ -266,6 +266,8 @@ def build_epsf_from_image(
             f"{len(cat)} detections (need >= {build_kwargs.get('min_stars', 5)})"
         )
     pos = np.stack([np.asarray(chosen["x_centroid"]), np.asarray(chosen["y_centroid"])], 1)
+    # build_epsf_grid's own options (variation="grid:..."), not build_epsf's
+    grid_kw = {k: build_kwargs.pop(k) for k in ("min_region_stars", "extrapolate") if k in build_kwargs}
     common = dict(oversampling=oversampling, shape=shape, error=error, mask=bad, gain=gain,
                   saturation=saturation, **build_kwargs)  # fmt: skip
     work = img
@@ -274,7 +276,7 @@ def build_epsf_from_image(
         work = _without_neighbours(img, level, rms, bad, pos, passes, threshold, common)
     choice = None
     if isinstance(var, tuple):
-        out = build_epsf_grid(work, pos, grid=var, return_stars=return_stars, **common)
+        out = build_epsf_grid(work, pos, grid=var, return_stars=return_stars, **grid_kw, **common)
     else:
         if var == "auto":
             cv_args = {k: v for k, v in common.items() if k not in ("shape", "gain", "mask")}
