@@ -19,3 +19,12 @@ def test_ch6_7_xray_clusters_mutual_best_match_is_exact(tmp_path):
     assert r["n_false"] == 0 and r["n_missed"] == 0
     assert (r["sep_arcsec"] < 60).all()
     assert r["png"].exists()
+
+
+def test_ch6_2_jupiter_moon_fluxes_within_1_percent(tmp_path):
+    import numpy as np
+
+    r = _load("ch6_2_jupiter_moons").run(small=True, outdir=tmp_path)
+    np.testing.assert_allclose(r["flux"], r["true_flux"], rtol=0.01)
+    assert (np.abs(r["flux"] - r["true_flux"]) < 5 * r["flux_err"]).all()  # pulls
+    assert r["png"].exists()
