@@ -80,6 +80,10 @@ _EXPORTS = {
     "photometry_tiled": "scale.images",
     "fit_sharded": "scale.sharding",
     "use_devices": "scale.sharding",
+    # plots (matplotlib imported only when called)
+    "plot_apertures": "plotting",
+    "plot_segments": "plotting",
+    "plot_light_curve": "plotting",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -31,6 +31,7 @@ LAYERS = {
     "sim": 6,
     "scale": 7,
     "cli": 8,
+    "plotting": 8,
 }
 # Old module paths kept as two-line shims (re-exports); they sit above everything.
 SHIMS = {"fit", "scene", "solve", "flags", "kernels", "detector", "simulate", "background",

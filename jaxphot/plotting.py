@@ -1,0 +1,186 @@
+"""Matplotlib helpers: aperture outlines, segment outlines, light curves.
+
+Each function follows the matplotlib convention: it takes an ``ax`` and returns
+the artists it added. matplotlib is imported only inside the functions, so
+``import jaxphot`` never needs it (install with ``pip install "jaxphot[plot]"``).
+Pixel convention: 0-based pixel centres, x along columns, y along rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_HINT = 'plotting needs matplotlib: pip install "jaxphot[plot]"'
+
+
+def _mpl():
+    """Import matplotlib lazily, with an install hint when it is missing."""
+    try:
+        import matplotlib.patches as patches
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(_HINT) from exc
+    return patches
+
+
+def _per_star(value, n: int, name: str) -> np.ndarray:
+    """Broadcast a scalar or per-star value to shape (n,), or raise naming it."""
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or one value per position ({n}), got shape {arr.shape}")
+    return arr
+
+
+def _show(ax, image):
+    """Draw a background image with a robust (1-99 percentile) stretch."""
+    if image is None:
+        return []
+    img = np.asarray(image, dtype=float)
+    lo, hi = np.nanpercentile(img, [1, 99])
+    return [ax.imshow(img, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")]
+
+
+def plot_apertures(ax, positions, *, shape="circle", r=None, a=None, b=None, theta=0.0, w=None, h=None,
+                   r_in=None, r_out=None, a_in=None, a_out=None, b_out=None, w_in=None, w_out=None,
+                   h_out=None, image=None, **artist_kwargs):
+    """Outline apertures (and optional annuli) on ``ax``.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    positions : array_like, shape (n, 2)
+        (x, y) aperture centres in pixels.
+    shape : {"circle", "ellipse", "rectangle"}
+    r : float or (n,) array, pixels
+        Circle radius.
+    a, b : float or (n,) array, pixels
+        Ellipse semi-axes.
+    theta : float or (n,) array, radians
+        Rotation counter-clockwise from +x (ellipse and rectangle).
+    w, h : float or (n,) array, pixels
+        Rectangle full width and height.
+    r_in, r_out, a_in, a_out, b_out, w_in, w_out, h_out : optional
+        Annulus edges; each given edge is drawn as a dashed outline.
+    image : (ny, nx) array, optional
+        Drawn underneath with ``origin="lower"``.
+    **artist_kwargs
+        Passed to every patch (e.g. ``color``, ``lw``).
+
+    Returns
+    -------
+    list of matplotlib artists (the image first when given, then one patch per
+    aperture and per annulus edge).
+    """
+    patches = _mpl()
+    pos = np.asarray(positions, dtype=float).reshape(-1, 2) if np.size(positions) else np.zeros((0, 2))
+    n = len(pos)
+    kw = {"fill": False, "color": "C1", "lw": 1.0} | artist_kwargs
+    dashed = kw | {"ls": "--"}
+    ang = np.degrees(_per_star(theta, n, "theta"))
+    out = _show(ax, image)
+
+    def add(patch):
+        ax.add_patch(patch)
+        out.append(patch)
+
+    if shape == "circle":
+        if r is None:
+            raise ValueError("r is required for shape='circle'")
+        for radius, style in ((r, kw), (r_in, dashed), (r_out, dashed)):
+            if radius is not None:
+                for (x, y), rr in zip(pos, _per_star(radius, n, "r"), strict=True):
+                    add(patches.Circle((x, y), rr, **style))
+    elif shape == "ellipse":
+        if a is None or b is None:
+            raise ValueError("a and b are required for shape='ellipse'")
+        aa, bb = _per_star(a, n, "a"), _per_star(b, n, "b")
+        edges = [(aa, bb, kw)]
+        for edge_a, style in ((a_in, dashed), (a_out, dashed)):
+            if edge_a is not None:
+                ea = _per_star(edge_a, n, "a_in/a_out")
+                eb = _per_star(b_out, n, "b_out") if (b_out is not None and edge_a is a_out) else ea * bb / aa
+                edges.append((ea, eb, style))
+        for ea, eb, style in edges:
+            for (x, y), ai, bi, t in zip(pos, ea, eb, ang, strict=True):
+                add(patches.Ellipse((x, y), 2 * ai, 2 * bi, angle=t, **style))
+    elif shape == "rectangle":
+        if w is None or h is None:
+            raise ValueError("w and h are required for shape='rectangle'")
+        ww, hh = _per_star(w, n, "w"), _per_star(h, n, "h")
+        edges = [(ww, hh, kw)]
+        for edge_w, style in ((w_in, dashed), (w_out, dashed)):
+            if edge_w is not None:
+                ew = _per_star(edge_w, n, "w_in/w_out")
+                eh = _per_star(h_out, n, "h_out") if (h_out is not None and edge_w is w_out) else ew * hh / ww
+                edges.append((ew, eh, style))
+        for ew, eh, style in edges:
+            for (x, y), wi, hi, t in zip(pos, ew, eh, ang, strict=True):
+                add(patches.Rectangle((x - wi / 2, y - hi / 2), wi, hi, angle=t, rotation_point="center",
+                                      **style))
+    else:
+        raise ValueError(f"shape must be 'circle', 'ellipse' or 'rectangle', got {shape!r}")
+    return out
+
+
+def plot_segments(ax, labels, *, image=None, **kw):
+    """Outline every labelled segment of a segmentation map.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    labels : (ny, nx) int array
+        0 is background; each positive label is one segment.
+    image : (ny, nx) array, optional
+        Drawn underneath with ``origin="lower"``.
+    **kw
+        Passed to ``ax.contour`` (e.g. ``colors``, ``linewidths``).
+
+    Returns
+    -------
+    list of artists: the image (when given) then one contour set per segment.
+    """
+    _mpl()
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"labels must be a 2-D array, got {lab.ndim} dimensions")
+    out = _show(ax, image)
+    style = {"colors": "C1", "linewidths": 1.0} | kw
+    # explicit grids keep 0-based pixel centres (contour's origin= would shift by half a pixel)
+    x, y = np.arange(lab.shape[1]), np.arange(lab.shape[0])
+    for label in np.unique(lab[lab > 0]):
+        # the 0.5 level of a 0/1 mask runs along the pixel edges around one segment
+        out.append(ax.contour(x, y, (lab == label).astype(float), levels=[0.5], **style))
+    return out
+
+
+def plot_light_curve(ax, time, flux, flux_err=None, **kw):
+    """Plot a light curve, with error bars when ``flux_err`` is given.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    time : (n,) array
+        Times (any unit; the axis label is left to the caller).
+    flux : (n,) array
+        Fluxes (any unit).
+    flux_err : (n,) array, optional
+        1-sigma flux errors, same unit as ``flux``.
+    **kw
+        Passed to ``ax.errorbar`` / ``ax.plot``.
+
+    Returns
+    -------
+    list of artists (one Line2D, or one ErrorbarContainer).
+    """
+    _mpl()
+    t, f = np.asarray(time, dtype=float), np.asarray(flux, dtype=float)
+    if t.shape != f.shape or t.ndim != 1:
+        raise ValueError(f"time and flux must be 1-D arrays of equal length, got {t.shape} and {f.shape}")
+    if flux_err is not None:
+        style = {"fmt": ".", "ms": 3} | kw
+        e = np.asarray(flux_err, dtype=float)
+        if e.shape != f.shape:
+            raise ValueError(f"flux_err must match flux in shape {f.shape}, got {e.shape}")
+        return [ax.errorbar(t, f, yerr=e, **style)]
+    return list(ax.plot(t, f, **({"ls": "none", "marker": ".", "ms": 3} | kw)))
