@@ -38,7 +38,11 @@ def test_golden_catalogue(name, computed):
         a, b = np.asarray(got[col], float), np.asarray(ref[col], float)
         np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b), err_msg=col)
         ok = np.isfinite(b)
-        if same_env or name == "aperture":  # aperture sums are deterministic to rounding
+        if name == "epsf":
+            # 5 float32 build iterations: XLA's CPU code (SIMD width, fusion) differs between
+            # processors by ~5e-5 of the peak, far below the ePSF's own noise.
+            np.testing.assert_allclose(a[ok], b[ok], rtol=0, atol=3e-4 * np.abs(b).max(), err_msg=col)
+        elif same_env or name == "aperture":  # aperture sums are deterministic to rounding
             np.testing.assert_allclose(a[ok], b[ok], rtol=1e-6, atol=1e-9, err_msg=col)
         else:
             err = {"x_fit": "x_err", "y_fit": "y_err"}.get(col, "flux_err")
