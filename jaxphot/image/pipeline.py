@@ -519,7 +519,8 @@ def _residual_detection(it: int, cfg: _Settings, frame: Frame, stars: Stars, mod
     """Detect on ``data - model`` and append the new stars to ``stars``; returns how many.
 
     Sources within ``merge_sep`` of any known star are dropped, removed stars included, so a
-    faded star is not re-detected and re-faded forever.
+    faded star is not re-detected and re-faded forever; so are sources within ~1 FWHM of a
+    saturated pixel.
     """
     resid = frame.data - model
     new = _detect(resid, frame.good, frame.noise.detection_sigma(model), cfg, cfg.detection or {})
@@ -531,6 +532,10 @@ def _residual_detection(it: int, cfg: _Settings, frame: Frame, stars: Stars, mod
         keep = d > cfg.merge_sep
     else:
         keep = np.ones(len(nx), bool)
+    if cfg.sat_near is not None:
+        # The rim of a masked saturated core holds the brightest, least certain residuals:
+        # nothing new is searched for within ~1 FWHM of it.
+        keep &= ~_near(cfg.sat_near, nx, ny)
     if keep.any():
         stars.append(nx[keep], ny[keep], np.asarray(new["flux"], float)[keep], it + 1)
     return int(keep.sum())
