@@ -165,3 +165,10 @@ def test_cli_bad_header_gain_warns(small_field, capsys):
     msgs = " | ".join(str(w.message) for w in rec)
     assert "GAIN = -2.0" in msgs and "RDNOISE = 'abc'" in msgs and "e.fits" in msgs
     assert "gain none" in capsys.readouterr().err
+
+
+def test_cli_epsf_rejects_bad_saturation(small_field, capsys):
+    d, field = small_field
+    path = _write(d, "f.fits", field.image)
+    assert main(["epsf", str(path), "--saturation", "-1", "-o", str(d / "p.fits")]) == 2
+    assert "--saturation" in capsys.readouterr().err and not (d / "p.fits").exists()
