@@ -8,6 +8,7 @@ it without a traceback.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from pathlib import Path
 
@@ -20,8 +21,11 @@ __all__ = [
     "read_image",
     "image_info",
     "hdu_key",
+    "HeaderValue",
+    "read_header_value",
     "header_gain",
     "header_read_noise",
+    "header_saturation",
     "celestial_wcs",
     "pixel_to_radec",
     "write_catalog",
@@ -30,6 +34,8 @@ __all__ = [
 
 _GAIN_KEYS = ("GAIN", "CCDGAIN", "EGAIN", "ATODGAIN")
 _RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
+_SATURATE_KEYS = ("SATURATE", "SATLEVEL", "MAXLIN")
+_EXPTIME_KEYS = ("EXPTIME", "ETIMEAVE")
 _CATALOG_FORMATS = {
     ".ecsv": "ascii.ecsv",
     ".fits": "fits",
@@ -47,12 +53,21 @@ class _HeaderKeywords:
     @property
     def gain(self) -> float | None:
         """Electrons per image unit from the header (see :func:`header_gain`)."""
-        return header_gain(self.header)
+        return header_gain(self.header, path=self.path)
 
     @property
     def read_noise(self) -> float | None:
         """Read noise in electrons from the header (see :func:`header_read_noise`)."""
-        return header_read_noise(self.header)
+        return header_read_noise(self.header, path=self.path)
+
+    @property
+    def saturation(self) -> float | None:
+        """Saturation level in image units from the header (see :func:`header_saturation`)."""
+        return header_saturation(self.header, path=self.path)
+
+    def header_value(self, quantity: str) -> HeaderValue:
+        """:func:`read_header_value` of this image's header (warnings name its file)."""
+        return read_header_value(self.header, quantity, path=self.path)
 
     @property
     def bunit(self) -> str | None:
@@ -265,43 +280,194 @@ def image_info(path, hdu: int | str | None = None, *, what: str = "image") -> Im
     return ImageInfo(shape, header, celestial_wcs(header), path, idx)
 
 
-def _header_float(header, keys) -> float | None:
-    if header is None:
-        return None
-    for k in keys:
-        if k in header:
-            try:
-                v = float(header[k])
-            except (TypeError, ValueError):
-                continue
-            if np.isfinite(v) and v > 0:
-                return v
+# Unit words of keyword comments: electrons, and data numbers (ADU, DN, counts).
+_ELECTRON_RE = re.compile(r"(?<![a-z])(e-?|el|electrons?|e\^?-)(?![a-z])")
+_ADU_RE = re.compile(r"(?<![a-z])(adus?|dns?|counts?|data\s*numbers?)(?![a-z])")
+_PER_RE = re.compile(r"/|\bper\b")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderValue:
+    """A detector quantity read from a header by :func:`read_header_value`.
+
+    Attributes
+    ----------
+    value : float or None
+        In the quantity's documented unit (``unit``); None when the header has no usable value.
+    unit : str
+        ``"e-/ADU"`` (gain: electrons per image unit), ``"e-"`` (read noise), ``"image units"``
+        (saturation) or ``"s"`` (exposure time).
+    source : str
+        Where it came from, e.g. ``"header RDNOISE (ADU, x gain 2)"``; ``"none"`` when absent.
+    keyword : str or None
+        The keyword used.
+    """
+
+    value: float | None
+    unit: str
+    source: str
+    keyword: str | None = None
+
+
+_QUANTITIES = {
+    # quantity: (keywords, unit, smallest accepted value is > 0 (True) or >= 0 (False))
+    "gain": (_GAIN_KEYS, "e-/ADU", True),
+    "read_noise": (_RDNOISE_KEYS, "e-", False),
+    "saturation": (_SATURATE_KEYS, "image units", True),
+    "exptime": (_EXPTIME_KEYS, "s", True),
+}
+
+
+def _comment_unit(comment: str) -> str | None:
+    """``"e"``, ``"adu"``, ``"e/adu"`` or ``"adu/e"`` from a keyword comment; None if silent."""
+    c = comment.lower()
+    e = _ELECTRON_RE.search(c)
+    d = _ADU_RE.search(c)
+    if e and d:
+        lo, hi = sorted((e, d), key=lambda m: m.start())
+        if _PER_RE.search(c, lo.end(), hi.start()):
+            return "e/adu" if lo is e else "adu/e"
+        return "e"  # both words, no ratio ("e- rms, in ADU units..."): electrons win
+    if e:
+        return "e"
+    if d:
+        return "adu"
     return None
 
 
-def header_gain(header) -> float | None:
-    """Electrons per image unit from the header; None if it has no gain keyword.
+def _warn_ignored(path, key, raw, why, default) -> None:
+    where = f"{str(path)!r}: " if path is not None else ""
+    warnings.warn(
+        f"{where}header keyword {key} = {raw!r} {why}; ignored, using {default}",
+        UserWarning,
+        stacklevel=3,
+    )
 
-    GAIN (or CCDGAIN, EGAIN, ATODGAIN) is in electrons per DN. When the image is
-    flux-calibrated (BUNIT in MJy/sr, as Spitzer mosaics) and the header gives FLUXCONV
-    (MJy/sr per DN/s) and EXPTIME (s), the gain per image unit is
-    ``GAIN * EXPTIME / FLUXCONV``; a calibrated image without those keywords gets None
-    (its GAIN does not apply to its units).
+
+_DEFAULTS = {
+    "gain": "no gain (sky-rms weights)",
+    "read_noise": "no read noise",
+    "saturation": "no saturation level",
+    "exptime": "no exposure time",
+}
+
+
+def read_header_value(header, quantity: str, *, path=None) -> HeaderValue:
+    """One detector quantity of a header, with its unit taken from the keyword comment.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header, dict or None
+    quantity : {"gain", "read_noise", "saturation", "exptime"}
+        ``gain``: GAIN, CCDGAIN, EGAIN or ATODGAIN, returned in e-/ADU; a comment saying
+        ADU/e- (or DN/e-, counts/electron) is inverted. ``read_noise``: RDNOISE, READNOIS,
+        RON or READNOISE, returned in e-; a comment in ADU/DN/counts is multiplied by the
+        header's gain (RDNOISE = 1.8 / ADU with GAIN = 2 -> 3.6 e-). ``saturation``:
+        SATURATE, SATLEVEL or MAXLIN, returned in image units; a comment in electrons is
+        divided by the gain. ``exptime``: EXPTIME or ETIMEAVE, seconds. A comment without a
+        unit means the default: e-/ADU, e-, image units, s.
+    path : str or Path, optional
+        The file, named in warnings.
+
+    Returns
+    -------
+    HeaderValue
+        ``value`` None when no keyword holds a usable value.
+
+    Warns
+    -----
+    UserWarning
+        For a keyword that is present but not a finite number in range (``GAIN = -2``,
+        ``RDNOISE = 'abc'``), naming the keyword and the file; the next keyword is tried,
+        else the default (none) is used. Also for a value in electrons or ADU that needs a
+        gain the header does not give.
     """
-    g = _header_float(header, _GAIN_KEYS)
+    if quantity not in _QUANTITIES:
+        raise ValueError(f"quantity must be one of {sorted(_QUANTITIES)}, got {quantity!r}")
+    keys, unit, strict = _QUANTITIES[quantity]
+    none = HeaderValue(None, unit, "none")
+    if header is None:
+        return none
+    for k in keys:
+        if k not in header:
+            continue
+        raw = header[k]
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            _warn_ignored(path, k, raw, "is not a number", _DEFAULTS[quantity])
+            continue
+        if not np.isfinite(v) or (v <= 0 if strict else v < 0):
+            sign = "positive" if strict else "non-negative"
+            _warn_ignored(path, k, raw, f"is not a finite {sign} number", _DEFAULTS[quantity])
+            continue
+        comments = getattr(header, "comments", None)
+        cu = _comment_unit(str(comments[k])) if comments is not None else None
+        return _convert(header, quantity, k, v, cu, unit, path) or none
+    return none
+
+
+def _convert(header, quantity, key, v, cu, unit, path) -> HeaderValue | None:
+    """``v`` of keyword ``key`` in the documented unit, given the comment unit ``cu``."""
+    if quantity == "gain":
+        if cu == "adu/e":
+            return HeaderValue(1.0 / v, unit, f"header {key} ({v:g} ADU/e-, inverted)", key)
+        return HeaderValue(v, unit, f"header {key}", key)
+    if quantity == "read_noise" and cu == "adu" or quantity == "saturation" and cu == "e":
+        g = read_header_value(header, "gain", path=path).value
+        if g is None:
+            have = "ADU" if quantity == "read_noise" else "e-"
+            _warn_ignored(path, key, v, f"is in {have} and the header has no usable gain",
+                          _DEFAULTS[quantity])
+            return None
+        if quantity == "read_noise":
+            return HeaderValue(v * g, unit, f"header {key} ({v:g} ADU x gain {g:g})", key)
+        return HeaderValue(v / g, unit, f"header {key} ({v:g} e- / gain {g:g})", key)
+    return HeaderValue(v, unit, f"header {key}", key)
+
+
+def header_gain(header, *, path=None) -> float | None:
+    """Electrons per image unit from the header; None if it has no usable gain keyword.
+
+    GAIN (or CCDGAIN, EGAIN, ATODGAIN) is in electrons per DN unless its comment says ADU/e-
+    (:func:`read_header_value`). When the image is flux-calibrated (BUNIT in MJy/sr, as
+    Spitzer mosaics) and the header gives FLUXCONV (MJy/sr per DN/s) and EXPTIME (s), the
+    gain per image unit is ``GAIN * EXPTIME / FLUXCONV``; a calibrated image without those
+    keywords gets None (its GAIN does not apply to its units).
+    """
+    g = read_header_value(header, "gain", path=path).value
     if g is None:
         return None
     bunit = str(header.get("BUNIT", "")).strip().lower().replace(" ", "")
     if "jy" in bunit:
-        conv = _header_float(header, ("FLUXCONV",))
-        t = _header_float(header, ("EXPTIME", "ETIMEAVE"))
+        conv = _header_positive(header, "FLUXCONV")
+        t = read_header_value(header, "exptime", path=path).value
         return g * t / conv if conv and t else None
     return g
 
 
-def header_read_noise(header) -> float | None:
-    """Read noise in electrons from RDNOISE (or READNOIS, RON, READNOISE); None if absent."""
-    return _header_float(header, _RDNOISE_KEYS)
+def _header_positive(header, key) -> float | None:
+    try:
+        v = float(header[key]) if key in header else None
+    except (TypeError, ValueError):
+        return None
+    return v if v is not None and np.isfinite(v) and v > 0 else None
+
+
+def header_read_noise(header, *, path=None) -> float | None:
+    """Read noise in electrons from RDNOISE (or READNOIS, RON, READNOISE); None if absent.
+
+    A comment in ADU is converted with the header's gain (:func:`read_header_value`).
+    """
+    return read_header_value(header, "read_noise", path=path).value
+
+
+def header_saturation(header, *, path=None) -> float | None:
+    """Saturation level in image units from SATURATE (or SATLEVEL, MAXLIN); None if absent.
+
+    A comment in electrons is converted with the header's gain (:func:`read_header_value`).
+    """
+    return read_header_value(header, "saturation", path=path).value
 
 
 def celestial_wcs(header):

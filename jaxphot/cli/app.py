@@ -8,6 +8,7 @@ success.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -60,8 +61,10 @@ def _add_photometry(sub) -> None:
         "--gain", type=float, default=None, help="e-/image unit (default: header GAIN, else none)"
     )
     p.add_argument(
-        "--read-noise", type=float, default=None, help="read noise in e- (default: header RDNOISE)"
+        "--read-noise", type=float, default=None,
+        help="read noise in e- (default: header RDNOISE/READNOIS; used only with a gain)",
     )
+    _add_saturation(p)
     p.add_argument("--threshold", type=float, default=4.5, help="detection threshold (sigma)")
     p.add_argument("--maxiters", type=int, default=4, help="fit/detect cycles")
     p.add_argument("--background-box", type=int, default=64, help="mesh box size (px)")
@@ -70,6 +73,15 @@ def _add_photometry(sub) -> None:
     p.add_argument("--residual", help="write the residual image to this FITS file")
     p.add_argument("--model", help="write the model image (stars only) to this FITS file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_saturation(p) -> None:
+    p.add_argument(
+        "--saturation", type=float, default=None,
+        help="saturation level in image units (default: header SATURATE, SATLEVEL or MAXLIN; "
+        "converted from e- with the gain if its comment says so); saturated pixels and their "
+        "bleed columns are masked",
+    )
 
 
 def _add_demo(sub) -> None:
@@ -100,6 +112,7 @@ def _add_epsf(sub) -> None:
     e.add_argument("--fwhm", type=float, default=None, help="FWHM guess in pixels")
     e.add_argument("--variation", default="auto",
                    help="auto | 0 | 1 | 2 | grid:NYxNX (default auto: cross-validated)")
+    _add_saturation(e)
     e.add_argument("-o", "--output", required=True, help="output FITS file")
 
 
@@ -139,7 +152,7 @@ def _report_variation(psf) -> None:
         print(f"jaxphot: ePSF {type(psf).__name__}", file=sys.stderr)
 
 
-def _auto_psf(data, mask, oversampling, variation="auto", gain=None):
+def _auto_psf(data, mask, oversampling, variation="auto", gain=None, saturation=None):
     try:
         from ..epsf import build_epsf_from_image
     except ImportError:
@@ -152,28 +165,57 @@ def _auto_psf(data, mask, oversampling, variation="auto", gain=None):
     d = np.where(mask, np.nan, data) if mask is not None else data
     try:
         psf = build_epsf_from_image(d, oversampling=oversampling or 4,
-                                    variation=_variation_arg(variation), gain=gain)
+                                    variation=_variation_arg(variation), gain=gain,
+                                    saturation=saturation)
     except ValueError as exc:
         raise CLIError(f"--psf auto: cannot build an ePSF from this image: {exc}") from None
     _report_variation(psf)
     return psf
 
 
-def _noise(a, img, error):
-    """Gain (e-/image unit) and read noise (e-): the options', else the header's."""
-    gain = a.gain if a.gain is not None else img.gain
-    rn = a.read_noise if a.read_noise is not None else img.read_noise
+def _detector(a, img, error) -> dict:
+    """Gain (e-/image unit), read noise (e-) and saturation (image units) with their sources.
+
+    Each is ``(value or None, where it came from)``: the option, else the header keyword
+    (:func:`jaxphot.io.read_header_value`), else none.
+    """
+    for opt, v, ok in (("--gain", a.gain, lambda v: v > 0),
+                       ("--read-noise", a.read_noise, lambda v: v >= 0),
+                       ("--saturation", getattr(a, "saturation", None), lambda v: v > 0)):
+        if v is not None and not (math.isfinite(v) and ok(v)):
+            sign = "non-negative" if opt == "--read-noise" else "positive"
+            raise CLIError(f"{opt} must be a finite {sign} number, got {v:g}")
+    out = {}
+    for name, opt, val in (("gain", "--gain", a.gain), ("read_noise", "--read-noise",
+                           a.read_noise), ("saturation", "--saturation",
+                           getattr(a, "saturation", None))):
+        if val is not None:
+            out[name] = (float(val), f"option {opt}")
+        else:
+            hv = img.header_value(name)
+            out[name] = (hv.value, hv.source)
+    if a.gain is None and "jy" in (img.bunit or "").lower() and out["gain"][0] is not None:
+        # A flux-calibrated image: the header gain (e-/DN) is rescaled to its units.
+        g = img.gain
+        out["gain"] = (g, out["gain"][1] + " x EXPTIME / FLUXCONV" if g else "none (BUNIT "
+                       f"{img.bunit} without FLUXCONV/EXPTIME)")
+    gain, rn = out["gain"][0], out["read_noise"][0]
     if rn is not None and gain is None and error is None:
-        rn = None  # read noise alone (without a gain) cannot be turned into image units
-    return gain, rn
+        # Read noise (e-) cannot be put in image units without a gain: the sky rms is used.
+        print(f"jaxphot: read noise {rn:g} e- ({out['read_noise'][1]}) not used: no gain; "
+              "the noise is the measured sky rms", file=sys.stderr)
+        out["read_noise"] = (None, out["read_noise"][1] + ", unused without a gain")
+    return out
 
 
-def _describe_inputs(a, img, psf, gain, rn) -> str:
+def _describe_inputs(a, img, psf, det: dict) -> str:
     msgs = [f"image {a.image} {img.data.shape[1]}x{img.data.shape[0]}", f"psf {psf!r}"]
-    if gain is not None:
-        msgs.append(f"gain {gain:g} e-/unit")
-    if rn is not None:
-        msgs.append(f"read noise {rn:g} e-")
+    units = {"gain": "e-/unit", "read_noise": "e-", "saturation": "image units"}
+    words = {"gain": "gain", "read_noise": "read noise", "saturation": "saturation"}
+    for k in ("gain", "read_noise", "saturation"):
+        v, src = det[k]
+        msgs.append(f"{words[k]} {v:g} {units[k]} ({src})" if v is not None
+                    else f"{words[k]} none")
     if img.bunit:
         msgs.append(f"BUNIT {img.bunit}")
     return "jaxphot: " + ", ".join(msgs)
@@ -214,19 +256,20 @@ def _cmd_photometry(a) -> int:
     out = Path(a.output)
     if out.suffix.lower() not in (".ecsv", ".fits", ".fit", ".fts", ".csv"):
         raise CLIError(f"-o {a.output!r}: the catalog must end in .ecsv, .fits or .csv")
-    gain, rn = _noise(a, img, error)
+    det = _detector(a, img, error)
     if a.psf.strip().lower() == "auto":
-        psf = _auto_psf(img.data, mask, a.oversampling, a.variation, gain)
+        psf = _auto_psf(img.data, mask, a.oversampling, a.variation, det["gain"][0], det["saturation"][0])
     else:
         psf = _psf_from_spec(a.psf, a.oversampling)
-    print(_describe_inputs(a, img, psf, gain, rn), file=sys.stderr)
+    print(_describe_inputs(a, img, psf, det), file=sys.stderr)
     res = photometry(
         img.data,
         psf,
         error=error,
         mask=mask,
-        gain=gain,
-        read_noise=rn,
+        gain=det["gain"][0],
+        read_noise=det["read_noise"][0],
+        saturation=det["saturation"][0],
         threshold=a.threshold,
         maxiters=a.maxiters,
         background_box=a.background_box,
@@ -253,13 +296,22 @@ def _cmd_epsf(a) -> int:
     from ..psf import write_psf_fits
 
     img = read_image(a.image, a.hdu)
+    if a.saturation is not None and not (math.isfinite(a.saturation) and a.saturation > 0):
+        raise CLIError(f"--saturation must be a finite positive number, got {a.saturation:g}")
+    if a.saturation is not None:
+        sat, src = a.saturation, "option --saturation"
+    else:
+        hv = img.header_value("saturation")
+        sat, src = hv.value, hv.source
+    print(f"jaxphot: saturation {sat:g} image units ({src})" if sat is not None
+          else "jaxphot: saturation none", file=sys.stderr)
     try:
         from ..epsf import build_epsf_from_image
     except ImportError:
         raise CLIError("the ePSF builder (jaxphot.epsf) is not available") from None
     try:
         psf = build_epsf_from_image(img.data, fwhm_guess=a.fwhm, oversampling=a.oversampling,
-                                    variation=_variation_arg(a.variation))
+                                    variation=_variation_arg(a.variation), saturation=sat)
     except ValueError as exc:
         raise CLIError(f"cannot build an ePSF from {a.image!r}: {exc}") from None
     try:

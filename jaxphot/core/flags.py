@@ -29,6 +29,9 @@ class FitFlag(enum.IntFlag):
         Set by the crowded-field driver: the star merged with a brighter neighbour and was removed.
     FADED (128)
         Set by the crowded-field driver: the star fell below the detection threshold on refitting.
+    SATURATED (256)
+        The star's core holds pixels at or above the saturation level: they (and their bleed
+        columns) were masked and the star was fitted on its unsaturated wings.
     """
 
     NOT_CONVERGED = 1
@@ -39,6 +42,7 @@ class FitFlag(enum.IntFlag):
     BAD_PIXELS = 32
     MERGED = 64
     FADED = 128
+    SATURATED = 256
 
 
 def describe_flags(value: int) -> list[str]:

@@ -13,6 +13,7 @@ from ..core.fit import fit_cutouts
 from ..image.background import estimate_background
 from ..image.cutouts import extract_cutouts
 from ..image.detection import find_stars
+from ..image.inputs import saturation_mask
 from ..image.render import scatter_stamps, stamps
 from .builder import XY_COLUMNS, EPSFWarning, build_epsf, odd_shape, table_xy
 from .grid import build_epsf_grid
@@ -63,7 +64,9 @@ def select_stars(
     min_snr : float
         Minimum ``snr`` (ignored when the catalog has no ``snr`` column).
     saturation : float, optional
-        Stars with a pixel >= this within 2 px are dropped.
+        Saturation level in the units of ``image``: stars with a saturated pixel, or a pixel
+        of a bleed column (:func:`jaxphot.image.saturation_mask`), in their ``shape`` cutout
+        are dropped.
     mask : (H, W) bool array, optional
         Pixels to avoid (like NaNs): a star with any within 1 px is dropped.
     isolation : float, optional
@@ -109,8 +112,11 @@ def select_stars(
     near = extract_cutouts(bad_img, xi - 2, yi - 2, 5, mode="nearest")[0][:, 1:4, 1:4]
     ok &= ~near.any(axis=(1, 2))
     if saturation is not None:
-        box = extract_cutouts(img, xi - 2, yi - 2, 5, mode="nearest")[0]
-        ok &= ~(np.nan_to_num(box, nan=-np.inf) >= saturation).any(axis=(1, 2))
+        # Saturated pixels and their bleed columns (as photometry masks them) anywhere in
+        # the star's cutout: a saturated star, or one on a neighbour's bleed, is no PSF star.
+        sat = saturation_mask(img, float(saturation))
+        hit = extract_cutouts(sat, xi - w // 2, yi - h // 2, (h, w), mode="nearest")[0]
+        ok &= ~hit.any(axis=(1, 2))
     # isolation: pairwise distances (chunked to bound memory; no Python loop over stars)
     fin = np.isfinite(x) & np.isfinite(y) & np.isfinite(f)
     xs, ys, fs = x[fin], y[fin], f[fin]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from .background import Background, estimate_background
 from .detection import centroid_gaussian_marginal, centroid_moments, find_stars, segment
 from .grouping import bucket_groups, group_stars
+from .inputs import saturation_mask
 from .pipeline import PhotometryResult, photometry
 from .render import EXCLUDED_FROM_MODEL, make_model_image, make_residual_image, render_image
 
@@ -26,5 +27,5 @@ __all__ = [
     "Background", "estimate_background", "find_stars", "segment", "centroid_moments",
     "centroid_gaussian_marginal", "group_stars", "bucket_groups", "photometry",
     "PhotometryResult", "make_model_image", "make_residual_image", "render_image",
-    "EXCLUDED_FROM_MODEL",
+    "EXCLUDED_FROM_MODEL", "saturation_mask",
 ]

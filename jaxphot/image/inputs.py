@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 from astropy.stats import mad_std
 from astropy.table import Table
+from scipy import ndimage
 
 from ..core.flags import FitFlag
 from .background import Background, estimate_background
@@ -23,7 +24,13 @@ from .render import stamps
 __all__ = [
     "validate_image", "validate_options", "read_init_params", "background_maps", "sky_variance",
     "NoiseModel", "Frame", "prepare_frame", "initial_sources", "linear_flux",
+    "saturation_mask", "BLEED_FRACTION",
 ]
+
+#: Pixels at or above this fraction of the saturation level that touch a saturated pixel
+#: (directly or through other such pixels) are masked with it: bleed columns and the
+#: non-linear rim of a saturated core.
+BLEED_FRACTION = 0.8
 
 
 # --------------------------------------------------------------------------------------
@@ -80,7 +87,7 @@ def validate_image(image, mask, error):
 
 
 def validate_options(*, fit_background, maxiters, threshold, gain, read_noise, detection,
-                     init_params) -> Mapping | bool:
+                     init_params, saturation=None) -> Mapping | bool:
     """Check the scalar options of :func:`jaxphot.photometry`.
 
     Returns
@@ -106,6 +113,8 @@ def validate_options(*, fit_background, maxiters, threshold, gain, read_noise, d
         raise ValueError(f"gain must be a positive number of electrons per unit, got {gain}")
     if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
         raise ValueError(f"read_noise must be a non-negative number of electrons, got {read_noise}")
+    if saturation is not None and not (np.isfinite(saturation) and saturation > 0):
+        raise ValueError(f"saturation must be a positive number (image units), got {saturation}")
     det_opts = {} if detection in (None, True) else detection
     if det_opts is not False and not isinstance(det_opts, Mapping):
         raise ValueError(
@@ -287,8 +296,10 @@ class Frame:
     bad_data : (H, W) bool array
         Non-finite and not masked by the user: a star's fit over them is flagged BAD_PIXELS.
     mask : (H, W) bool array
-        The user's mask.
+        The user's mask, plus the saturated pixels and their bleed columns.
     noise : NoiseModel
+    saturated : (H, W) bool array or None
+        Pixels masked for saturation (:func:`saturation_mask`); None without a level.
     """
 
     level: np.ndarray
@@ -297,9 +308,50 @@ class Frame:
     bad_data: np.ndarray
     mask: np.ndarray
     noise: NoiseModel
+    saturated: np.ndarray | None = None
 
 
-def prepare_frame(img, mask, error, good, background, box: int, gain, read_noise) -> Frame:
+def saturation_mask(img, saturation: float, bleed_fraction: float = BLEED_FRACTION) -> np.ndarray:
+    """Saturated pixels and the bleed columns that grow from them.
+
+    Parameters
+    ----------
+    img : (H, W) array
+        The image as read (sky not subtracted), image units; NaN pixels are never saturated.
+    saturation : float
+        Saturation level, image units: pixels ``>= saturation`` are saturated.
+    bleed_fraction : float
+        Pixels ``>= bleed_fraction * saturation`` that are 8-connected to a saturated pixel
+        through such pixels are masked too (bleed columns/rows, the non-linear rim).
+
+    Returns
+    -------
+    (H, W) bool array
+        True where the fit must not look.
+
+    Raises
+    ------
+    ValueError
+        If ``saturation`` is not a finite number or ``bleed_fraction`` is not in (0, 1].
+    """
+    if not np.isfinite(saturation):
+        raise ValueError(f"saturation must be a finite number (image units), got {saturation}")
+    if not 0 < bleed_fraction <= 1:
+        raise ValueError(f"bleed_fraction must be in (0, 1], got {bleed_fraction}")
+    with np.errstate(invalid="ignore"):
+        core = img >= saturation
+        near = img >= bleed_fraction * saturation
+    if not core.any():
+        return core
+    lab, n = ndimage.label(near, structure=np.ones((3, 3), bool))
+    hit = np.zeros(n + 1, bool)
+    hit[lab[core]] = True
+    hit[0] = False
+    return hit[lab]
+
+
+def prepare_frame(img, mask, error, good, background, box: int, gain, read_noise,
+                  saturation=None, sky_grow: int = 0) -> Frame:
     """Background maps, sky-subtracted data and noise model of a validated image.
 
     Parameters
@@ -310,8 +362,27 @@ def prepare_frame(img, mask, error, good, background, box: int, gain, read_noise
         The ``background`` and ``background_box`` arguments of photometry.
     gain, read_noise : float or None
         Electrons per image unit; electrons (None: 0).
+    saturation : float or None
+        Saturation level, image units (:func:`saturation_mask`); None: no saturation mask.
+    sky_grow : int
+        The saturated pixels, grown by this many pixels, are left out of the background
+        mesh: the bright wings around a saturated core would raise the sky.
     """
-    level, rms = background_maps(img, good, background, int(box))
+    sat = None
+    if saturation is not None:
+        sat = saturation_mask(img, float(saturation)) & good
+        if sat.any():
+            mask = mask | sat
+            good = good & ~sat
+        sky_good = good
+        if sat.any() and sky_grow > 0:
+            grown = ndimage.binary_dilation(sat, np.ones((3, 3), bool), iterations=int(sky_grow))
+            # Keep most of the image for the mesh even if the bright stars are dense.
+            if np.count_nonzero(good & ~grown) > 0.5 * np.count_nonzero(good):
+                sky_good = good & ~grown
+        level, rms = background_maps(img, sky_good, background, int(box))
+    else:
+        level, rms = background_maps(img, good, background, int(box))
     g = None if gain is None else float(gain)
     rn = 0.0 if read_noise is None else float(read_noise)
     sky_var = None if g is None else sky_variance(level, rms, g, rn)
@@ -322,6 +393,7 @@ def prepare_frame(img, mask, error, good, background, box: int, gain, read_noise
         bad_data=~np.isfinite(img) & ~mask,
         mask=mask,
         noise=NoiseModel(rms, error, g, sky_var),
+        saturated=sat,
     )
 
 

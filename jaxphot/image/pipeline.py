@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 from astropy.table import Table
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..core.config import enable_compilation_cache
@@ -41,8 +42,8 @@ from ..psf.measure import check_psf, check_psf_coverage, psf_fwhm, sample_psfs, 
 from .catalog import build_catalog
 from .detection import find_stars
 from .fitting import fit_groups
-from .grouping import group_buckets
-from .inputs import Frame, initial_sources, prepare_frame, validate_image, validate_options
+from .grouping import Bucket, group_buckets
+from .inputs import Frame, initial_sources, linear_flux, prepare_frame, validate_image, validate_options
 from .render import EXCLUDED_FROM_MODEL, scatter_stamps, stamps
 from .state import StageTimer, Stars
 
@@ -79,6 +80,7 @@ def photometry(
     mask=None,
     gain: float | None = None,
     read_noise: float | None = None,
+    saturation: float | None = None,
     init_params: Table | None = None,
     background="mesh",
     background_box: int = 64,
@@ -119,7 +121,14 @@ def photometry(
     gain : float, optional
         Electrons per image unit (Poisson noise of the sky and the stars).
     read_noise : float, optional
-        Read noise in electrons (used with ``gain``; default 0).
+        Read noise in electrons (e-, used with ``gain``; default 0).
+    saturation : float, optional
+        Saturation level, image units (``jaxphot.io.header_saturation`` reads SATURATE,
+        SATLEVEL or MAXLIN). Pixels at or above it, and the pixels above
+        ``BLEED_FRACTION`` (0.8) of it connected to them (bleed columns), are masked from the
+        fits and the background mesh. Each saturated blob is detected as one star at its
+        centre, fitted on its unsaturated wings in a cutout enlarged by the blob's radius,
+        and flagged ``SATURATED``. Default None: no saturation mask.
     init_params : Table, optional
         Initial positions: columns ``x, y`` (pixels, 0-based; ``x_init``/``y_init`` or
         ``x_0``/``y_0`` are accepted too) and optionally ``flux`` (image units x pixels).
@@ -198,7 +207,8 @@ def photometry(
     img, user_mask, err_img, good = validate_image(image, mask, error)
     det_opts = validate_options(fit_background=fit_background, maxiters=maxiters,
                                 threshold=threshold, gain=gain, read_noise=read_noise,
-                                detection=detection, init_params=init_params)
+                                detection=detection, init_params=init_params,
+                                saturation=saturation)
     cfg = _settings(psf, img.shape, det_opts, gain=gain, threshold=threshold, maxiters=maxiters,
                     fit_background=fit_background, crit_sep=crit_sep,
                     max_group_size=max_group_size, fit_half=fit_half, merge_sep=merge_sep,
@@ -206,7 +216,8 @@ def photometry(
     with timer("background"):
         prog("background", 0.02)
         frame = prepare_frame(img, user_mask, err_img, good, background, background_box, gain,
-                              read_noise)
+                              read_noise, saturation, sky_grow=int(math.ceil(2 * cfg.fwhm)))
+        cfg = _with_saturation(cfg, frame)
     with timer("detection"):
         prog("detection", 0.05)
         stars = _initial_stars(cfg, frame, init_params)
@@ -229,6 +240,8 @@ def photometry(
         if step["n_new"] == 0 and removed == 0 and it >= 2:
             break
 
+    if cfg.sat_near is not None:
+        stars.flags[_near(cfg.sat_near, stars.x, stars.y)] |= int(FitFlag.SATURATED)
     with timer("catalog"):
         prog("catalog", 0.98)
         table = build_catalog(stars, frame.level, zeropoint, wcs)
@@ -266,6 +279,8 @@ class _Settings:
     threshold: float  #: detection threshold, sigma
     gain: float | None  #: electrons per image unit
     detection: Mapping | bool  #: find_stars options, or False
+    sat_near: np.ndarray | None = None  #: (H, W) bool: within ~FWHM of a saturated pixel
+    sat_grow: int = 0  #: pixels added to each side of a saturated star's cutout
 
 
 def _settings(psf, shape, detection, *, gain, threshold, maxiters, fit_background, crit_sep,
@@ -295,6 +310,29 @@ def _settings(psf, shape, detection, *, gain, threshold, maxiters, fit_backgroun
         max_iter=max_iter, maxiters=int(maxiters), fade_snr=fade_snr, threshold=threshold,
         gain=None if gain is None else float(gain), detection=detection,
     )
+
+
+def _with_saturation(cfg: _Settings, frame: Frame) -> _Settings:
+    """``cfg`` with the saturated neighbourhood and the cutout growth of saturated stars."""
+    sat = frame.saturated
+    if sat is None or not sat.any():
+        return cfg
+    lab, n = ndimage.label(sat, structure=np.ones((3, 3), bool))
+    area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    # Enough unmasked wing: grow the box by the radius of the largest saturated core.
+    grow = int(math.ceil(math.sqrt(area.max() / math.pi)))
+    reach = max(1, int(math.ceil(cfg.fwhm)))
+    near = ndimage.binary_dilation(sat, np.ones((3, 3), bool), iterations=reach)
+    return dataclasses.replace(cfg, sat_near=near, sat_grow=grow)
+
+
+def _near(region: np.ndarray, x, y) -> np.ndarray:
+    """(N,) bool: the (finite) positions ``x, y`` fall on a True pixel of ``region``."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    h, w = region.shape
+    i = np.clip(np.rint(np.where(ok, x, 0)).astype(np.int64), 0, w - 1)
+    j = np.clip(np.rint(np.where(ok, y, 0)).astype(np.int64), 0, h - 1)
+    return ok & region[j, i]
 
 
 def _meta(cfg: _Settings, zeropoint: float, history: list) -> dict:
@@ -335,9 +373,54 @@ def _initial_stars(cfg: _Settings, frame: Frame, init_params) -> Stars:
         stars.append(x, y, f, 0, flags, x_init=x_given, y_init=y_given)
     else:
         src = _detect(frame.data, frame.good, frame.noise.rms, cfg, cfg.detection)
-        stars.append(np.asarray(src["x_centroid"], float), np.asarray(src["y_centroid"], float),
-                     np.asarray(src["flux"], float), 1)
+        x, y = np.asarray(src["x_centroid"], float), np.asarray(src["y_centroid"], float)
+        f = np.asarray(src["flux"], float)
+        if frame.saturated is not None and frame.saturated.any():
+            x, y, f = _add_saturated(cfg, frame, x, y, f)
+        stars.append(x, y, f, 1)
     return stars
+
+
+def _saturated_centres(sat: np.ndarray):
+    """Centre (x, y) and reach (px) of each 8-connected blob of saturated pixels.
+
+    A bleed column (or row) would drag a plain centroid along it: each pixel is weighted by
+    the square of (run of the blob in its row) x (run in its column), which peaks in the
+    round core. The reach is the largest distance of a blob pixel from its centre.
+    """
+    lab, n = ndimage.label(sat, structure=np.ones((3, 3), bool))
+    jj, ii = np.nonzero(lab)
+    lb = lab[jj, ii]
+    _, inv_r, cnt_r = np.unique(lb * (sat.shape[0] + 1) + jj, return_inverse=True,
+                                return_counts=True)
+    _, inv_c, cnt_c = np.unique(lb * (sat.shape[1] + 1) + ii, return_inverse=True,
+                                return_counts=True)
+    wgt = (cnt_r[inv_r.ravel()] * cnt_c[inv_c.ravel()]).astype(float) ** 2
+    sw = np.bincount(lb, wgt, n + 1)[1:]
+    cx = np.bincount(lb, wgt * ii, n + 1)[1:] / sw
+    cy = np.bincount(lb, wgt * jj, n + 1)[1:] / sw
+    d = np.hypot(ii - cx[lb - 1], jj - cy[lb - 1])
+    reach = np.zeros(n)
+    np.maximum.at(reach, lb - 1, d)
+    return cx, cy, reach
+
+
+def _add_saturated(cfg: _Settings, frame: Frame, x, y, f):
+    """Detections plus one star per saturated blob; detections on its wings are dropped.
+
+    Detection sees a saturated core as a hole and may miss the star or find bits of its
+    ring: the blob's centre replaces whatever was found within its reach + 1 FWHM. The
+    starting flux is the linear PSF fit to the unmasked pixels around it.
+    """
+    cx, cy, reach = _saturated_centres(frame.saturated)
+    if len(x):
+        d, k = cKDTree(np.c_[cx, cy]).query(np.c_[x, y])
+        keep = d > reach[k] + cfg.fwhm
+        x, y, f = x[keep], y[keep], f[keep]
+    half = cfg.fit_half + cfg.sat_grow
+    fallback = float(np.nanmax(f)) if len(f) else 1.0
+    fs = linear_flux(cfg.psf, frame.data, cx, cy, half, fallback)
+    return np.r_[x, cx], np.r_[y, cy], np.r_[f, fs]
 
 
 def _render(cfg: _Settings, stars: Stars, idx: np.ndarray, shape):
@@ -368,6 +451,8 @@ def _fit_pass(it: int, cfg: _Settings, frame: Frame, stars: Stars, timer: StageT
         prog(f"iteration {it}: grouping {len(idx)} stars", (it - 1 + 0.1) / cfg.maxiters)
         x, y, f = stars.x[idx], stars.y[idx], stars.flux[idx]
         gid, buckets = group_buckets(x, y, cfg.crit_sep, cfg.max_group_size, cfg.fit_half)
+        if cfg.sat_near is not None:
+            buckets = _grow_saturated(buckets, gid, _near(cfg.sat_near, x, y), cfg.sat_grow)
         stars.group_id[idx] = gid  # removed stars keep the group of their last fit
     with timer("fitting"):
         report = functools.partial(_fit_report, prog, it, cfg.maxiters)
@@ -381,6 +466,23 @@ def _fit_pass(it: int, cfg: _Settings, frame: Frame, stars: Stars, timer: StageT
     step = {"iteration": it, "n_fitted": int(len(cols["x_fit"])), "n_faded": n_faded,
             "n_merged": n_merged}
     return model, step
+
+
+def _grow_saturated(buckets: list[Bucket], gid, sat, grow: int) -> list[Bucket]:
+    """Move the groups with a saturated star (``sat``, (L,) bool) to buckets ``2 * grow`` px
+    larger, so that their fits keep enough unmasked wing around the masked core."""
+    if grow <= 0 or not sat.any():
+        return buckets
+    has = np.zeros(int(gid.max()) + 1, bool)
+    has[gid[sat]] = True
+    out = []
+    for b in buckets:
+        big = has[b.group_ids]
+        if (~big).any():
+            out.append(Bucket(b.size, b.k, b.group_ids[~big]))
+        if big.any():
+            out.append(Bucket(b.size + 2 * grow, b.k, b.group_ids[big]))
+    return out
 
 
 def _flag_faded(stars: Stars, idx, cols: dict, ok, sigma_good, cfg: _Settings) -> int:
@@ -419,7 +521,8 @@ def _residual_detection(it: int, cfg: _Settings, frame: Frame, stars: Stars, mod
     """Detect on ``data - model`` and append the new stars to ``stars``; returns how many.
 
     Sources within ``merge_sep`` of any known star are dropped, removed stars included, so a
-    faded star is not re-detected and re-faded forever.
+    faded star is not re-detected and re-faded forever; so are sources within ~1 FWHM of a
+    saturated pixel.
     """
     resid = frame.data - model
     new = _detect(resid, frame.good, frame.noise.detection_sigma(model), cfg, cfg.detection or {})
@@ -431,6 +534,10 @@ def _residual_detection(it: int, cfg: _Settings, frame: Frame, stars: Stars, mod
         keep = d > cfg.merge_sep
     else:
         keep = np.ones(len(nx), bool)
+    if cfg.sat_near is not None:
+        # The rim of a masked saturated core holds the brightest, least certain residuals:
+        # nothing new is searched for within ~1 FWHM of it.
+        keep &= ~_near(cfg.sat_near, nx, ny)
     if keep.any():
         stars.append(nx[keep], ny[keep], np.asarray(new["flux"], float)[keep], it + 1)
     return int(keep.sum())
