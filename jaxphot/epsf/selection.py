@@ -14,6 +14,7 @@ from ..image.background import estimate_background
 from ..image.cutouts import extract_cutouts
 from ..image.detection import find_stars
 from ..image.render import scatter_stamps, stamps
+from ..validate import check_positive
 from .builder import XY_COLUMNS, EPSFWarning, build_epsf, odd_shape, table_xy
 
 
@@ -209,6 +210,8 @@ def build_epsf_from_image(
     -------
     DiscretePSF or PolynomialPSF (and EPSFStars)
     """
+    if gain is not None:
+        check_positive("gain", gain, "electrons/ADU")
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")

@@ -37,6 +37,7 @@ from scipy.spatial import cKDTree
 from ..core.config import enable_compilation_cache
 from ..core.flags import FitFlag
 from ..progress import Progress
+from ..validate import check_psf as as_psf_object
 from ..psf.measure import check_psf, psf_fwhm, support_half
 from .catalog import build_catalog
 from .detection import find_stars
@@ -192,6 +193,7 @@ def photometry(
         without x/y columns, mismatched shapes, or invalid options.
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
+    psf = as_psf_object(psf)  # a PSF object or a spec string such as "gaussian:fwhm=3"
     t_start = time.perf_counter()
     prog = Progress(progress, desc="photometry")
     timer = StageTimer()
