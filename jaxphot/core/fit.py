@@ -25,6 +25,7 @@ import numpy as np
 from astropy.table import Table
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from ..validate import check_psf
 from . import params, scene
 from .batching import (
     chunks,
@@ -42,7 +43,6 @@ from .config import default_dtype, enable_compilation_cache
 from .fisher import fisher_crlb
 from .flags import FitFlag
 from .scene import PSFModel
-from ..validate import check_psf
 from .solve import LAMBDA0, LMResult, levenberg_marquardt
 
 __all__ = ["fit_cutouts", "FitResult", "model_cutouts", "solve_chunk", "chunk_runner", "thread_runner",

@@ -38,8 +38,8 @@ from scipy.spatial import cKDTree
 from ..core.config import enable_compilation_cache
 from ..core.flags import FitFlag
 from ..progress import Progress
-from ..validate import check_psf as as_psf_object
 from ..psf.measure import check_psf, psf_fwhm, support_half
+from ..validate import check_psf as as_psf_object
 from .catalog import build_catalog
 from .detection import find_stars
 from .fitting import fit_groups

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.scene import PSFModel
+from ..validate import register_psf_parser
 from .analytic import GaussianPRF, MoffatPSF
 from .fits import read_psf_fits
-from ..validate import register_psf_parser
 
 __all__ = ["parse_psf_spec", "PSFSpecError"]
 
