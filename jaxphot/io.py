@@ -513,6 +513,23 @@ def pixel_to_radec(wcs, x, y):
         return None
 
 
+def _atomic(path: Path, overwrite: bool, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it onto ``path``: a
+    reader never sees half a file, and a failed write leaves the old file intact."""
+    import os
+    import uuid
+
+    if path.exists() and not overwrite:
+        raise OSError(f"{str(path)!r} exists (overwrite=False)")
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_catalog(table: Table, path, *, overwrite: bool = True) -> Path:
     """Write a catalog as ECSV (``.ecsv``), FITS (``.fits``/``.fit``/``.fts``) or CSV.
 
@@ -538,7 +555,7 @@ def write_catalog(table: Table, path, *, overwrite: bool = True) -> Path:
             if isinstance(v, (int, float, str, bool, np.integer, np.floating))
         }
     try:
-        t.write(path, format=fmt, overwrite=overwrite)
+        _atomic(path, overwrite, lambda tmp: t.write(tmp, format=fmt, overwrite=True))
     except OSError as exc:
         raise ValueError(f"cannot write catalog {str(path)!r}: {exc}") from None
     return path
@@ -571,7 +588,8 @@ def write_image(path, data, header=None, *, overwrite: bool = True) -> Path:
             except Exception:  # skip cards astropy refuses to copy
                 continue
     try:
-        fits.PrimaryHDU(np.asarray(data, np.float32), header=hdr).writeto(path, overwrite=overwrite)
+        hdu = fits.PrimaryHDU(np.asarray(data, np.float32), header=hdr)
+        _atomic(path, overwrite, lambda tmp: hdu.writeto(tmp, overwrite=True))
     except OSError as exc:
         raise ValueError(f"cannot write image {str(path)!r}: {exc}") from None
     return path

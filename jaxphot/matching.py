@@ -27,6 +27,21 @@ def _coords(cat: Table, ra: str, dec: str) -> SkyCoord:
     return SkyCoord(r, d)
 
 
+_PIXEL_PAIRS = (("x_fit", "y_fit"), ("xcentroid", "ycentroid"), ("x_init", "y_init"))
+
+
+def _pixels(cat: Table, x: str, y: str, name: str) -> np.ndarray:
+    """(N, 2) pixel positions from columns ``x, y``, else the first of the usual pairs present
+    (jaxphot's ``x_fit, y_fit``, photutils' ``xcentroid, ycentroid``)."""
+    pairs = ((x, y),) + _PIXEL_PAIRS
+    for cx, cy in pairs:
+        if cx in cat.colnames and cy in cat.colnames:
+            return np.column_stack([np.asarray(cat[cx], float), np.asarray(cat[cy], float)])
+    missing = x if x not in cat.colnames else y
+    raise ValueError(f"{name} has no column {missing!r} (nor x_fit/y_fit or xcentroid/ycentroid) "
+                     f"for pixel matching; columns: {', '.join(cat.colnames)}")
+
+
 def crossmatch(
     cat1: Table,
     cat2: Table,
@@ -81,8 +96,8 @@ def crossmatch(
     elif pixel:
         if is_angle:
             raise ValueError("pixel matching needs max_sep in pixels (a float), not an angle")
-        p1 = np.column_stack([np.asarray(cat1[x], float), np.asarray(cat1[y], float)])
-        p2 = np.column_stack([np.asarray(cat2[x], float), np.asarray(cat2[y], float)])
+        p1 = _pixels(cat1, x, y, "cat1")
+        p2 = _pixels(cat2, x, y, "cat2")
         sep, idx = cKDTree(p2).query(p1)
         _, back = cKDTree(p1).query(p2)
         lim = float(max_sep)

@@ -22,6 +22,7 @@ ROOT = Path(jaxphot.__file__).parent
 # lower layers only. Top-level helpers that depend on nothing in the package sit at 0.
 LAYERS = {
     "constants": 0, "progress": 0, "io": 0, "stats": 0, "datasets": 0, "morphology": 0, "matching": 0,
+    "validate": 0,
     "core": 1,
     "psf": 2,
     "image": 3,

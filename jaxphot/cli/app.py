@@ -73,6 +73,7 @@ def _add_photometry(sub) -> None:
     p.add_argument("--residual", help="write the residual image to this FITS file")
     p.add_argument("--model", help="write the model image (stars only) to this FITS file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def _add_saturation(p) -> None:
@@ -113,12 +114,14 @@ def _add_epsf(sub) -> None:
     e.add_argument("--variation", default="auto",
                    help="auto | 0 | 1 | 2 | grid:NYxNX (default auto: cross-validated)")
     _add_saturation(e)
-    e.add_argument("-o", "--output", required=True, help="output FITS file")
+    e.add_argument("-o", "--output", required=True, help="output FITS file (.fits)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _build_parser() -> argparse.ArgumentParser:
     """The ``jaxphot`` parser; building it imports no JAX."""
     ap = argparse.ArgumentParser(prog="jaxphot", description="Batched stellar PSF photometry in JAX.")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_photometry, _add_demo, _add_epsf, add_batch_subcommand):
         add(sub)
@@ -245,17 +248,44 @@ def _write_outputs(a, res, img, psf, out: Path) -> None:
             print(f"jaxphot: {what} image -> {path}", file=sys.stderr)
 
 
+_FITS = (".fits", ".fit", ".fts")
+
+
+def _check_outputs(a, outputs) -> None:
+    """Every ``(option, path, suffixes)`` output checked before any work: not an input, not
+    another output, known extension, writable folder, replaced only with ``--overwrite``."""
+    from ..validate import check_output_path
+
+    inputs = [getattr(a, k, None) for k in ("image", "error", "mask")]
+    psf = getattr(a, "psf", None)
+    if psf and Path(psf).is_file():
+        inputs.append(psf)
+    seen: dict = {}
+    for opt, path, suffixes in outputs:
+        if not path:
+            continue
+        try:
+            out = check_output_path(path, inputs=inputs, overwrite=a.overwrite, suffixes=suffixes,
+                                    what=opt)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        key = out.resolve()
+        if key in seen:
+            raise CLIError(f"{opt} {path!r} and {seen[key]} name the same file")
+        seen[key] = f"{opt} {path!r}"
+
+
 def _cmd_photometry(a) -> int:
     from ..image.pipeline import photometry
     from ..io import read_image
 
+    _check_outputs(a, [("-o", a.output, (".ecsv", ".csv") + _FITS),
+                       ("--residual", a.residual, _FITS), ("--model", a.model, _FITS)])
     img = read_image(a.image, a.hdu)
     shape = img.data.shape
     error = _read_aux(a.error, None, shape, "error map") if a.error else None
     mask = _read_aux(a.mask, None, shape, "mask") != 0 if a.mask else None
     out = Path(a.output)
-    if out.suffix.lower() not in (".ecsv", ".fits", ".fit", ".fts", ".csv"):
-        raise CLIError(f"-o {a.output!r}: the catalog must end in .ecsv, .fits or .csv")
     det = _detector(a, img, error)
     if a.psf.strip().lower() == "auto":
         psf = _auto_psf(img.data, mask, a.oversampling, a.variation, det["gain"][0], det["saturation"][0])
@@ -295,6 +325,7 @@ def _cmd_epsf(a) -> int:
     from ..io import read_image
     from ..psf import write_psf_fits
 
+    _check_outputs(a, [("-o", a.output, _FITS)])
     img = read_image(a.image, a.hdu)
     if a.saturation is not None and not (math.isfinite(a.saturation) and a.saturation > 0):
         raise CLIError(f"--saturation must be a finite positive number, got {a.saturation:g}")
@@ -326,8 +357,12 @@ def _cmd_epsf(a) -> int:
 def main(argv=None) -> int:
     """Entry point of the ``jaxphot`` command. Returns the exit status."""
     ap = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [x for x in argv if x != "--debug"]
     try:
         a = ap.parse_args(argv)
+        a.debug = debug
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
     if a.command is None:
@@ -337,7 +372,9 @@ def main(argv=None) -> int:
         commands = {"photometry": _cmd_photometry, "demo": _cmd_demo, "epsf": _cmd_epsf,
                     "batch": run_batch_cli}
         return commands[a.command](a)
-    except (CLIError, ValueError, FileNotFoundError) as exc:
+    except (CLIError, ValueError, OSError) as exc:
+        if a.debug:
+            raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"jaxphot: error: {msg}", file=sys.stderr)
         return 2
@@ -347,6 +384,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("jaxphot: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback only with --debug
+        if a.debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"jaxphot: internal error: {type(exc).__name__}: {msg} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

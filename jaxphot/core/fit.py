@@ -25,6 +25,7 @@ import numpy as np
 from astropy.table import Table
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from ..validate import check_psf
 from . import params, scene
 from .batching import (
     chunks,
@@ -346,6 +347,7 @@ def fit_cutouts(
     chunk_size: int | None = None,
     newton: bool = True,
     origin: Float[ArrayLike, " N 2"] | None = None,
+    merge_sep: float = 0.5,
 ) -> FitResult:
     """Fit a PSF model to a batch of cutouts at once (Levenberg-Marquardt, vmapped).
 
@@ -400,6 +402,10 @@ def fit_cutouts(
         Image coordinates (x, y) of each cutout's pixel [0, 0]. Required by spatially varying
         PSFs (objects with an ``at(x, y)`` method returning one PSF per cutout, whose leaves carry
         a trailing batch axis of length N); each cutout then gets the PSF at its first star.
+    merge_sep : float
+        Initial positions in one cutout closer than this (pixels) are one star: the later one is
+        left out of the fit, its row NaN and flagged ``MERGED``. A NaN initial position leaves
+        its star out of the fit, its row NaN and flagged ``NON_FINITE``.
 
     Returns
     -------
@@ -410,7 +416,15 @@ def fit_cutouts(
         (see :class:`~jaxphot.FitFlag`).
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
+    psf = check_psf(psf)
     data, xs, ys, act, fixed = _check_arguments(data, x, y, active, background, fixed, max_iter)
+    # per-star problems stay per-star: NaN starts and duplicates leave the fit, keep their row
+    act_in = act
+    bad_start, dup = _bad_starts(xs, ys, act, merge_sep)
+    act = act & ~bad_start & ~dup
+    h0, w0 = data.shape[1:]
+    xs = np.where(bad_start, (w0 - 1) / 2.0, xs)
+    ys = np.where(bad_start, (h0 - 1) / 2.0, ys)
     dtype = default_dtype(data)
     error, var_const, inv_gain = _noise_model(error, gain, read_noise, data.shape)
     if mask is not None:
@@ -430,7 +444,42 @@ def fit_cutouts(
     result = _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels, shape,
                        scale_errors or unweighted)
     _add_crlb(result, psf, free, shape, error, gain, read_noise, mask, unweighted, n_valid)
+    if np.any(bad_start | dup):
+        _restore_rows(result, act_in, bad_start, dup, x, y)
     return result
+
+
+def _bad_starts(xs: Float[np.ndarray, " N K"], ys: Float[np.ndarray, " N K"],
+                act: Bool[np.ndarray, " N K"], merge_sep: float):
+    """``(non-finite start, duplicate of an earlier star within merge_sep)``, both (N, K)."""
+    bad = act & ~(np.isfinite(xs) & np.isfinite(ys))
+    k = xs.shape[1]
+    dup = np.zeros_like(bad)
+    if k > 1 and merge_sep > 0:
+        live = act & ~bad
+        dx = xs[:, :, None] - xs[:, None, :]
+        dy = ys[:, :, None] - ys[:, None, :]
+        close = (np.hypot(dx, dy) <= merge_sep) & live[:, :, None] & live[:, None, :]
+        earlier = np.tril(np.ones((k, k), bool), -1)  # star j is a duplicate of an earlier i < j
+        dup = np.any(close & earlier[None], axis=2)
+    return bad, dup
+
+
+def _restore_rows(result: FitResult, act_in, bad_start, dup, x, y) -> None:
+    """Give back the rows taken out of the fit: NaN values, flagged NON_FINITE or MERGED."""
+    gone = bad_start | dup
+    for name in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err", "flux_init"):
+        setattr(result, name, np.where(gone, np.nan, getattr(result, name)))
+    for name, col in result.extra.items():
+        result.extra[name] = np.where(gone, np.nan, col)
+    n = result.x_init.shape[0]
+    result.x_init = np.where(bad_start, _as_stars("x", x, n), result.x_init)
+    result.y_init = np.where(bad_start, _as_stars("y", y, n), result.y_init)
+    flags = result.flags.astype(np.int64)
+    flags = np.where(bad_start, flags | int(FitFlag.NON_FINITE), flags)
+    flags = np.where(dup, flags | int(FitFlag.MERGED), flags)
+    result.flags = flags.astype(np.int32)
+    result.active = act_in
 
 
 def _check_arguments(data, x, y, active, background, fixed, max_iter):
@@ -439,7 +488,8 @@ def _check_arguments(data, x, y, active, background, fixed, max_iter):
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or min(data.shape) == 0:
-        raise ValueError(f"data must have shape (N, H, W), got {data.shape}")
+        raise ValueError(f"data must be one (H, W) cutout or a stack (N, H, W) of at least one "
+                         f"non-empty cutout, got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.number):
         raise ValueError(f"data must be numeric, got dtype {data.dtype}")
     n = data.shape[0]
@@ -447,9 +497,6 @@ def _check_arguments(data, x, y, active, background, fixed, max_iter):
     if xs.shape != ys.shape:
         raise ValueError(f"x and y must have the same shape, got {xs.shape} and {ys.shape}")
     k = xs.shape[1]
-    for name, a in (("x", xs), ("y", ys)):
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} contains non-finite initial positions")
     act = np.ones((n, k), bool) if active is None else np.asarray(active, bool)
     if act.shape != (n, k):
         raise ValueError(f"active must have shape {(n, k)}, got {act.shape}")

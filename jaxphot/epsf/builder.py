@@ -64,6 +64,7 @@ from ..image.cutouts import extract_cutouts
 from ..psf import DiscretePSF, PolynomialPSF, poly_terms
 from ..psf.kernels import spline_samples
 from ..psf.varying import poly_scale
+from ..validate import check_positive
 from ._pin import pin_psf
 from ._reference import lowpass_reference_terms, moffat_reference_terms
 from ._spline import model_pixels, solve_coeffs
@@ -255,6 +256,8 @@ def build_epsf(
         stars dropped at the edge, with bad cores, saturated).
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
+    if gain is not None:
+        check_positive("gain", gain, "electrons/ADU")
     img, pos, s, (h, w), bad_img, err_img = _check_inputs(
         image, positions, degree, oversampling, shape, smoothness, prior, normalize, mask, error
     )

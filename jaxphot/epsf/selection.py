@@ -15,6 +15,7 @@ from ..image.cutouts import extract_cutouts
 from ..image.detection import find_stars
 from ..image.inputs import saturation_mask
 from ..image.render import scatter_stamps, stamps
+from ..validate import check_positive
 from .builder import XY_COLUMNS, EPSFWarning, build_epsf, odd_shape, table_xy
 from .grid import build_epsf_grid
 from .variation import choose_variation, parse_variation
@@ -230,6 +231,8 @@ def build_epsf_from_image(
     -------
     DiscretePSF, PolynomialPSF or GriddedPSF (and EPSFStars)
     """
+    if gain is not None:
+        check_positive("gain", gain, "electrons/ADU")
     if degree is not None:
         warnings.warn("degree= is deprecated: use variation=", DeprecationWarning, stacklevel=2)
         variation = degree

@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -39,6 +40,7 @@ from ..core.config import enable_compilation_cache
 from ..core.flags import FitFlag
 from ..progress import Progress
 from ..psf.measure import check_psf, check_psf_coverage, psf_fwhm, sample_psfs, support_half
+from ..validate import check_psf as as_psf_object
 from .catalog import build_catalog
 from .detection import find_stars
 from .fitting import fit_groups
@@ -201,6 +203,7 @@ def photometry(
         without x/y columns, mismatched shapes, or invalid options.
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
+    psf = as_psf_object(psf)  # a PSF object or a spec string such as "gaussian:fwhm=3"
     t_start = time.perf_counter()
     prog = Progress(progress, desc="photometry")
     timer = StageTimer()
@@ -248,11 +251,71 @@ def photometry(
     table.meta.update(_meta(cfg, zeropoint, history))
     table.meta["elapsed_s"] = round(time.perf_counter() - t_start, 3)
     table.meta["timings"] = timer.rounded()
+    _check_model_match(table, cfg, img)
     prog(f"done: {len(table)} stars", 1.0)
     if return_images:
         resid = np.where(np.isfinite(img), img - frame.level - model, np.nan)
         return PhotometryResult(table, model, resid, frame.level)
     return table
+
+class ModelMismatchWarning(UserWarning):
+    """The PSF model does not describe the stars (reduced chi2 far from 1)."""
+
+
+_CHI2_LIMIT = 3.0
+
+
+def _peak_ratio(table: Table, good, cfg, sub) -> float:  # sub: the image, sky included
+    """Median over the good stars of (observed peak pixel) / (the PSF model's peak pixel).
+
+    Near 1 when the PSF's width matches the stars'; well above 1 for a PSF far too wide (the
+    fit spreads the flux), well below 1 for one far too narrow.
+    """
+    h, w = sub.shape
+    x = np.asarray(table["x_fit"], float)[good]
+    y = np.asarray(table["y_fit"], float)[good]
+    i, j = np.clip(np.round(x).astype(int), 0, w - 1), np.clip(np.round(y).astype(int), 0, h - 1)
+    frac = np.asarray(cfg.psf.evaluate(x - i, y - j, (1, 1)))[0, 0]
+    model = np.asarray(table["flux_fit"], float)[good] * frac
+    data = sub[j, i] - (np.asarray(table["bkg"], float)[good] if "bkg" in table.colnames else 0.0)
+    ok = np.isfinite(data) & np.isfinite(model) & (model > 0)
+    return float(np.median(data[ok] / model[ok])) if np.any(ok) else float("nan")
+
+
+def _check_model_match(table: Table, cfg, sub) -> None:
+    """Record the median reduced chi2 (and peak ratio) of the unflagged stars in ``meta``; warn
+    when the chi2 is > 3 or the stars' peaks are far from the PSF's (ratio > 2 or < 0.5).
+
+    A wrong PSF width, an oversampled PSF read as 1x, or a wrong gain all show up as a median
+    reduced chi2 well above 1 over the well-measured stars, or as peaks the PSF cannot match.
+    """
+    table.meta["median_reduced_chi2"] = float("nan")
+    table.meta["median_peak_ratio"] = float("nan")
+    if len(table) == 0:
+        return
+    dof = np.asarray(table["dof"], float)
+    chi2 = np.asarray(table["chi2"], float)
+    good = (np.asarray(table["flags"]) == 0) & (dof > 0) & np.isfinite(chi2)
+    if not np.any(good):
+        return
+    med = float(np.median(chi2[good] / dof[good]))
+    ratio = _peak_ratio(table, good, cfg, sub)
+    table.meta["median_reduced_chi2"] = med
+    table.meta["median_peak_ratio"] = ratio
+    if ratio > 2 or ratio < 0.5:
+        warnings.warn(
+            f"the stars' peak pixels are {ratio:.2f}x the PSF model's (median of "
+            f"{int(good.sum())} unflagged stars; median reduced chi2 {med:.1f}): the PSF (FWHM "
+            f"{cfg.fwhm:.2f} px) is {'wider' if ratio > 1 else 'narrower'} than the stars; check "
+            "its width and its oversampling (a PSF file without OVERSAMP is read as 1x)",
+            ModelMismatchWarning, stacklevel=3)
+    elif med > _CHI2_LIMIT:
+        warnings.warn(
+            f"median reduced chi2 of the {int(good.sum())} unflagged stars is {med:.1f} (> "
+            f"{_CHI2_LIMIT:g}): the PSF (FWHM {cfg.fwhm:.2f} px) may not match the stars; check "
+            "its width, its oversampling (a PSF file without OVERSAMP is read as 1x) and the gain",
+            ModelMismatchWarning, stacklevel=3)
+
 
 
 # --------------------------------------------------------------------------------------

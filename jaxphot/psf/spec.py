@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.scene import PSFModel
+from ..validate import register_psf_parser
 from .analytic import GaussianPRF, MoffatPSF
 from .fits import read_psf_fits
 
@@ -82,3 +83,14 @@ def parse_psf_spec(spec: str, oversampling: int | None = None) -> PSFModel:
         return read_psf_fits(path, oversampling=oversampling)
     except ValueError as exc:
         raise PSFSpecError(f"PSF {str(path)!r}: {exc}") from None
+
+
+def _parse_for_api(spec: str) -> PSFModel:
+    """:func:`parse_psf_spec` for Python callers: the message without the CLI's ``--psf``."""
+    try:
+        return parse_psf_spec(spec)
+    except PSFSpecError as exc:
+        raise ValueError(str(exc).replace("--psf ", "", 1)) from None
+
+
+register_psf_parser(_parse_for_api)

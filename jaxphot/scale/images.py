@@ -254,6 +254,13 @@ def _catalog_paths(paths, outdir: Path, catalog_format: str) -> list[Path]:
     dup = {c for c in cats if cats.count(c) > 1}
     if dup:
         raise ValueError(f"several images would write the same catalog: {sorted(map(str, dup))}")
+    inputs = {p.resolve(): p for p in map(Path, paths)}
+    for c in cats:  # never take an input for an output (e.g. --outdir dir --format fits)
+        if c.resolve() in inputs:
+            raise ValueError(f"catalog {str(c)!r} would replace the input image "
+                             f"{str(inputs[c.resolve()])!r}; choose another --outdir or --format")
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"--outdir {str(outdir)!r} is a file, not a folder")
     return cats
 
 
