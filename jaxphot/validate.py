@@ -59,7 +59,7 @@ def check_psf(psf, name: str = "psf"):
     """A PSF object: ``psf`` itself, or the PSF a spec string such as ``"gaussian:fwhm=3"`` names.
 
     Raises ValueError naming ``name`` for None, an unparsable spec or an object that is no PSF
-    (it has no ``evaluate``).
+    (it has neither ``evaluate`` nor, for a spatially varying PSF, ``at``).
     """
     if psf is None:
         raise ValueError(f"{name} is required: a PSF object or a spec such as 'gaussian:fwhm=3'")
@@ -70,7 +70,7 @@ def check_psf(psf, name: str = "psf"):
             return _psf_parser[0](psf)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
-    if not hasattr(psf, "evaluate"):
+    if not (hasattr(psf, "evaluate") or callable(getattr(psf, "at", None))):
         raise ValueError(f"{name} must be a PSF object or a spec such as 'gaussian:fwhm=3', "
                          f"got {type(psf).__name__}")
     return psf

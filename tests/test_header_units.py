@@ -139,7 +139,7 @@ def test_cli_reports_units_and_sources(small_field, capsys):
     assert "saturation 1e+06 image units (header SATURATE)" in err
     # Options win, and say so.
     assert main(["photometry", str(path), "-o", str(d / "b.ecsv"), "--gain", "2",
-                 "--read-noise", "4", "--saturation", "5e5", "--no-progress"]) == 0
+                 "--read-noise", "4", "--saturation", "5e5", "--no-progress", "--overwrite"]) == 0
     err = capsys.readouterr().err
     assert "gain 2 e-/unit (option --gain)" in err and "read noise 4 e- (option --read-noise)" in err
     assert "saturation 500000 image units (option --saturation)" in err
