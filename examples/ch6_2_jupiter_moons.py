@@ -9,12 +9,15 @@ No files, no network. ``run()`` returns the measured and true moon fluxes.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 import jaxphot
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import parse_args, save_figure  # noqa: E402
 
 
 def run(seed: int = 0, small: bool = False, outdir=None) -> dict:
@@ -46,17 +49,12 @@ def run(seed: int = 0, small: bool = False, outdir=None) -> dict:
         fig, ax = plt.subplots(figsize=(8, 4))
         stretched = np.log10(image - image.min() + 1)
         jaxphot.plot_apertures(ax, pos, r=r_ap, r_in=r_ap + 3, r_out=r_ap + 8, image=stretched)
-        out["png"] = Path(outdir) / "ch6_2_jupiter_moons.png"
-        fig.savefig(out["png"], dpi=100)
-        plt.close(fig)
+        out["png"] = save_figure(fig, outdir, "ch6_2_jupiter_moons.png")
     return out
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", action="store_true")
-    p.add_argument("--outdir", default=".")
-    args = p.parse_args()
+    args = parse_args(__doc__)
     r = run(small=args.small, outdir=args.outdir)
     for f, e, t in zip(r["flux"], r["flux_err"], r["true_flux"], strict=True):
         print(f"flux {f:10.1f} +- {e:6.1f}   true {t:10.1f}   ratio {f / t:.4f}")

@@ -9,7 +9,7 @@ network. ``run()`` returns the matched pairs and the true pairs.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import astropy.units as u
@@ -17,6 +17,9 @@ import numpy as np
 from astropy.table import Table
 
 import jaxphot
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import parse_args, save_figure  # noqa: E402
 
 
 def _sky(rng, n, ra0=150.0, dec0=2.0, half=1.0):
@@ -69,17 +72,12 @@ def run(seed: int = 0, small: bool = False, outdir=None) -> dict:
             ax.plot([opt["ra"][a], xray["ra"][b]], [opt["dec"][a], xray["dec"][b]], "k-", lw=1)
         ax.set(xlabel="RA [deg]", ylabel="Dec [deg]", title="mutual best matches < 1 arcmin")
         ax.legend()
-        out["png"] = Path(outdir) / "ch6_7_xray_clusters.png"
-        fig.savefig(out["png"], dpi=100)
-        plt.close(fig)
+        out["png"] = save_figure(fig, outdir, "ch6_7_xray_clusters.png")
     return out
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", action="store_true")
-    p.add_argument("--outdir", default=".")
-    args = p.parse_args()
+    args = parse_args(__doc__)
     r = run(small=args.small, outdir=args.outdir)
     print(f"true pairs {r['n_true']}, found {r['n_found']}, false {r['n_false']}, missed {r['n_missed']}, "
           f"median sep {np.median(r['sep_arcsec']):.1f} arcsec -> {r['png']}")

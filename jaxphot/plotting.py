@@ -41,6 +41,22 @@ def _show(ax, image):
     return [ax.imshow(img, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")]
 
 
+
+def _edges(major, minor, inner, outer, outer_minor, n, style, dashed, names):
+    """``[(major, minor, style), ...]``: the aperture, then its annulus edges (dashed).
+
+    The inner edge keeps the aperture's axis ratio, as photutils' ``b_in``/``h_in`` default; the
+    outer edge takes ``outer_minor`` when given.
+    """
+    out = [(major, minor, style)]
+    for edge, is_outer in ((inner, False), (outer, True)):
+        if edge is not None:
+            e = _per_star(edge, n, names[0])
+            given = is_outer and outer_minor is not None
+            m = _per_star(outer_minor, n, names[1]) if given else e * minor / major
+            out.append((e, m, dashed))
+    return out
+
 def plot_apertures(ax, positions, *, shape="circle", r=None, a=None, b=None, theta=0.0, w=None, h=None,
                    r_in=None, r_out=None, a_in=None, a_out=None, b_out=None, w_in=None, w_out=None,
                    h_out=None, image=None, **artist_kwargs):
@@ -94,26 +110,16 @@ def plot_apertures(ax, positions, *, shape="circle", r=None, a=None, b=None, the
     elif shape == "ellipse":
         if a is None or b is None:
             raise ValueError("a and b are required for shape='ellipse'")
-        aa, bb = _per_star(a, n, "a"), _per_star(b, n, "b")
-        edges = [(aa, bb, kw)]
-        for edge_a, style in ((a_in, dashed), (a_out, dashed)):
-            if edge_a is not None:
-                ea = _per_star(edge_a, n, "a_in/a_out")
-                eb = _per_star(b_out, n, "b_out") if (b_out is not None and edge_a is a_out) else ea * bb / aa
-                edges.append((ea, eb, style))
+        edges = _edges(_per_star(a, n, "a"), _per_star(b, n, "b"), a_in, a_out, b_out, n, kw, dashed,
+                       ("a_in/a_out", "b_out"))
         for ea, eb, style in edges:
             for (x, y), ai, bi, t in zip(pos, ea, eb, ang, strict=True):
                 add(patches.Ellipse((x, y), 2 * ai, 2 * bi, angle=t, **style))
     elif shape == "rectangle":
         if w is None or h is None:
             raise ValueError("w and h are required for shape='rectangle'")
-        ww, hh = _per_star(w, n, "w"), _per_star(h, n, "h")
-        edges = [(ww, hh, kw)]
-        for edge_w, style in ((w_in, dashed), (w_out, dashed)):
-            if edge_w is not None:
-                ew = _per_star(edge_w, n, "w_in/w_out")
-                eh = _per_star(h_out, n, "h_out") if (h_out is not None and edge_w is w_out) else ew * hh / ww
-                edges.append((ew, eh, style))
+        edges = _edges(_per_star(w, n, "w"), _per_star(h, n, "h"), w_in, w_out, h_out, n, kw, dashed,
+                       ("w_in/w_out", "h_out"))
         for ew, eh, style in edges:
             for (x, y), wi, hi, t in zip(pos, ew, eh, ang, strict=True):
                 add(patches.Rectangle((x - wi / 2, y - hi / 2), wi, hi, angle=t, rotation_point="center",
