@@ -39,7 +39,7 @@ from scipy.spatial import cKDTree
 from ..core.config import enable_compilation_cache
 from ..core.flags import FitFlag
 from ..progress import Progress
-from ..psf.measure import check_psf, check_psf_coverage, psf_fwhm, sample_psfs, support_half
+from ..psf.measure import check_psf, check_psf_coverage, is_varying, psf_fwhm, sample_psfs, support_half
 from ..validate import check_psf as as_psf_object
 from .catalog import build_catalog
 from .detection import find_stars
@@ -277,7 +277,7 @@ def _peak_ratio(table: Table, good, cfg, sub) -> float:  # sub: the image, sky i
     y = np.asarray(table["y_fit"], float)[good]
     i, j = np.clip(np.round(x).astype(int), 0, w - 1), np.clip(np.round(y).astype(int), 0, h - 1)
     psf = cfg.psf
-    if not hasattr(psf, "evaluate"):  # spatially varying: its centre's PSF is close enough for a 2x test
+    if is_varying(psf):  # its centre's PSF is close enough for a 2x test
         psf = psf.psf_at(0.5 * (w - 1), 0.5 * (h - 1))
     frac = np.asarray(psf.evaluate(x - i, y - j, (1, 1)))[0, 0]
     model = np.asarray(table["flux_fit"], float)[good] * frac
