@@ -22,6 +22,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+import jaxphot
 from jaxphot.cli.app import main as jaxphot_main
 from jaxphot.sim.varying import regional_table, simulate_varying_field
 
@@ -41,10 +42,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="512 x 512, 1000 stars")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cluster-fraction", type=float, default=0.0,
+                    help="fraction of stars in a central cluster (0: uniform; crowding is not the "
+                         "subject here)")
+    ap.add_argument("--true-psf", action="store_true",
+                    help="also fit with the true PSF: the floor that no ePSF can beat")
     args = ap.parse_args(argv)
     shape, n = ((512, 512), 1000) if args.quick else ((1024, 1024), 3000)
-    fld, hdr = simulate_varying_field(shape, n, "strong", seed=args.seed)
-    result = {"shape": list(shape), "n_stars": n, "seed": args.seed}
+    fld, hdr = simulate_varying_field(shape, n, "strong", seed=args.seed,
+                                      cluster_fraction=args.cluster_fraction)
+    result = {"shape": list(shape), "n_stars": n, "seed": args.seed,
+              "cluster_fraction": args.cluster_fraction}
     with tempfile.TemporaryDirectory() as tmp:
         img = Path(tmp) / "varying.fits"
         fits.PrimaryHDU(fld.image.astype(np.float32), header=hdr).writeto(img)
@@ -64,6 +72,17 @@ def main(argv=None):
                 "min_completeness": float(np.nanmin(reg["completeness"])),
                 "regions": [dict(zip(tab.colnames, map(float, r), strict=True)) for r in tab],
             }
+    if args.true_psf:
+        t0 = time.perf_counter()
+        cat = jaxphot.photometry(fld.image, fld.psf, gain=float(hdr["GAIN"]),
+                                 read_noise=float(hdr["RDNOISE"]))
+        tab = regional_table(cat, fld.truth, shape)
+        print(f"\ntrue PSF ({time.perf_counter() - t0:.0f} s)")
+        print(tab)
+        reg = tab[tab["row"] >= 0]
+        result["true_psf"] = {"pull_mad_std_range": [float(np.nanmin(reg["pull_mad_std"])),
+                                                     float(np.nanmax(reg["pull_mad_std"]))],
+                              "min_completeness": float(np.nanmin(reg["completeness"]))}
     print(json.dumps(result))
 
 

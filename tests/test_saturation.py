@@ -127,3 +127,21 @@ def test_psf_star_selection_skips_saturated():
     unsafe = select_stars(sky_sub, cat, shape=11, isolation=5.0, cells=1)
     d, k = cKDTree(np.c_[x, y]).query(np.c_[unsafe["x"], unsafe["y"]])
     assert is_bright[k].any()
+
+
+def test_batch_takes_the_header_saturation(tmp_path, runs):
+    """``jaxphot batch`` masks and flags saturated stars from the header's SATURATE alone."""
+    from astropy.io import fits
+
+    from jaxphot.scale.images import batch
+
+    _, _, clipped, x, y, f, is_bright = runs
+    hdr = fits.Header({"GAIN": (1.0, "e-/ADU"), "RDNOISE": (RN, "e-"), "SATURATE": SAT})
+    fits.PrimaryHDU(clipped.astype(np.float32), header=hdr).writeto(tmp_path / "sat.fits")
+    batch([tmp_path / "sat.fits"], PSF, tmp_path / "out", workers=0, progress=False)
+    t = Table.read(tmp_path / "out" / "sat.ecsv")
+    m = _match(t, x, y)
+    assert (m[is_bright] >= 0).all()
+    row = t[m[is_bright]]
+    assert np.all(np.asarray(row["flags"]) & FitFlag.SATURATED)
+    assert abs(np.median(np.asarray(row["flux_fit"]) / f[is_bright]) - 1) < 0.02

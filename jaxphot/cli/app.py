@@ -235,6 +235,8 @@ def _write_outputs(a, res, img, psf, out: Path) -> None:
         t["flux_fit"].unit = t["flux_err"].unit = t["flux_init"].unit = f"{img.bunit} pix"
         t.meta["bunit"] = img.bunit
     t.meta.update(image=str(a.image), hdu=str(img.hdu), psf=repr(psf))
+    if getattr(psf, "variation", None) is not None:  # --psf auto: the choice and its evidence
+        t.meta["psf_variation"] = psf.variation.summary()
     write_catalog(t, out)
     n_flag = int(np.count_nonzero(t["flags"]))
     print(

@@ -435,7 +435,7 @@ def fit_cutouts(
     free = params.free_mask(act, background, fixed)
     n_free = free.sum(1)
     too_few = n_valid < n_free + 1
-    psf = _psf_per_cutout(psf, origin, xs, ys)
+    psf = _psf_per_cutout(psf, origin, xs, ys, (h0, w0))
     job = FitJob.first(psf, pix, p0.astype(dtype), free, too_few, inv_gain=dtype(inv_gain),
                        step_tol=dtype(step_tol), max_iter=max_iter, newton=newton)
     res = _solve_all(job, int(chunk_size or default_chunk_size()))
@@ -549,17 +549,30 @@ def _starting_values(
     return params.pack(b0, 0.0, 0.0, f0, xs, ys)
 
 
-def _psf_per_cutout(psf, origin, xs: Float[np.ndarray, " N K"], ys: Float[np.ndarray, " N K"]):
-    """``psf``, or for a spatially varying PSF (``.at``) the PSF at each cutout's first star."""
+def _psf_per_cutout(psf, origin, xs: Float[np.ndarray, " N K"], ys: Float[np.ndarray, " N K"],
+                    shape: tuple[int, int]):
+    """``psf``, or for a spatially varying PSF (``.at``) every star's PSF at its own position.
+
+    The result is a per-cutout PSF whose coefficients are (ny, nx, K, N): member k of cutout n
+    is modelled with the PSF at its starting position (a group spans a few FWHM, and a start
+    moves by a fraction of a pixel, far below the scale on which a PSF varies). Padding slots
+    and unusable starts take the PSF at the cutout centre.
+    """
     if not hasattr(psf, "at"):
         return psf
-    n = xs.shape[0]
+    n, k = xs.shape
     if origin is None:
         raise ValueError("origin is required with a spatially varying psf (it has .at())")
     org = np.asarray(origin, np.float64)
     if org.shape != (n, 2):
         raise ValueError(f"origin must have shape ({n}, 2), got {org.shape}")
-    return psf.at(org[:, 0] + xs[:, 0], org[:, 1] + ys[:, 0])
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    px = org[:, 0, None] + np.where(ok, xs, (shape[1] - 1) / 2.0)
+    py = org[:, 1, None] + np.where(ok, ys, (shape[0] - 1) / 2.0)
+    if k == 1:
+        return psf.at(px[:, 0], py[:, 0])
+    each = psf.at(px.T.ravel(), py.T.ravel())  # member-major: index k * N + n
+    return each.per_member(k)
 
 
 def _solve_all(job: FitJob, chunk: int) -> LMResult:

@@ -167,8 +167,8 @@ def _fit_padded(cut, psf, lx, ly, lf, err, msk, act, fit_background, max_iter, o
     rest form a second call, in which fit_cutouts caps its first pass and re-runs the
     stragglers together. This schedule fixes the recorded results (tests/test_golden.py).
     ``origin`` (G, 2), the cutouts' image offsets, is passed for a spatially varying PSF, which
-    is then evaluated at each cutout's first star (fit_cutouts; a group spans ~2 FWHM, over
-    which the field's PSF hardly changes). Returns a FitResult of G rows.
+    is then evaluated at every member's own position (fit_cutouts). Returns a FitResult of G
+    rows.
     """
     n = len(cut)
     size = -(-n // FIT_CHUNK) * FIT_CHUNK

@@ -5,7 +5,8 @@ coordinates ``x, y`` (arrays (N,), pixels, pixel ``[j, i]`` centred at ``(i, j)`
 :class:`BatchedDiscretePSF`: N discrete PSFs stacked along a *trailing* batch axis of their
 coefficient array, with ``batch_size = N``. Its ``evaluate(x, y, shape)`` takes star positions whose
 last axis is that batch axis (e.g. (K, N) for K stars in each of N cutouts) and uses the n-th PSF
-for column n. This is the hook :func:`jaxphot.fit.fit_cutouts` calls (with ``origin``), so every
+for column n; with (ny, nx, K, N) coefficients (:meth:`BatchedDiscretePSF.per_member`) every
+star k of cutout n has a PSF of its own, as the members of a blend do. This is the hook :func:`jaxphot.fit.fit_cutouts` calls (with ``origin``), so every
 cutout is fitted with the PSF at its own detector position.
 
 Models
@@ -91,7 +92,7 @@ class BatchedDiscretePSF:
         As for :class:`~jaxphot.psf.DiscretePSF`.
     """
 
-    coeffs: Float[Array, " ny nx N"]
+    coeffs: Float[Array, " ny nx *K N"]
     oversampling: int = static()
     integrated: bool = static()
     kernel: str = static()
@@ -99,23 +100,39 @@ class BatchedDiscretePSF:
 
     def __init__(self, coeffs, oversampling: int, integrated: bool = True, kernel="bspline3"):
         c = jnp.asarray(coeffs)
-        if c.ndim != 3:
-            raise ValueError(f"coeffs must have shape (ny, nx, N), got {c.shape}")
+        if c.ndim not in (3, 4):
+            raise ValueError(f"coeffs must have shape (ny, nx, N) or (ny, nx, K, N), got {c.shape}")
         self.coeffs = c
         self.oversampling = check_sampling(kernel, oversampling)
         self.integrated = bool(integrated)
         self.kernel = kernel
         self.batch_size = int(c.shape[-1])
 
+    def per_member(self, k: int) -> BatchedDiscretePSF:
+        """Regroup K*N PSFs (member-major: index k*N + n) as (ny, nx, K, N): one per star of
+        each of N cutouts, so that every member of a blend has its own PSF."""
+        c = self.coeffs
+        if c.ndim != 3 or c.shape[-1] % k:
+            raise ValueError(f"cannot regroup {c.shape} coefficients into {k} members")
+        c = c.reshape(c.shape[:2] + (k, c.shape[-1] // k))
+        return BatchedDiscretePSF(c, self.oversampling, self.integrated, self.kernel)
+
     def evaluate(self, x: Float[ArrayLike, " *lead N"], y: Float[ArrayLike, " *lead N"],
                  shape: tuple[int, int]) -> Float[Array, " H W *lead N"]:
-        """PRF of unit-flux stars at (x, y): (H, W) + x.shape; x's last axis indexes the PSFs."""
+        """PRF of unit-flux stars at (x, y): (H, W) + x.shape; x's last axis indexes the PSFs.
+
+        With (ny, nx, K, N) coefficients, x must be (K, N): star k of cutout n has its own PSF.
+        """
         dtype = jnp.result_type(x, y, float)
         x, y = jnp.broadcast_arrays(jnp.asarray(x, dtype), jnp.asarray(y, dtype))
         if x.ndim == 0 or x.shape[-1] != self.coeffs.shape[-1]:
             raise ValueError(
                 f"the last axis of x ({x.shape}) must index the {self.coeffs.shape[-1]} PSFs"
             )
+        per_star = self.coeffs.ndim == 4
+        if per_star and x.shape != self.coeffs.shape[2:]:
+            raise ValueError(f"x must have shape {self.coeffs.shape[2:]} (K, N) for per-star PSFs, "
+                             f"got {x.shape}")
         lead = x.shape[:-1]
         n = x.shape[-1]
         x2, y2 = x.reshape(-1, n), y.reshape(-1, n)  # (K, N)
@@ -123,7 +140,8 @@ class BatchedDiscretePSF:
         matrix = functools.partial(interpolation_matrix, self.kernel, self.oversampling, self.integrated)
         rx = matrix(x2, shape[1], c.shape[1], dtype)  # (W, nx, K, N)
         ry = matrix(y2, shape[0], c.shape[0], dtype)  # (H, ny, K, N)
-        t = jnp.einsum("abn,wbkn->awkn", c, rx, precision=HIGHEST)
+        t = jnp.einsum("abkn,wbkn->awkn" if per_star else "abn,wbkn->awkn", c, rx,
+                       precision=HIGHEST)
         out = jnp.einsum("hakn,awkn->hwkn", ry, t, precision=HIGHEST)
         return out.reshape(tuple(shape) + lead + (n,))
 

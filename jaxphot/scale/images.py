@@ -121,7 +121,8 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _photometry_options(photometry_kwargs, info) -> dict:
-    """The keywords for photometry(): ``gain`` and ``read_noise`` default to the header's."""
+    """The keywords for photometry(): ``gain``, ``read_noise`` and ``saturation`` default to the
+    header's."""
     kw = dict(photometry_kwargs)
     kw.pop("progress", None)  # one bar for the whole run, none per image
     kw.pop("return_images", None)
@@ -129,6 +130,8 @@ def _photometry_options(photometry_kwargs, info) -> dict:
         kw["gain"] = info.gain
     if "read_noise" not in kw:
         kw["read_noise"] = info.read_noise
+    if "saturation" not in kw:
+        kw["saturation"] = info.saturation
     if kw["read_noise"] is not None and kw["gain"] is None and kw.get("error") is None:
         kw["read_noise"] = None  # read noise alone cannot be turned into image units
     return kw
@@ -142,7 +145,7 @@ def _whole_image_catalog(image, hdu, psf, kw):
     if psf is None:
         from ..epsf import build_epsf_from_image
 
-        psf = build_epsf_from_image(img.data)
+        psf = build_epsf_from_image(img.data, gain=kw.get("gain"), saturation=kw.get("saturation"))
     cat = photometry(img.data, psf, wcs=img.wcs, **kw)
     cat.meta.pop("history", None)
     cat.meta.pop("elapsed_s", None)  # timings would make reruns differ
@@ -204,8 +207,9 @@ def process_image(
     overwrite : bool
         Redo an image whose catalog exists.
     **photometry_kwargs
-        Passed to :func:`~jaxphot.photometry`. ``gain`` (e-/image unit) and ``read_noise``
-        (e-) default to the header's (GAIN, RDNOISE...).
+        Passed to :func:`~jaxphot.photometry`. ``gain`` (e-/image unit), ``read_noise``
+        (e-) and ``saturation`` (image units) default to the header's (GAIN, RDNOISE,
+        SATURATE...).
 
     Returns
     -------
