@@ -136,7 +136,7 @@ def test_batch_takes_the_header_saturation(tmp_path, runs):
     from jaxphot.scale.images import batch
 
     _, _, clipped, x, y, f, is_bright = runs
-    hdr = fits.Header({"GAIN": (1.0, "e-/ADU"), "RDNOISE": (RN, "e-"), "SATURATE": SAT})
+    hdr = fits.Header([("GAIN", 1.0, "e-/ADU"), ("RDNOISE", RN, "e-"), ("SATURATE", SAT)])
     fits.PrimaryHDU(clipped.astype(np.float32), header=hdr).writeto(tmp_path / "sat.fits")
     batch([tmp_path / "sat.fits"], PSF, tmp_path / "out", workers=0, progress=False)
     t = Table.read(tmp_path / "out" / "sat.ecsv")

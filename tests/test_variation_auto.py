@@ -24,7 +24,7 @@ def _bright_field(kind: str, seed: int, shape=(384, 384), n=150):
 def test_parse_variation():
     assert parse_variation("auto") == "auto"
     assert parse_variation(2) == 2 and parse_variation("1") == 1
-    assert parse_variation("grid:3x4") == (3, 4)
+    assert parse_variation("grid:3x4") == (3, 4) == parse_variation((3, 4))
     for bad in ("3", 3, "grid:0x2", "quadratic", True, None):
         with pytest.raises(ValueError, match="variation"):
             parse_variation(bad)
@@ -78,3 +78,20 @@ def test_choice_and_evidence_written_to_fits_header(tmp_path):
     assert hdr["CVCHI2_0"] == 30.5 and hdr["CVCHI2_1"] == 12.25
     back = read_psf_fits(tmp_path / "p.fits")
     assert type(back).__name__ == "PolynomialPSF" and back.degree == 1
+
+
+def test_cli_epsf_grid_variation(tmp_path):
+    """``jaxphot epsf --variation grid:2x2`` writes a gridded ePSF (the CLI passes the parsed grid)."""
+    from astropy.io import fits
+
+    from jaxphot.cli import main
+    from jaxphot.psf import read_psf_fits
+
+    fld, _ = _bright_field("linear", seed=5, shape=(256, 256), n=120)
+    hdr = fits.Header([("GAIN", fld.gain, "e-/ADU"), ("RDNOISE", fld.read_noise, "e-")])
+    fits.PrimaryHDU(fld.image.astype(np.float32), header=hdr).writeto(tmp_path / "f.fits")
+    with pytest.warns(EPSFWarning, match="grid lowered from 2x2"):  # too few stars per region
+        rc = main(["epsf", str(tmp_path / "f.fits"), "--variation", "grid:2x2",
+                   "-o", str(tmp_path / "p.fits")])
+    assert rc == 0
+    assert type(read_psf_fits(tmp_path / "p.fits")).__name__ == "GriddedPSF"

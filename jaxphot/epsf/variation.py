@@ -100,6 +100,9 @@ def parse_variation(variation) -> str | int | tuple[int, int]:
         m = re.fullmatch(r"grid:(\d+)x(\d+)", v)
         if m and int(m.group(1)) >= 1 and int(m.group(2)) >= 1:
             return int(m.group(1)), int(m.group(2))
+    elif isinstance(variation, tuple) and len(variation) == 2:  # an already parsed grid
+        if all(isinstance(n, (int, np.integer)) and n >= 1 for n in variation):
+            return int(variation[0]), int(variation[1])
     raise ValueError(
         f"variation must be 'auto', 0, 1, 2 or 'grid:NYxNX' (e.g. grid:3x3), got {variation!r}"
     )

@@ -6,7 +6,8 @@ coordinates ``x, y`` (arrays (N,), pixels, pixel ``[j, i]`` centred at ``(i, j)`
 coefficient array, with ``batch_size = N``. Its ``evaluate(x, y, shape)`` takes star positions whose
 last axis is that batch axis (e.g. (K, N) for K stars in each of N cutouts) and uses the n-th PSF
 for column n; with (ny, nx, K, N) coefficients (:meth:`BatchedDiscretePSF.per_member`) every
-star k of cutout n has a PSF of its own, as the members of a blend do. This is the hook :func:`jaxphot.fit.fit_cutouts` calls (with ``origin``), so every
+star k of cutout n has a PSF of its own, as the members of a blend do. This is the hook
+:func:`jaxphot.fit.fit_cutouts` calls (with ``origin``), so every
 cutout is fitted with the PSF at its own detector position.
 
 Models
