@@ -43,6 +43,7 @@ _EXPORTS = {
     "write_psf_fits": "psf",
     # whole images
     "photometry": "image.pipeline",
+    "apply_cuts": "image.quality",
     "PhotometryResult": "image.pipeline",
     "estimate_background": "image.background",
     "Background": "image.background",

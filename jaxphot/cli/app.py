@@ -74,6 +74,8 @@ def _add_photometry(sub) -> None:
     p.add_argument("--model", help="write the model image (stars only) to this FITS file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--cuts", choices=["default"], default=None,
+                   help="add a boolean good column from the default quality cuts (jaxphot.apply_cuts)")
 
 
 def _add_saturation(p) -> None:
@@ -310,6 +312,10 @@ def _cmd_photometry(a) -> int:
         progress=not a.no_progress and sys.stderr.isatty(),
         return_images=True,
     )
+    if getattr(a, "cuts", None):
+        from ..image.quality import apply_cuts
+
+        apply_cuts(res.table if hasattr(res, "table") else res, a.cuts)
     _write_outputs(a, res, img, psf, out)
     return 0
 

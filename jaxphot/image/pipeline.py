@@ -46,6 +46,7 @@ from .detection import find_stars
 from .fitting import fit_groups
 from .grouping import Bucket, group_buckets
 from .inputs import Frame, initial_sources, linear_flux, prepare_frame, validate_image, validate_options
+from .quality import add_quality_columns
 from .render import EXCLUDED_FROM_MODEL, scatter_stamps, stamps
 from .state import StageTimer, Stars
 
@@ -248,6 +249,9 @@ def photometry(
     with timer("catalog"):
         prog("catalog", 0.98)
         table = build_catalog(stars, frame.level, zeropoint, wcs)
+        # quality step: sharpness, roundness, crowding, qfit, cfit, reduced_chi2 (image.quality)
+        add_quality_columns(table, frame.data, frame.noise.fit_sigma(model), model, cfg.psf,
+                            cfg.fit_half, frame.level)
     table.meta.update(_meta(cfg, zeropoint, history))
     table.meta["elapsed_s"] = round(time.perf_counter() - t_start, 3)
     table.meta["timings"] = timer.rounded()
