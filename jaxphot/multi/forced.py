@@ -33,8 +33,9 @@ from ..core.flags import FitFlag
 from ..core.solve import covariance, decouple_fixed, normal_matrix
 from ..image.cutouts import extract_cutouts
 from ..image.grouping import group_buckets
+from ..image.render import render_image
 from ..progress import Progress
-from ..psf.measure import is_varying, psf_fwhm
+from ..psf.measure import is_varying, psf_fwhm, support_half
 from ..validate import check_psf
 from .inputs import catalog_positions, image_positions, load_exposures, per_image, warn_bad
 
@@ -84,7 +85,8 @@ class ForcedFlag(enum.IntFlag):
 def solve_linear_chunk(
     psf, data: Float[Array, " N H W"], var0: Float[Array, " N H W"], valid: Bool[Array, " N H W"],
     x: Float[Array, " N K"], y: Float[Array, " N K"], active: Bool[Array, " N K"],
-    inv_gain: Float[Array, " N"], *, n_basis: int, n_reweight: int, per_star: bool,
+    inv_gain: Float[Array, " N"], neighbours: Float[Array, " N H W"], flux1: Float[Array, " N K"],
+    *, n_basis: int, n_reweight: int, per_star: bool,
 ):
     """Exact fluxes and sky of fixed-position stars in a chunk of cutouts (batch-first in and out).
 
@@ -104,6 +106,11 @@ def solve_linear_chunk(
         Sky terms: a constant, or a tilted plane.
     n_reweight : int
         Re-solves with the previous model's Poisson variance (0 when the variance is fixed).
+    neighbours : (N, H, W)
+        Model of the stars of a first pass (all of them, the group's own included), counts.
+    flux1 : (N, K)
+        The group's own first-pass fluxes: what of ``neighbours`` is the group itself. The
+        light of every other star is subtracted from the data and added to the variance.
     per_star : bool
         Whether ``psf`` is batched per star slot (spatially varying PSFs).
 
@@ -128,6 +135,8 @@ def solve_linear_chunk(
     else:
         prf = psf.evaluate(xk, yk, (h, w))  # (H, W, K, N)
     prf = jnp.where(ak[None, None], prf, 0.0)
+    others = last(neighbours) - jnp.sum(prf * flux1.T[None, None], axis=2)
+    d = d - others * ok
     yy, xx = jnp.mgrid[0:h, 0:w].astype(d.dtype)
     basis = [jnp.ones((h, w, 1), d.dtype), (xx - (w - 1) / 2.0)[..., None],
              (yy - (h - 1) / 2.0)[..., None]][:n_basis]
@@ -147,10 +156,13 @@ def solve_linear_chunk(
         return theta, cov, singular, model, wgt
 
     # The first pass weights by the data (no model yet); the re-solves by the model, unbiased.
-    out = solve(jnp.maximum(v0 + ig * jnp.maximum(d, 0.0), floor))
-    for _ in range(n_reweight):
-        out = solve(jnp.maximum(v0 + ig * jnp.maximum(out[3], 0.0), floor))
-    theta, cov, singular, model, wgt = out
+    def var_of(model):
+        return jnp.maximum(v0 + ig * jnp.maximum(model + others, 0.0), floor)
+
+    model = solve(var_of(d))[3]
+    # one compiled body for the re-solves (unrolling them multiplies the compile time)
+    model = jax.lax.fori_loop(0, max(n_reweight - 1, 0), lambda _, m: solve(var_of(m))[3], model)
+    theta, cov, singular, model, wgt = solve(var_of(model)) if n_reweight else solve(var_of(d))
     chi2 = jnp.sum(wgt * (d - model) ** 2, axis=(0, 1))
     n_valid = jnp.sum(ok, axis=(0, 1))
     total = jnp.sum(prf, axis=(0, 1))
@@ -215,9 +227,10 @@ class _Geometry:
         self.fit_half = int(fit_half) if fit_half is not None else max(3, int(math.ceil(1.5 * fwhm)))
         # Stars whose light reaches each other's box are fitted together.
         self.crit_sep = float(crit_sep) if crit_sep is not None else self.fit_half + 1.5 * fwhm
+        self.support = support_half(psf, fwhm)
 
 
-def _image_rows(i, data, var0, valid, xs, ys, live, geom, max_k, inv_gain):
+def _image_rows(i, data, var0, valid, xs, ys, live, geom, max_k, inv_gain, model, flux1):
     """The group cutouts of exposure ``i``: one dict of row arrays per (size, K) bucket."""
     idx = np.nonzero(live)[0]
     if not len(idx):
@@ -236,12 +249,15 @@ def _image_rows(i, data, var0, valid, xs, ys, live, geom, max_k, inv_gain):
         ok = extract_cutouts(valid, ox, oy, b.size, False)[0]
         d = extract_cutouts(data, ox, oy, b.size, 0.0)[0]
         v = extract_cutouts(var0, ox, oy, b.size, 1.0)[0] if np.ndim(var0) else np.full(d.shape, var0)
+        nb = (extract_cutouts(model, ox, oy, b.size, 0.0)[0] if model is not None
+              else np.zeros(d.shape))
+        f1 = np.where(act, flux1[np.maximum(star, 0)], 0.0)
         lx = np.where(act, sx - ox[:, None], b.size / 2.0)
         ly = np.where(act, sy - oy[:, None], b.size / 2.0)
         out.append((b.size, b.k, dict(
             data=np.where(ok, d, 0.0), var0=np.where(ok, v, 1.0), valid=ok, x=lx, y=ly,
             active=act, star=star, ox=ox, oy=oy, img=np.full(len(ox), i),
-            inv_gain=np.full(len(ox), inv_gain))))
+            inv_gain=np.full(len(ox), inv_gain), neighbours=nb, flux1=f1)))
     return out
 
 
@@ -268,6 +284,8 @@ def _solve_rows(rows: _Rows, n_basis: int, chunk: int, dtype) -> dict:
             p, jnp.asarray(pad(r["data"][sl], s, 0.0), dtype), jnp.asarray(pad(r["var0"][sl], s, 1.0), dtype),
             jnp.asarray(pad(r["valid"][sl], s, False)), jnp.asarray(x, dtype), jnp.asarray(y, dtype),
             jnp.asarray(pad(r["active"][sl], s, False)), jnp.asarray(pad(r["inv_gain"][sl], s, 0.0), dtype),
+            jnp.asarray(pad(r["neighbours"][sl], s, 0.0), dtype),
+            jnp.asarray(pad(r["flux1"][sl], s, 0.0), dtype),
             n_basis=n_basis, n_reweight=reweight, per_star=per_star)
         return [np.asarray(v, np.float64)[: b - a] for v in res]
 
@@ -334,6 +352,7 @@ def forced_photometry(
     crit_sep: float | None = None,
     max_group_size: int = 16,
     chunk_size: int | None = None,
+    neighbours: bool = True,
 ) -> Table:
     """PSF photometry at fixed catalogue positions in every exposure (forced photometry).
 
@@ -376,6 +395,9 @@ def forced_photometry(
         Largest group fitted jointly (bigger groups are split).
     chunk_size : int, optional
         Group cutouts per compiled call (bounds memory).
+    neighbours : bool
+        Run a second pass in which the light of the stars outside each group (rendered with
+        the first pass's fluxes) is subtracted from its cutout and added to its variance.
 
     Returns
     -------
@@ -429,10 +451,12 @@ def forced_photometry(
     def flush(key):
         _scatter(out, _solve_rows(pending[key], n_basis, chunk, dtype), n_basis, unweighted)
 
+    states = []
     for i, (e, pos) in enumerate(zip(exps, positions, strict=True)):
         if isinstance(pos, str):
             warn_bad(e.name, pos)
             out["flags"][i] |= ForcedFlag.BAD_IMAGE
+            states.append(None)
             continue
         data = e.data
         h, w = data.shape
@@ -456,17 +480,34 @@ def forced_photometry(
         out["flags"][i] |= np.where(finite & ~on, ForcedFlag.OFF_IMAGE, 0)
         out["flags"][i] |= np.where(on & ~centre_ok, ForcedFlag.MASKED, 0)
         p = psfs[i]
-        geom = geoms.setdefault(id(p), _Geometry(p, fit_half, crit_sep))
-        for size, k, part in _image_rows(i, data, var0, valid, xs, ys, centre_ok, geom,
-                                         int(max_group_size), inv_gain):
-            key = (id(p), size, k)
-            pending.setdefault(key, _Rows(p, size, k)).add(**part)
-            if pending[key].n >= 4 * chunk:
+        geoms.setdefault(id(p), _Geometry(p, fit_half, crit_sep))
+        states.append((data, var0, valid, xs, ys, centre_ok, inv_gain))
+    input_flags = out["flags"].copy()
+
+    n_pass = 1 + int(neighbours)
+    for it in range(n_pass):
+        flux1 = np.nan_to_num(out["flux"])
+        out["flags"][:] = input_flags
+        for i, st in enumerate(states):
+            if st is None:
+                continue
+            data, var0, valid, xs, ys, live, inv_gain = st
+            p = psfs[i]
+            model = None
+            if it:  # every star of the first pass: neighbours outside a group are subtracted
+                good = live & np.isfinite(out["flux"][i])
+                model = render_image(p, xs[good], ys[good], flux1[i, good], data.shape,
+                                     stamp=2 * geoms[id(p)].support + 1)
+            for size, k, part in _image_rows(i, data, var0, valid, xs, ys, live, geoms[id(p)],
+                                             int(max_group_size), inv_gain, model, flux1[i]):
+                key = (id(p), size, k)
+                pending.setdefault(key, _Rows(p, size, k)).add(**part)
+                if pending[key].n >= 4 * chunk:
+                    flush(key)
+            prog(f"pass {it + 1}/{n_pass}, image {i + 1}/{t}", (it * t + i + 1) / n_pass)
+        for key, rows in pending.items():
+            if rows.n:
                 flush(key)
-        prog(f"image {i + 1}/{t}", i + 1)
-    for key, rows in pending.items():
-        if rows.n:
-            flush(key)
     prog.close()
     return _long_table(out, cat["star_id"], exps)
 
