@@ -1,0 +1,156 @@
+"""Forced photometry (issue 17) against simulated truth: pulls, the CRLB, variables, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from astropy.table import Table
+
+import jaxphot
+from jaxphot.core.fisher import fisher_crlb
+from jaxphot.multi import BadImageWarning, ForcedFlag
+
+PSF = jaxphot.GaussianPRF(3.0)
+H = W = 64
+T = 60
+SKY = 50.0
+
+
+def _field():
+    """14 stars on a 64x64 field: isolated ones, two blended pairs; a sinusoid and a transit."""
+    rng = np.random.default_rng(7)
+    gx, gy = np.meshgrid(np.arange(10, 60, 13.0), np.arange(10, 60, 13.0))
+    x = gx.ravel()[:12] + rng.uniform(-1, 1, 12)
+    y = gy.ravel()[:12] + rng.uniform(-1, 1, 12)
+    x = np.r_[x, x[5] + 3.5, x[10] - 2.8]  # two blends (about 1 FWHM apart)
+    y = np.r_[y, y[5] + 1.0, y[10] + 2.0]
+    f0 = rng.uniform(3000, 20000, len(x))
+    flux = np.repeat(f0[None], T, 0)
+    t = np.arange(T)
+    flux[:, 0] = f0[0] * (1 + 0.05 * np.sin(2 * np.pi * t / 17.0))  # sinusoid, 5 %
+    flux[20:30, 1] = f0[1] * 0.97  # transit, 3 % deep
+    prf = np.asarray(PSF.evaluate(jnp.asarray(x), jnp.asarray(y), (H, W)), np.float64)  # (H, W, N)
+    images = rng.poisson(SKY + np.einsum("hwn,tn->thw", prf, flux)).astype(float)
+    return x, y, flux, images
+
+
+@pytest.fixture(scope="module")
+def field():
+    x, y, flux, images = _field()
+    tab = jaxphot.forced_photometry(images, Table({"x": x, "y": y}), PSF, gain=1.0)
+    return x, y, flux, images, tab
+
+
+def _grid(tab, name):
+    return jaxphot.pivot_light_curves(tab, columns=(name,))[name]  # (N, T)
+
+
+def test_flux_pulls_per_exposure(field):
+    x, y, flux, images, tab = field
+    f, e = _grid(tab, "flux"), _grid(tab, "flux_err")
+    pull = (f - flux.T) / e
+    assert np.all(np.isfinite(pull))
+    assert np.all(_grid(tab, "flags") == 0)
+    # per exposure std over stars, averaged; and all star-epochs together
+    assert abs(np.std(pull) - 1.0) < 0.05, np.std(pull)
+    assert abs(np.mean(pull)) < 0.1, np.mean(pull)
+    assert abs(np.mean(np.std(pull, axis=0)) - 1.0) < 0.08
+
+
+def test_flux_err_is_the_crlb_with_positions_fixed(field):
+    x, y, flux, images, tab = field
+    err = _grid(tab, "flux_err")
+    iso = np.nonzero(_grid(tab, "group_size")[:, 0] == 1)[0]
+    assert len(iso) >= 5
+    half = 5  # default fit box: max(3, ceil(1.5 FWHM)) = 5, 11x11, centred on the rounded position
+    s = 2 * half + 1
+    ox, oy = np.rint(x[iso]) - half, np.rint(y[iso]) - half
+    k = len(iso)
+    p = jaxphot.core.params.pack(np.full(k, SKY), 0.0, 0.0, flux[0, iso][:, None],
+                                 (x[iso] - ox)[:, None], (y[iso] - oy)[:, None])
+    free = np.ones(p.shape[1], bool)
+    free[-2:] = False  # x, y fixed
+    crlb = fisher_crlb(PSF, p, (s, s), free=free, gain=1.0)[:, 3]
+    ratio = np.median(err[iso], axis=1) / crlb
+    assert np.all(np.abs(ratio - 1) < 0.05), ratio
+
+
+def test_sinusoid_and_transit_recovered(field):
+    x, y, flux, images, tab = field
+    f, e = _grid(tab, "flux"), _grid(tab, "flux_err")
+    t = np.arange(T)
+    # sinusoid: weighted linear fit of c + a sin + b cos at the known period
+    a_mat = np.c_[np.ones(T), np.sin(2 * np.pi * t / 17.0), np.cos(2 * np.pi * t / 17.0)] / e[0][:, None]
+    coef, *_ = np.linalg.lstsq(a_mat, f[0] / e[0], rcond=None)
+    cov = np.linalg.inv(a_mat.T @ a_mat)
+    true_amp = 0.05 * flux[0, 0]
+    assert abs(coef[1] - true_amp) < 3 * np.sqrt(cov[1, 1]), (coef[1], true_amp, np.sqrt(cov[1, 1]))
+    # transit: in-transit minus out-of-transit weighted means
+    w = 1 / e[1] ** 2
+    inn = np.zeros(T, bool)
+    inn[20:30] = True
+    m_in = np.sum(w[inn] * f[1, inn]) / w[inn].sum()
+    m_out = np.sum(w[~inn] * f[1, ~inn]) / w[~inn].sum()
+    depth, err = m_out - m_in, np.sqrt(1 / w[inn].sum() + 1 / w[~inn].sum())
+    true_depth = 0.03 * flux[0, 1]
+    assert abs(depth - true_depth) < 3 * err, (depth, true_depth, err)
+    assert depth > 5 * err
+
+
+def test_off_image_and_masked_stars_are_nan_and_flagged():
+    x, y, flux, images = _field()
+    cat = Table({"x": np.r_[x[:3], -20.0, np.nan], "y": np.r_[y[:3], 30.0, 5.0]})
+    mask = np.zeros((H, W), bool)
+    iy, ix = int(round(y[2])), int(round(x[2]))
+    mask[iy - 1:iy + 2, ix - 1:ix + 2] = True
+    tab = jaxphot.forced_photometry(images[:3], cat, PSF, gain=1.0, mask=mask)
+    assert len(tab) == 5 * 3  # never a dropped row
+    lc = jaxphot.pivot_light_curves(tab)
+    assert np.all(lc["flags"][2] & ForcedFlag.MASKED) and np.all(np.isnan(lc["flux"][2]))
+    assert np.all(lc["flags"][3] & ForcedFlag.OFF_IMAGE) and np.all(np.isnan(lc["flux"][3]))
+    assert np.all(lc["flags"][4] & ForcedFlag.NO_POSITION) and np.all(np.isnan(lc["flux"][4]))
+    assert np.all(np.abs(lc["flux"][:2] - flux[:3, :2].T) < 5 * lc["flux_err"][:2])
+
+
+def test_bad_input_messages():
+    x, y, flux, images = _field()
+    cat = Table({"x": x, "y": y})
+    with pytest.raises(ValueError, match="wcs"):
+        jaxphot.forced_photometry(images[:2], Table({"ra": [10.0], "dec": [20.0]}), PSF)
+    with pytest.raises(ValueError, match="no usable rows"):
+        jaxphot.forced_photometry(images[:2], Table({"x": [np.nan], "y": [np.nan]}), PSF)
+    with pytest.raises(ValueError, match="ra, dec"):
+        jaxphot.forced_photometry(images[:2], Table({"a": [1.0]}), PSF)
+    with pytest.raises(ValueError, match="psf has 3 entries for 2 images"):
+        jaxphot.forced_photometry(images[:2], cat, [PSF] * 3)
+    with pytest.raises(ValueError, match="mask has 1 entries"):
+        jaxphot.forced_photometry(images[:2], cat, PSF, mask=[np.zeros((H, W), bool)])
+    with pytest.raises(ValueError, match="background"):
+        jaxphot.forced_photometry(images[:2], cat, PSF, background="mesh")
+
+
+def test_one_corrupt_file_among_many(tmp_path):
+    from astropy.io import fits
+
+    x, y, flux, images = _field()
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"e{i}.fits"
+        hdr = fits.Header()
+        hdr["MJD-OBS"] = 60000.0 + i
+        fits.writeto(p, images[i], hdr)
+        paths.append(str(p))
+    (tmp_path / "e2.fits").write_bytes(b"not a fits file at all")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        tab = jaxphot.forced_photometry(paths, Table({"x": x, "y": y}), PSF, gain=1.0)
+    assert any(issubclass(r.category, BadImageWarning) and "e2.fits" in str(r.message) for r in rec)
+    bad = tab["image_id"] == 2
+    assert np.all(tab["flags"][bad] & ForcedFlag.BAD_IMAGE) and np.all(np.isnan(tab["flux"][bad]))
+    good = ~bad
+    truth = flux[tab["image_id"][good], tab["star_id"][good]]
+    assert np.all(np.abs(tab["flux"][good] - truth) < 5 * tab["flux_err"][good])
+    assert np.allclose(np.unique(tab["mjd"][good]), 60000.0 + np.array([0, 1, 3]))
