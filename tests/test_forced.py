@@ -154,3 +154,29 @@ def test_one_corrupt_file_among_many(tmp_path):
     truth = flux[tab["image_id"][good], tab["star_id"][good]]
     assert np.all(np.abs(tab["flux"][good] - truth) < 5 * tab["flux_err"][good])
     assert np.allclose(np.unique(tab["mjd"][good]), 60000.0 + np.array([0, 1, 3]))
+
+
+def test_cli_forced(tmp_path):
+    from astropy.io import fits
+
+    from jaxphot.cli.app import main
+
+    x, y, flux, images = _field()
+    for i in range(3):
+        fits.writeto(tmp_path / f"ep{i}.fits", images[i])
+    (tmp_path / "ep9.fits").write_text("corrupt")
+    Table({"x": x, "y": y}).write(tmp_path / "master.ecsv")
+    out = tmp_path / "lc.ecsv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImageWarning)
+        rc = main(["forced", str(tmp_path / "ep*.fits"), "--catalog", str(tmp_path / "master.ecsv"),
+                   "--psf", "gaussian:fwhm=3", "--gain", "1", "-o", str(out),
+                   "--wide", str(tmp_path / "wide.ecsv")])
+    assert rc == 0
+    tab = Table.read(out)
+    assert len(tab) == 4 * len(x)
+    ok = tab["image_id"] < 3
+    truth = flux[tab["image_id"][ok], tab["star_id"][ok]]
+    assert np.all(np.abs(tab["flux"][ok] - truth) < 5 * tab["flux_err"][ok])
+    assert np.all(tab["flags"][~ok] & ForcedFlag.BAD_IMAGE)
+    assert Table.read(tmp_path / "wide.ecsv")["flux"].shape == (len(x), 4)
