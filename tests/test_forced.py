@@ -180,3 +180,26 @@ def test_cli_forced(tmp_path):
     assert np.all(np.abs(tab["flux"][ok] - truth) < 5 * tab["flux_err"][ok])
     assert np.all(tab["flags"][~ok] & ForcedFlag.BAD_IMAGE)
     assert Table.read(tmp_path / "wide.ecsv")["flux"].shape == (len(x), 4)
+
+
+@pytest.mark.xfail(reason="measured: forced PSF p2p 3097 ppm vs SAP 1260 ppm on the file's 4 good "
+                   "cadences (median-frame PRF); not yet at the SAP scatter", strict=False)
+def test_tess_forced_scatter_not_above_sap():
+    import importlib.util
+    from pathlib import Path
+
+    from jaxphot.datasets import find_data_dir
+
+    try:
+        d = find_data_dir("tess")
+    except Exception:
+        pytest.skip("TESS data not available")
+    if not (Path(d) / "tess25155310-s01-first-cadences.fits.gz").exists():
+        pytest.skip("TESS target-pixel file not available")
+    spec = importlib.util.spec_from_file_location(
+        "tess_forced", Path(__file__).parents[1] / "examples" / "tess_forced.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ours, ours_err, sap = mod.tess_forced(Path(d))
+    assert np.all(np.isfinite(ours)) and np.all(ours_err > 0)
+    assert mod.p2p(ours) / np.median(ours) <= mod.p2p(sap) / np.median(sap)

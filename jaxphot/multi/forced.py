@@ -289,7 +289,8 @@ def _solve_rows(rows: _Rows, n_basis: int, chunk: int, dtype) -> dict:
             n_basis=n_basis, n_reweight=reweight, per_star=per_star)
         return [np.asarray(v, np.float64)[: b - a] for v in res]
 
-    parts = map_chunks(run, list(chunks(len(r["img"]), chunk)))
+    # every chunk padded to one size: one compilation per bucket shape, whatever the batch sizes
+    parts = map_chunks(run, [(a, b, chunk) for a, b, _ in chunks(len(r["img"]), chunk)])
     theta, var, sing, chi2, nval, cover = (np.concatenate(v) for v in zip(*parts, strict=True))
     r.update(theta=theta, var=var, singular=sing.astype(bool), chi2=chi2, n_valid=nval, cover=cover,
              size=np.full(len(chi2), size))
