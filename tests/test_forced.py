@@ -57,7 +57,8 @@ def test_flux_pulls_per_exposure(field):
     # per exposure std over stars, averaged; and all star-epochs together
     assert abs(np.std(pull) - 1.0) < 0.05, np.std(pull)
     assert abs(np.mean(pull)) < 0.1, np.mean(pull)
-    assert abs(np.mean(np.std(pull, axis=0)) - 1.0) < 0.08
+    # per exposure (14 stars each: the std of one exposure scatters by ~0.19)
+    assert abs(np.mean(np.std(pull, axis=0, ddof=1)) - 1.0) < 0.1
 
 
 def test_flux_err_is_the_crlb_with_positions_fixed(field):

@@ -254,7 +254,10 @@ def _image_rows(i, data, var0, valid, xs, ys, live, geom, max_k, inv_gain, model
         with np.errstate(invalid="ignore"):
             near_x = np.abs(g[None, :, None] - rx[:, None, :]) <= geom.fit_half  # (G, S, K)
             near_y = np.abs(g[None, :, None] - ry[:, None, :]) <= geom.fit_half
-        ok &= np.einsum("gyk,gxk->gyx", near_y.astype(np.uint8), near_x.astype(np.uint8)) > 0
+        ny8, nx8 = near_y.astype(np.uint8), near_x.astype(np.uint8)
+        # a star is partly on bad (masked, invalid, off-image) pixels when its own box holds one
+        partial = np.einsum("gyx,gyk,gxk->gk", (~ok).astype(np.uint8), ny8, nx8) > 0
+        ok &= np.einsum("gyk,gxk->gyx", ny8, nx8) > 0
         d = extract_cutouts(data, ox, oy, b.size, 0.0)[0]
         v = extract_cutouts(var0, ox, oy, b.size, 1.0)[0] if np.ndim(var0) else np.full(d.shape, var0)
         nb = (extract_cutouts(model, ox, oy, b.size, 0.0)[0] if model is not None
@@ -265,7 +268,7 @@ def _image_rows(i, data, var0, valid, xs, ys, live, geom, max_k, inv_gain, model
         out.append((b.size, b.k, dict(
             data=np.where(ok, d, 0.0), var0=np.where(ok, v, 1.0), valid=ok, x=lx, y=ly,
             active=act, star=star, ox=ox, oy=oy, img=np.full(len(ox), i),
-            inv_gain=np.full(len(ox), inv_gain), neighbours=nb, flux1=f1)))
+            inv_gain=np.full(len(ox), inv_gain), neighbours=nb, flux1=f1, partial=partial & act)))
     return out
 
 
@@ -329,7 +332,7 @@ def _scatter(out: dict, r: dict, n_basis: int, unweighted: np.ndarray) -> None:
     flags |= np.where(too_few, ForcedFlag.TOO_FEW_PIXELS, 0)
     flags |= np.where(nonfinite & ~too_few, ForcedFlag.NON_FINITE, 0)
     flags |= np.where(sing, ForcedFlag.SINGULAR_COVARIANCE, 0)
-    flags |= np.where(r["cover"] < 1.0 - 1e-6, ForcedFlag.BAD_PIXELS, 0)
+    flags |= np.where(r["partial"], ForcedFlag.BAD_PIXELS, 0)
     bad = too_few | nonfinite | sing
     flux = np.where(bad, np.nan, flux)
     err = np.where(bad, np.nan, err)
