@@ -81,6 +81,10 @@ _EXPORTS = {
     "photometry_tiled": "scale.images",
     "fit_sharded": "scale.sharding",
     "use_devices": "scale.sharding",
+    # many exposures
+    "forced_photometry": "multi.forced",
+    "pivot_light_curves": "multi.forced",
+    "ForcedFlag": "multi.forced",
     # plots (matplotlib imported only when called)
     "plot_apertures": "plotting",
     "plot_segments": "plotting",

@@ -30,6 +30,7 @@ LAYERS = {
     "epsf": 5,
     "theory": 6,
     "sim": 6,
+    "multi": 6,
     "scale": 7,
     "cli": 8,
     "plotting": 8,

@@ -1,0 +1,15 @@
+"""Many exposures at once: forced photometry of a fixed master list (issue 17).
+
+``inputs``
+    Exposures (arrays, cubes, FITS paths), per-image maps, WCS/pixel transforms, the catalogue.
+``forced``
+    :func:`forced_photometry` (exact batched linear solves at fixed positions) and
+    :func:`pivot_light_curves`.
+"""
+
+from __future__ import annotations
+
+from .forced import ForcedFlag, forced_photometry, pivot_light_curves
+from .inputs import BadImageWarning
+
+__all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "BadImageWarning"]
