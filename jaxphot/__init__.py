@@ -62,6 +62,7 @@ _EXPORTS = {
     "aperture_corrections": "aperture",
     "growth_curve": "aperture",
     "ApertureFlag": "aperture",
+    "kron_photometry": "aperture",
     "moments_from_cutouts": "morphology",
     "segment_properties": "morphology",
     "kron_radius": "morphology",

@@ -71,34 +71,73 @@ def _finish(sum_i, sx, sy, sxx, syy, sxy, npix, singular_fix=True) -> dict[str, 
     return out
 
 
-def segment_properties(data, segmap, *, labels=None, singular_fix: bool = True) -> Table:
-    """Centroid, area, second moments and ellipse parameters of every segment.
+def segment_properties(
+    data,
+    segmap,
+    *,
+    labels=None,
+    background=None,
+    error=None,
+    mask=None,
+    wcs=None,
+    singular_fix: bool = True,
+    kron_params=(2.5, 1.4),
+    kron_photometry=None,
+) -> Table:
+    """Catalogue of every segment: centroid, moments, ellipse, bbox, extrema, fluxes, Kron radius.
 
     Parameters
     ----------
     data : array_like (H, W)
-        Background-subtracted image (counts).
+        Image (counts); background-subtracted unless ``background`` is given.
     segmap : array_like of int (H, W)
         Segmentation map; 0 is background, label k > 0 marks source k.
     labels : array_like of int, optional
         Labels to report (default: all labels present, ascending).
+    background : float or array_like (H, W), optional
+        Background subtracted from ``data`` before anything is measured.
+    error : float or array_like (H, W), optional
+        1-sigma error per pixel (counts) for ``segment_flux_err`` (and ``kron_flux_err``).
+    mask : array_like of bool (H, W), optional
+        True = exclude the pixel (non-finite pixels are always excluded).
+    wcs : astropy.wcs.WCS, optional
+        Adds ``sky_centroid`` (SkyCoord) and ``ra, dec`` (deg) via ``wcs.pixel_to_world``.
     singular_fix : bool
         Apply Source Extractor's 1/12 px² fix for one-pixel-wide segments.
+    kron_params : (k, r_min) or (k, r_min, r_circ)
+        Kron aperture parameters, photutils' semantics (see :func:`jaxphot.aperture.kron_aperture`).
+    kron_photometry : callable, optional
+        :func:`jaxphot.kron_photometry` (or a function with its signature). With it the table gains
+        ``kron_flux, kron_flux_err`` and the aperture ``kron_a, kron_b, kron_theta``. This module is
+        below the aperture layer, so the aperture sums are passed in rather than imported.
 
     Returns
     -------
     astropy.table.Table
-        ``label, x, y, flux, area (px²), x2, y2, xy (px²), a, b (px), theta (rad), ellipticity,
-        elongation, cxx, cyy, cxy, equivalent_radius (px)``. Moments use coordinates relative to the
-        segment's bounding-box-free global origin, computed in float64.
+        ``label, x, y, flux (= segment_flux), segment_flux, segment_flux_err, area (px²), x2, y2, xy
+        (px²), a, b (px), theta (rad), ellipticity, elongation, cxx, cyy, cxy, equivalent_radius
+        (px), bbox_xmin, bbox_xmax, bbox_ymin, bbox_ymax`` (inclusive pixel indices),
+        ``min_value, minval_xindex, minval_yindex, max_value, maxval_xindex, maxval_yindex``,
+        ``kron_radius`` (unscaled, in units of a and b, over 6 a × 6 b), then the Kron and sky columns
+        above when asked for. Moments are taken about each segment's first pixel (float64) to avoid
+        cancellation.
     """
     d = np.asarray(data, dtype=float)
     seg = np.asarray(segmap)
+    if d.ndim != 2:
+        raise ValueError(f"data must be a 2-D image; got shape {d.shape}")
     if seg.shape != d.shape:
         raise ValueError(f"segmap must have the shape of data {d.shape}; got {seg.shape}")
     if not np.issubdtype(seg.dtype, np.integer):
         raise ValueError("segmap must be an integer label image")
-    sel = (seg > 0) & np.isfinite(d)
+    d = d - _image_or_scalar("background", background, d.shape, 0.0)
+    bad = ~np.isfinite(d)
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != d.shape:
+            raise ValueError(f"mask must have the shape of data {d.shape}; got {m.shape}")
+        bad |= m
+    sel = (seg > 0) & ~bad
     lab = seg[sel].astype(np.int64)
     val = d[sel]
     jj, ii = np.nonzero(sel)
@@ -127,17 +166,84 @@ def segment_properties(data, segmap, *, labels=None, singular_fix: bool = True) 
     oy[has] = jj[first[has]]
     props["x"] = props["x"] + ox
     props["y"] = props["y"] + oy
+    props.update(_bbox_and_extrema(lab, ii, jj, val, nl))
+    if error is not None:
+        err = _image_or_scalar("error", error, d.shape, None)
+        props["segment_flux_err"] = np.sqrt(bc(err[sel] ** 2))
+    else:
+        props["segment_flux_err"] = np.full(nl, np.nan)
     if labels is None:
         labels = np.nonzero(np.bincount(lab, minlength=nl))[0]
         labels = labels[labels > 0]
     labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() >= nl):
+        raise ValueError(f"labels must be in 1..{nl - 1} (the labels of segmap)")
     t = Table()
     t["label"] = labels
-    for k in ("x", "y", "flux", "area", "x2", "y2", "xy", "a", "b", "theta", "ellipticity"):
+    for k in ("x", "y", "flux"):
+        t[k] = props[k][labels]
+    t["segment_flux"] = props["flux"][labels]
+    t["segment_flux_err"] = props["segment_flux_err"][labels]
+    for k in ("area", "x2", "y2", "xy", "a", "b", "theta", "ellipticity"):
         t[k] = props[k][labels]
     for k in ("elongation", "cxx", "cyy", "cxy", "equivalent_radius"):
         t[k] = props[k][labels]
+    for k in ("bbox_xmin", "bbox_xmax", "bbox_ymin", "bbox_ymax", "min_value", "minval_xindex",
+              "minval_yindex", "max_value", "maxval_xindex", "maxval_yindex"):  # fmt: skip
+        t[k] = props[k][labels]
+    pos = np.c_[t["x"], t["y"]]
+    shape_ok = np.isfinite(pos).all(1) & (np.asarray(t["a"]) > 0) & (np.asarray(t["b"]) > 0)
+    kr = np.full(len(t), np.nan)
+    if shape_ok.any():
+        kr[shape_ok] = kron_radius(d, pos[shape_ok], np.asarray(t["a"])[shape_ok],
+                                   np.asarray(t["b"])[shape_ok], np.asarray(t["theta"])[shape_ok],
+                                   r_max=6.0, mask=bad)  # fmt: skip
+    t["kron_radius"] = kr
+    if kron_photometry is not None:
+        kp = kron_photometry(d, pos, t["a"], t["b"], t["theta"], kr, kron_params=kron_params,
+                             error=error, mask=bad)  # fmt: skip
+        for k in ("kron_flux", "kron_flux_err", "kron_a", "kron_b", "kron_theta"):
+            t[k] = kp[k]
+    if wcs is not None:
+        sky = wcs.pixel_to_world(np.asarray(t["x"]), np.asarray(t["y"]))
+        t["sky_centroid"] = sky
+        t["ra"] = sky.spherical.lon.deg
+        t["dec"] = sky.spherical.lat.deg
     return t
+
+
+def _image_or_scalar(name: str, value, shape, default):
+    """``value`` as a float array broadcast to ``shape`` (``default`` when None)."""
+    if value is None:
+        return default
+    v = np.asarray(value, dtype=float)
+    if v.ndim not in (0, 2) or (v.ndim == 2 and v.shape != shape):
+        raise ValueError(f"{name} must be a scalar or an image of shape {shape}; got shape {v.shape}")
+    return np.broadcast_to(v, shape)
+
+
+def _bbox_and_extrema(lab, ii, jj, val, nl: int) -> dict[str, np.ndarray]:
+    """Per-label bounding box (inclusive indices) and min/max value with their pixel (no loops)."""
+    big = np.iinfo(np.int64).max
+    out = {}
+    for name, idx in (("x", ii), ("y", jj)):
+        lo = np.full(nl, big, dtype=np.int64)
+        hi = np.full(nl, -1, dtype=np.int64)
+        np.minimum.at(lo, lab, idx)
+        np.maximum.at(hi, lab, idx)
+        out[f"bbox_{name}min"], out[f"bbox_{name}max"] = lo, hi
+    # sort by (label, value): each label's first entry is its minimum, its last its maximum
+    order = np.lexsort((val, lab))
+    ls = lab[order]
+    start = np.searchsorted(ls, np.arange(nl), side="left")
+    stop = np.searchsorted(ls, np.arange(nl), side="right") - 1
+    present = stop >= start
+    for name, at in (("min", start), ("max", stop)):
+        k = order[np.clip(at, 0, max(lab.size - 1, 0))] if lab.size else np.zeros(nl, np.int64)
+        out[f"{name}_value"] = np.where(present, val[k] if lab.size else np.nan, np.nan)
+        out[f"{name}val_xindex"] = np.where(present, ii[k] if lab.size else -1, -1)
+        out[f"{name}val_yindex"] = np.where(present, jj[k] if lab.size else -1, -1)
+    return out
 
 
 def moments_from_cutouts(cutouts, mask=None, origin=(0.0, 0.0)) -> dict[str, np.ndarray]:
