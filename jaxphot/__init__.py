@@ -48,6 +48,7 @@ _EXPORTS = {
     "Background": "image.background",
     "find_stars": "image.detection",
     "segment": "image.detection",
+    "find_peaks": "image.detection",
     "deblend": "image.deblend",
     "centroid_moments": "image.detection",
     "centroid_gaussian_marginal": "image.detection",
