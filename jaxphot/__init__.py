@@ -49,6 +49,8 @@ _EXPORTS = {
     "Background": "image.background",
     "find_stars": "image.detection",
     "segment": "image.detection",
+    "find_peaks": "image.detection",
+    "deblend": "image.deblend",
     "centroid_moments": "image.detection",
     "centroid_gaussian_marginal": "image.detection",
     "group_stars": "image.grouping",

@@ -16,6 +16,7 @@ geometric centre of the pixels of its box.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -307,6 +308,7 @@ def estimate_background(
     interpolation: Literal["spline", "bilinear"] = "spline",
     filter_threshold: float | None = None,
     min_good_fraction: float = _MIN_GOOD_FRAC,
+    rms_estimator: Literal["std", "mad_std", "biweight_scale"] | None = None,
 ) -> Background:
     """Estimate the background level and rms maps of an image on a mesh of boxes.
 
@@ -340,6 +342,11 @@ def estimate_background(
     min_good_fraction : float
         A mesh with a smaller fraction of usable pixels is "bad" and is filled from its
         nearest good neighbours before filtering.
+    rms_estimator : {"std", "mad_std", "biweight_scale"}, optional
+        Per-mesh noise estimator (photutils' ``bkgrms_estimator``), applied to the mesh pixels
+        after ``sigma``-clipping about the median (astropy's ``sigma_clip``, ``maxiters``):
+        the standard deviation, 1.4826 × the median absolute deviation, or the biweight
+        scale. None (default) keeps the rms that goes with ``estimator`` (see above).
 
     Returns
     -------
@@ -364,6 +371,9 @@ def estimate_background(
     a, box, filt = _checked_inputs(data, box_size, filter_size, mask, sigma, estimator,
                                    interpolation)
     lev, rms, bad = _mesh_stats(a, box, sigma, maxiters, estimator, min_good_fraction)
+    if rms_estimator is not None:
+        rms = np.where(bad, rms, _mesh_rms(a, box, sigma, maxiters, rms_estimator))
+        lev, rms = _fill_bad(lev, rms, bad)
     lev, rms = _filter_meshes(lev, rms, filt, filter_threshold)
     xcen, ycen, level, rms_map = _interpolate(a, box, lev, rms, interpolation)
     return Background(
@@ -429,6 +439,29 @@ def _mesh_stats(a, box, sigma, maxiters, estimator, min_good_fraction):
         )
     lev, rms = _fill_bad(lev, rms, bad)
     return lev, rms, bad
+
+
+def _mesh_rms(a, box, sigma, maxiters, rms_estimator) -> np.ndarray:
+    """Per-mesh rms (nym, nxm) of the sigma-clipped mesh pixels by ``rms_estimator``."""
+    from astropy.stats import biweight_scale, mad_std, sigma_clip
+
+    if rms_estimator not in ("std", "mad_std", "biweight_scale"):
+        raise ValueError(
+            f"rms_estimator must be 'std', 'mad_std' or 'biweight_scale', got {rms_estimator!r}"
+        )
+    cube, _ = _boxes(a, box)
+    nym, nxm, npix = cube.shape
+    flat = cube.reshape(nym * nxm, npix)
+    clipped = sigma_clip(flat, sigma=sigma, maxiters=maxiters, axis=1, masked=False)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (bad) meshes
+        if rms_estimator == "std":
+            r = np.nanstd(clipped, axis=1)
+        elif rms_estimator == "mad_std":
+            r = mad_std(clipped, axis=1, ignore_nan=True)
+        else:
+            r = biweight_scale(clipped, axis=1, ignore_nan=True)
+    return np.asarray(r, float).reshape(nym, nxm)
 
 
 def _filter_meshes(lev, rms, filt, filter_threshold):

@@ -38,6 +38,7 @@ from .cutouts import extract_cutouts
 
 __all__ = [
     "find_stars",
+    "find_peaks",
     "segment",
     "daofind_kernel",
     "lpd_filter",
@@ -376,6 +377,82 @@ def segment(data, threshold, npixels: int, connectivity: int = 8, *, mask=None) 
     newid = np.zeros(n + 1, np.int32)
     newid[keep] = np.arange(1, keep.sum() + 1, dtype=np.int32)
     return newid[lab]
+
+
+def find_peaks(data, threshold, *, box_size: int = 3, footprint=None, mask=None,
+               border_width: int | None = None, npeaks: int | None = None) -> Table:
+    """Local maxima above an absolute threshold, as photutils' ``find_peaks``.
+
+    A pixel is a peak if it equals the maximum of its neighbourhood (a ``box_size`` square,
+    or ``footprint``; outside the image counts as 0, as in photutils) and exceeds
+    ``threshold``. Unlike :func:`find_stars`, whose thresholds are in σ, ``threshold`` here is
+    in image units.
+
+    Parameters
+    ----------
+    data : array_like, shape (ny, nx)
+        The image (image units). NaN pixels are never peaks.
+    threshold : float or array_like, shape (ny, nx)
+        Absolute threshold in image units: peaks have ``data > threshold``.
+    box_size : int
+        Side of the square neighbourhood (pixels), used when ``footprint`` is None.
+    footprint : array_like of bool, optional
+        Neighbourhood shape (overrides ``box_size``).
+    mask : array_like of bool, shape (ny, nx), optional
+        True = the pixel can be no peak.
+    border_width : int, optional
+        Peaks within this many pixels of the edge are dropped.
+    npeaks : int, optional
+        Keep only the ``npeaks`` highest peaks.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``id``, ``x_peak``, ``y_peak`` (int pixels, 0-based, ``data[y, x]``) and
+        ``peak_value`` (image units), sorted by decreasing ``peak_value``.
+    """
+    a = np.asarray(data, dtype=float)
+    if a.ndim != 2:
+        raise ValueError(f"data must be a 2-D image, got shape {a.shape}")
+    try:
+        thr = np.broadcast_to(np.asarray(threshold, dtype=float), a.shape)
+    except ValueError:
+        raise ValueError(f"threshold must be a scalar or have data's shape {a.shape}") from None
+    if footprint is None:
+        if int(box_size) != box_size or box_size < 1:
+            raise ValueError(f"box_size must be a positive integer, got {box_size!r}")
+        fp = np.ones((int(box_size), int(box_size)), bool)
+    else:
+        fp = np.asarray(footprint, dtype=bool)
+        if fp.ndim != 2:
+            raise ValueError(f"footprint must be 2-D, got shape {fp.shape}")
+    filled = np.where(np.isfinite(a), a, -np.inf)
+    big = ndimage.maximum_filter(filled, footprint=fp, mode="constant", cval=0.0)
+    with np.errstate(invalid="ignore"):
+        peak = np.isfinite(a) & (a == big) & (a > thr)
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != a.shape:
+            raise ValueError(f"mask shape {m.shape} differs from data shape {a.shape}")
+        peak &= ~m
+    if border_width is not None:
+        bw = int(border_width)
+        if bw < 0:
+            raise ValueError(f"border_width must be >= 0, got {border_width!r}")
+        if bw > 0:
+            peak[:bw] = peak[-bw:] = False
+            peak[:, :bw] = peak[:, -bw:] = False
+    yp, xp = np.nonzero(peak)
+    val = a[yp, xp]
+    order = np.argsort(-val, kind="stable")
+    if npeaks is not None:
+        order = order[: int(npeaks)]
+    t = Table()
+    t["id"] = np.arange(1, len(order) + 1, dtype=np.int64)
+    t["x_peak"] = xp[order].astype(np.int64)
+    t["y_peak"] = yp[order].astype(np.int64)
+    t["peak_value"] = val[order]
+    return t
 
 
 # --------------------------------------------------------------------------------------
