@@ -16,3 +16,18 @@ def shared_data():
             pytest.skip(str(exc))
 
     return get
+
+
+# Hypothesis profiles of the fuzz suite (tests/test_fuzz.py): fixed seed, no deadline (the
+# first call of a shape compiles), no example database (every run replays the same cases).
+try:
+    from hypothesis import HealthCheck, settings
+
+    _fuzz = dict(deadline=None, database=None, print_blob=True,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                        HealthCheck.filter_too_much,
+                                        HealthCheck.function_scoped_fixture])
+    settings.register_profile("jaxphot-fuzz-fast", max_examples=50, **_fuzz)
+    settings.register_profile("jaxphot-fuzz-slow", max_examples=2000, **_fuzz)
+except ImportError:  # hypothesis is in the test extra; without it test_fuzz.py is skipped
+    pass

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import math
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -25,7 +24,7 @@ import numpy as np
 from astropy.table import Table
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ..validate import check_psf
+from ..validate import check_non_negative, check_positive, check_psf
 from . import params, scene
 from .batching import (
     chunks,
@@ -515,12 +514,9 @@ def _noise_model(error, gain, read_noise, shape: tuple[int, int, int]):
     """
     if error is not None:
         return _broadcast_pixels("error", error, shape, None), None, 0.0
-    g = 1.0 if gain is None else float(gain)
-    if not (math.isfinite(g) and g > 0):
-        raise ValueError(f"gain must be a positive number of electrons/ADU, got {gain!r}")
-    rn = 0.0 if read_noise is None else float(read_noise)
-    if not (math.isfinite(rn) and rn >= 0):
-        raise ValueError(f"read_noise must be a non-negative number of electrons, got {read_noise!r}")
+    # The validation layer names the argument for junk too (gain="abc").
+    g = 1.0 if gain is None else check_positive("gain", gain, "electrons/ADU")
+    rn = 0.0 if read_noise is None else check_non_negative("read_noise", read_noise, "electrons")
     unweighted = gain is None and read_noise is None
     var_const = 1.0 if unweighted else (rn / g) ** 2
     inv_gain = 0.0 if unweighted else 1.0 / g

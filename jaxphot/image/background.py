@@ -376,6 +376,9 @@ def estimate_background(
         lev, rms = _fill_bad(lev, rms, bad)
     lev, rms = _filter_meshes(lev, rms, filt, filter_threshold)
     xcen, ycen, level, rms_map = _interpolate(a, box, lev, rms, interpolation)
+    # The bicubic spline overshoots between meshes of very different rms and can go negative
+    # (found by tests/test_fuzz.py): an rms is never negative.
+    rms_map = np.maximum(rms_map, 0.0)
     return Background(
         level=level,
         rms=rms_map,
