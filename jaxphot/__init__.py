@@ -99,6 +99,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
+        importlib.import_module(".psf", __name__)  # registers PSF spec strings ("gaussian:fwhm=3")
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value

@@ -174,7 +174,7 @@ def small():
         (dict(mask=np.ones((8, 5, 11), bool)), "mask must be broadcastable"),
         (dict(background="quadratic"), "background must be one of"),
         (dict(fixed=("sky",)), "fixed may contain only"),
-        (dict(gain=-1.0), "gain must be a positive"),
+        (dict(gain=-1.0), "gain must be > 0"),
     ],
 )
 def test_bad_arguments_raise_named_value_errors(small, change, match):

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from ..constants import FWHM_TO_SIGMA
 from ..core.config import enable_compilation_cache
+from ..validate import check_positive
 from .background import Background, estimate_background
 from .cutouts import extract_cutouts
 
@@ -565,6 +566,9 @@ def find_stars(
         unmasked pixel, a non-positive ``fwhm``/``rms``, or an unknown option.
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
+    fwhm = check_positive("fwhm", fwhm, "pixels")
+    threshold = check_positive("threshold", threshold, "sigma")
+    gain = None if gain is None else check_positive("gain", gain, "e-/image unit")
     a, good, k = _check_inputs(data, fwhm, threshold, mask, method, centroid, ratio, theta,
                                sigma_radius)  # fmt: skip
     sky, d, rms_map = _sky_and_noise(a, good, fwhm, background, rms)

@@ -17,6 +17,7 @@ from astropy.table import Table
 from scipy import ndimage
 
 from ..core.flags import FitFlag
+from ..validate import check_non_negative, check_positive
 from .background import Background, estimate_background
 from .cutouts import extract_cutouts
 from .render import stamps
@@ -107,14 +108,13 @@ def validate_options(*, fit_background, maxiters, threshold, gain, read_noise, d
         )
     if int(maxiters) < 1:
         raise ValueError(f"maxiters must be >= 1, got {maxiters}")
-    if not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a positive number of sigma, got {threshold}")
-    if gain is not None and not (np.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a positive number of electrons per unit, got {gain}")
-    if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
-        raise ValueError(f"read_noise must be a non-negative number of electrons, got {read_noise}")
-    if saturation is not None and not (np.isfinite(saturation) and saturation > 0):
-        raise ValueError(f"saturation must be a positive number (image units), got {saturation}")
+    check_positive("threshold", threshold, "sigma")
+    if gain is not None:
+        check_positive("gain", gain, "electrons per image unit")
+    if read_noise is not None:
+        check_non_negative("read_noise", read_noise, "electrons")
+    if saturation is not None:
+        check_positive("saturation", saturation, "image units")
     det_opts = {} if detection in (None, True) else detection
     if det_opts is not False and not isinstance(det_opts, Mapping):
         raise ValueError(
