@@ -183,3 +183,14 @@ def test_no_warning_for_right_psf(field):
     with warnings.catch_warnings():
         warnings.simplefilter("error", jp.image.pipeline.ModelMismatchWarning)
         jp.photometry(field.image, PSF, gain=1.0, read_noise=5.0, maxiters=1)
+
+
+@pytest.mark.parametrize("kw", [dict(r=4.0), dict(r=[3.0, 4.0], r_in=6.0, r_out=9.0, gain=1.0)])
+def test_aperture_photometry_of_no_positions_is_an_empty_table(kw):
+    """Zero positions give zero rows with the columns of a non-empty call (was KeyError 'geom')."""
+    img = np.random.default_rng(0).normal(100.0, 5.0, (40, 40))
+    empty = jp.aperture_photometry(img, np.zeros((0, 2)), **kw)
+    one = jp.aperture_photometry(img, [[20.0, 20.0]], **kw)
+    assert len(empty) == 0 and empty.colnames == one.colnames
+    ratio = np.asarray(one["aperture_sum"], float) / (100.0 * np.asarray(one["area"], float))
+    assert np.all(np.abs(ratio - 1) < 0.05)  # the one source's sums: ~ sky level x area

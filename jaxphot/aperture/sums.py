@@ -425,6 +425,12 @@ def aperture_sums(
     H, W = data.shape[-2:]
     T = data.shape[0] if data.ndim == 3 else 0
     P = _aperture_params(kind, params, N)
+    if N == 0:  # no sources: the outputs of one dummy aperture, cut to zero rows
+        one = aperture_sums(data, np.zeros((1, 2)), kind, tuple(np.ones((1,) + p.shape[1:]) for p in P),
+                            method=method, subpixels=subpixels, mask=mask, variance=variance,
+                            annulus=None if annulus is None else (1.0, 2.0), sky=sky,
+                            sky_sigma=sky_sigma, sky_maxiters=sky_maxiters)
+        return {k: v[:0] for k, v in one.items()}
     ap_reach = _reach(kind, P)
     ann, reach = _annulus(annulus, N, ap_reach)
     # odd cutout size from a bucketed half-size so nearby radii share one compilation. The cutout's
