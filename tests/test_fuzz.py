@@ -292,6 +292,8 @@ def _prop_photometry(case):
     _nan_rows_flagged(t, ["x_fit", "y_fit", "flux_fit", "flux_err"])
 
 
+@pytest.mark.xfail(strict=False, reason="issue 18, open: 'box_size must be positive integers' and "
+                   "'rms must be positive and finite on every usable pixel' name no argument")
 @pytest.mark.parametrize("slow", MODES)
 def test_fuzz_photometry(slow):
     _run(_prop_photometry, {"case": phot_cases()}, "photometry", slow)
