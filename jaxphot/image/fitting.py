@@ -15,7 +15,7 @@ import numpy as np
 from ..core.batching import pad
 from ..core.fit import fit_cutouts
 from .cutouts import extract_cutouts
-from .grouping import Bucket
+from .grouping import Bucket, group_slots
 from .render import scatter_stamps
 
 __all__ = ["fit_groups", "FIT_CHUNK", "FIT_FLOAT_COLUMNS"]
@@ -30,18 +30,6 @@ FIT_FLOAT_COLUMNS = (
 )
 # Per-cutout columns, repeated for each star of the group.
 _GROUP_COLUMNS = ("bkg", "bkg_x", "bkg_y", "chi2", "dof", "n_iter")
-
-
-def _group_slots(gid: np.ndarray, group_ids: np.ndarray, k: int) -> np.ndarray:
-    """(G, K) indices of the stars of each group in ``group_ids``, padded with -1."""
-    order = np.argsort(gid, kind="stable")
-    starts = np.searchsorted(gid[order], np.arange(gid.max() + 2))
-    cnt = starts[group_ids + 1] - starts[group_ids]
-    slot = np.full((len(group_ids), k), -1, np.int64)
-    rank = np.arange(k)[None, :]
-    take = rank < cnt[:, None]
-    slot[take] = order[(starts[group_ids][:, None] + rank)[take]]
-    return slot
 
 
 def _group_cutouts(frame, sigma, model, star_stamps, slot, x, y, size: int):
@@ -134,7 +122,7 @@ def fit_groups(psf, frame, sigma, model, star_stamps, x, y, flux, gid, buckets: 
     done = 0
     for size, k, gids in buckets:
         report(f"fitting {len(gids)} groups of <= {k} stars ({size}x{size} px)", done / total)
-        slot = _group_slots(gid, gids, k)
+        slot = group_slots(gid, gids, k)
         act = slot >= 0
         mem = slot[act]
         cut, err, msk, ox, oy = _group_cutouts(frame, sigma, model, star_stamps, slot, x, y, size)

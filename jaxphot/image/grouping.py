@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 __all__ = ["group_stars", "pair_critical_separation", "group_sizes", "bucket_groups", "group_buckets",
-           "smallest_bucket", "Bucket", "STAR_BUCKETS"]
+           "group_slots", "smallest_bucket", "Bucket", "STAR_BUCKETS"]
 
 
 def pair_critical_separation(
@@ -384,3 +384,15 @@ def group_buckets(x, y, crit_sep: float, max_k: int, fit_half: int) -> tuple[np.
         if len(ids):
             out.append(Bucket(int(sizes[i]), int(k), ids))
     return gid, out
+
+
+def group_slots(gid: np.ndarray, group_ids: np.ndarray, k: int) -> np.ndarray:
+    """(G, K) indices of the stars of each group in ``group_ids``, padded with -1."""
+    order = np.argsort(gid, kind="stable")
+    starts = np.searchsorted(gid[order], np.arange(gid.max() + 2))
+    cnt = starts[group_ids + 1] - starts[group_ids]
+    slot = np.full((len(group_ids), k), -1, np.int64)
+    rank = np.arange(k)[None, :]
+    take = rank < cnt[:, None]
+    slot[take] = order[(starts[group_ids][:, None] + rank)[take]]
+    return slot

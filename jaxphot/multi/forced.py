@@ -32,11 +32,11 @@ from ..core.config import default_dtype, enable_compilation_cache
 from ..core.flags import FitFlag
 from ..core.solve import covariance, decouple_fixed, normal_matrix
 from ..image.cutouts import extract_cutouts
-from ..image.grouping import group_buckets
+from ..image.grouping import group_buckets, group_slots
 from ..image.render import render_image
 from ..progress import Progress
 from ..psf.measure import is_varying, psf_fwhm, support_half
-from ..validate import check_psf
+from ..validate import check_non_negative, check_positive, check_psf
 from .inputs import catalog_positions, image_positions, load_exposures, per_image, warn_bad
 
 __all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "solve_linear_chunk"]
@@ -198,25 +198,9 @@ def _noise(err, gain, read_noise, shape, i):
         return e**2, 0.0, False
     if gain is None and read_noise is None:
         return 1.0, 0.0, True
-    g = 1.0 if gain is None else float(gain)
-    rn = 0.0 if read_noise is None else float(read_noise)
-    if not (math.isfinite(g) and g > 0):
-        raise ValueError(f"gain must be a positive number of electrons/ADU, got {gain!r}")
-    if not (math.isfinite(rn) and rn >= 0):
-        raise ValueError(f"read_noise must be a non-negative number of electrons, got {read_noise!r}")
+    g = 1.0 if gain is None else check_positive("gain", gain, "e-/ADU")
+    rn = 0.0 if read_noise is None else check_non_negative("read_noise", read_noise, "e-")
     return (rn / g) ** 2, 1.0 / g, False
-
-
-def _group_slots(gid: np.ndarray, group_ids: np.ndarray, k: int) -> np.ndarray:
-    """(G, K) indices of the stars of each group, padded with -1."""
-    order = np.argsort(gid, kind="stable")
-    starts = np.searchsorted(gid[order], np.arange(gid.max() + 2))
-    cnt = starts[group_ids + 1] - starts[group_ids]
-    slot = np.full((len(group_ids), k), -1, np.int64)
-    rank = np.arange(k)[None, :]
-    take = rank < cnt[:, None]
-    slot[take] = order[(starts[group_ids][:, None] + rank)[take]]
-    return slot
 
 
 class _Geometry:
@@ -238,7 +222,7 @@ def _image_rows(i, data, var0, valid, xs, ys, live, geom, max_k, inv_gain, model
     gid, buckets = group_buckets(xs[idx], ys[idx], geom.crit_sep, max_k, geom.fit_half)
     out = []
     for b in buckets:
-        slot = _group_slots(gid, b.group_ids, b.k)
+        slot = group_slots(gid, b.group_ids, b.k)
         act = slot >= 0
         star = np.where(act, idx[np.maximum(slot, 0)], -1)
         sx = np.where(act, xs[np.maximum(star, 0)], np.nan)
