@@ -76,6 +76,9 @@ def _add_photometry(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--cuts", choices=["default"], default=None,
                    help="add a boolean good column from the default quality cuts (jaxphot.apply_cuts)")
+    p.add_argument("--confusion-noise", action="store_true",
+                   help="add the confusion noise of undetected stars, measured on the residual, "
+                   "to flux_err (keeps flux_err_fit and flux_err_confusion)")
 
 
 def _add_saturation(p) -> None:
@@ -361,6 +364,7 @@ def _cmd_photometry(a) -> int:
         background_box=a.background_box,
         zeropoint=a.zeropoint,
         wcs=img.wcs,
+        confusion_noise=a.confusion_noise,
         progress=not a.no_progress and sys.stderr.isatty(),
         return_images=True,
     )

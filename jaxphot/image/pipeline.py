@@ -42,6 +42,7 @@ from ..progress import Progress
 from ..psf.measure import check_psf, check_psf_coverage, is_varying, psf_fwhm, sample_psfs, support_half
 from ..validate import check_psf as as_psf_object
 from .catalog import build_catalog
+from .confusion import add_confusion_errors
 from .detection import find_stars
 from .fitting import fit_groups
 from .grouping import Bucket, group_buckets
@@ -99,6 +100,7 @@ def photometry(
     max_iter: int = 30,
     zeropoint: float = 0.0,
     wcs=None,
+    confusion_noise: bool = False,
     progress: bool | Callable[[str, float], None] = False,
     return_images: bool = False,
 ) -> Table | PhotometryResult:
@@ -173,6 +175,14 @@ def photometry(
         ``mag = zeropoint - 2.5 log10(flux_fit)``.
     wcs : astropy.wcs.WCS, optional
         Celestial WCS of the image: adds ``ra, dec`` (ICRS, degrees).
+    confusion_noise : bool
+        Add the confusion noise of undetected stars, measured from the excess variance of
+        the final residual in blocks of ``background_box`` (:mod:`jaxphot.image.confusion`),
+        to ``flux_err`` in quadrature; ``flux_err_fit`` and ``flux_err_confusion`` keep the
+        two parts. Default False: ``flux_err`` is the fit's error. On simulated clusters
+        (4 seeds, S/N > 10) it brings the flux-pull MAD-std of all stars from 1.09 to 1.06
+        at 3000 stars on 1024^2 and from 1.30 to 1.11 at 3000 on 512^2, but it is a
+        regional average: there, resolved pairs become over-covered (1.00 -> 0.88).
     progress : bool or callable
         True shows a progress bar (tqdm, on stderr); a callable gets
         ``(message, fraction)`` with the fraction in [0, 1].
@@ -185,8 +195,9 @@ def photometry(
     Table or PhotometryResult
         One row per star: ``id, group_id, iter_detected, x_init, y_init, flux_init, x_fit,
         y_fit, flux_fit, x_err, y_err, flux_err`` (CRLB columns when the fitter provides
-        them), ``bkg, bkg_x, bkg_y, chi2, dof, n_iter, flags, mag, mag_err`` and ``ra, dec``
-        with a WCS. Positions are 0-based pixels (``a[j, i]`` is centred at x=i, y=j);
+        them), ``bkg, bkg_x, bkg_y, chi2, dof, n_iter, flags, mag, mag_err``, the quality
+        columns, ``flux_err_fit, flux_err_confusion`` (with ``confusion_noise``) and
+        ``ra, dec`` with a WCS. Positions are 0-based pixels (``a[j, i]`` is centred at x=i, y=j);
         fluxes are total fluxes in image units x pixels; ``bkg`` is the local sky under the
         star (map + fitted offset), per pixel; ``chi2``/``dof`` are those of the star's
         group cutout. ``flags`` is a :class:`~jaxphot.FitFlag` bitmask; ``meta`` records
@@ -252,6 +263,13 @@ def photometry(
         # quality step: sharpness, roundness, crowding, qfit, cfit, reduced_chi2 (image.quality)
         add_quality_columns(table, frame.data, frame.noise.fit_sigma(model), model, cfg.psf,
                             cfg.fit_half, frame.level)
+        if confusion_noise:
+            resid = np.where(frame.good, frame.data - model, np.nan)
+            table.meta.update(add_confusion_errors(
+                table, resid, frame.noise.fit_sigma(model), frame.good, cfg.psf, cfg.fit_half,
+                cfg.fit_background, background_box,
+                sky_sigma=None if err_img is not None else frame.noise.fit_sigma(0.0 * model),
+                gain=cfg.gain))
     table.meta.update(_meta(cfg, zeropoint, history))
     table.meta["elapsed_s"] = round(time.perf_counter() - t_start, 3)
     table.meta["timings"] = timer.rounded()
