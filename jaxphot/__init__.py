@@ -88,6 +88,7 @@ _EXPORTS = {
     "forced_photometry": "multi.forced",
     "pivot_light_curves": "multi.forced",
     "ForcedFlag": "multi.forced",
+    "refine_alignment": "multi.align",
     # plots (matplotlib imported only when called)
     "plot_apertures": "plotting",
     "plot_segments": "plotting",

@@ -5,11 +5,15 @@
 ``forced``
     :func:`forced_photometry` (exact batched linear solves at fixed positions) and
     :func:`pivot_light_curves`.
+``align``
+    :func:`refine_alignment`: each exposure's WCS corrected by an affine fit to bright stars.
 """
 
 from __future__ import annotations
 
+from .align import apply_affine_to_wcs, refine_alignment
 from .forced import ForcedFlag, forced_photometry, pivot_light_curves
 from .inputs import BadImageWarning
 
-__all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "BadImageWarning"]
+__all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "BadImageWarning",
+           "refine_alignment", "apply_affine_to_wcs"]
