@@ -89,6 +89,7 @@ _EXPORTS = {
     "pivot_light_curves": "multi.forced",
     "ForcedFlag": "multi.forced",
     "refine_alignment": "multi.align",
+    "joint_photometry": "multi.joint",
     # plots (matplotlib imported only when called)
     "plot_apertures": "plotting",
     "plot_segments": "plotting",

@@ -7,6 +7,7 @@ import pytest
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from jaxphot.image.render import render_image
 from jaxphot.multi.align import apply_affine_to_wcs, refine_alignment
 from jaxphot.multi.forced import forced_photometry
 from jaxphot.psf import GaussianPRF
@@ -31,17 +32,8 @@ def _rot(deg):
     return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
 
 
-def _render(x, y, flux, rng, half=7):
-    img = np.full(SHAPE, SKY)
-    n = 2 * half + 1
-    x0, y0 = np.floor(x).astype(int) - half, np.floor(y).astype(int) - half
-    st = np.asarray(PSF.evaluate(x - x0, y - y0, (n, n)), float) * flux
-    yy, xx = np.mgrid[0:n, 0:n]
-    for k in range(len(x)):  # test helper: a few hundred stamps
-        ys, xs = yy + y0[k], xx + x0[k]
-        ok = (ys >= 0) & (ys < SHAPE[0]) & (xs >= 0) & (xs < SHAPE[1])
-        np.add.at(img, (ys[ok], xs[ok]), st[..., k][ok])
-    return rng.poisson(img).astype(float)
+def _render(x, y, flux, rng):
+    return rng.poisson(SKY + render_image(PSF, x, y, flux, SHAPE)).astype(float)
 
 
 @pytest.fixture(scope="module")

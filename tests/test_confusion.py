@@ -8,6 +8,7 @@ from astropy.table import Table
 
 from jaxphot.image import photometry
 from jaxphot.image.confusion import confusion_kernel, confusion_variance_map
+from jaxphot.image.render import render_image
 from jaxphot.psf import GaussianPRF
 
 FWHM = 3.0
@@ -15,18 +16,9 @@ PSF = GaussianPRF(FWHM)
 SKY, GAIN = 100.0, 1.0
 
 
-def _render(shape, x, y, flux, half=7):
+def _render(shape, x, y, flux):
     """Noise-free image of Gaussian stars (image units)."""
-    img = np.zeros(shape)
-    n = 2 * half + 1
-    x0, y0 = np.floor(x).astype(int) - half, np.floor(y).astype(int) - half
-    st = np.asarray(PSF.evaluate(x - x0, y - y0, (n, n)), float) * flux  # (n, n, N)
-    yy, xx = np.mgrid[0:n, 0:n]
-    for k in range(len(x)):  # test helper: a few thousand stamps
-        ys, xs = yy + y0[k], xx + x0[k]
-        ok = (ys >= 0) & (ys < shape[0]) & (xs >= 0) & (xs < shape[1])
-        np.add.at(img, (ys[ok], xs[ok]), st[..., k][ok])
-    return img
+    return render_image(PSF, x, y, flux, shape)
 
 
 def _sea(shape, density, flux, rng):

@@ -5,6 +5,8 @@
 ``forced``
     :func:`forced_photometry` (exact batched linear solves at fixed positions) and
     :func:`pivot_light_curves`.
+``joint``
+    :func:`joint_photometry`: one position per star over all exposures, fluxes per image/band.
 ``align``
     :func:`refine_alignment`: each exposure's WCS corrected by an affine fit to bright stars.
 """
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 from .align import apply_affine_to_wcs, refine_alignment
 from .forced import ForcedFlag, forced_photometry, pivot_light_curves
+from .joint import JointResult, joint_photometry
 from .inputs import BadImageWarning
 
 __all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "BadImageWarning",
-           "refine_alignment", "apply_affine_to_wcs"]
+           "refine_alignment", "apply_affine_to_wcs", "joint_photometry", "JointResult"]

@@ -1,0 +1,369 @@
+"""Joint photometry of many exposures, ALLFRAME style: one position per star, a flux per image.
+
+Each star has one position ``(x_ref, y_ref)`` in the reference frame (the first image's
+pixels) and, in every exposure ``t``, a flux ``F_t`` and a local sky plane. The exposures
+are tied by their transforms ``T_t`` (WCS or pixel transforms) from the reference frame. The
+fit alternates two exact steps until the positions stop moving:
+
+1. **fluxes and skies** at the current positions, in every exposure, with close stars fitted
+   together: :func:`~jaxphot.forced_photometry` (a linear problem, solved exactly);
+2. **positions**, all exposures at once: in each exposure the Gauss-Newton normal equations
+   of a star's ``(x_t, y_t, F_t, sky plane)`` are formed on its box, with every other star's
+   model subtracted; the per-exposure nuisances (flux, sky) are eliminated exactly (Schur
+   complement), leaving that exposure's 2x2 position information ``S_t`` and gradient
+   ``h_t``; these are carried to the reference frame with the transform's Jacobian
+   ``A_t = dT_t / d(x_ref, y_ref)`` and summed: ``(sum A^T S A) d = sum A^T h``.
+
+Because the nuisances of different exposures are independent, the summed 2x2 matrix is the
+exact Fisher information of the joint model for the shared position: its inverse gives
+``x_err, y_err``, which shrink as 1/sqrt(N) with N exposures. Band fluxes, when ``bands``
+groups the exposures, are the inverse-variance means of their exposures' fluxes (the
+maximum-likelihood flux of a star constant within the band, to first order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from astropy.table import Table
+
+from ..constants import POGSON
+from ..image.cutouts import extract_cutouts
+from ..image.render import render_image
+from ..progress import Progress
+from ..psf.measure import is_varying, psf_fwhm, support_half
+from ..validate import check_psf
+from .forced import ForcedFlag, forced_photometry
+from .inputs import catalog_positions, image_positions, load_exposures, per_image
+
+__all__ = ["JointResult", "joint_photometry"]
+
+_EPS = 0.02  # px: central differences of the PRF
+_MAX_STEP = 0.5  # px per iteration in the reference frame
+_CHUNK = 8192  # stars per batched position step (bounds memory: chunk x box^2 x 6)
+
+
+@dataclasses.dataclass
+class JointResult:
+    """Output of :func:`joint_photometry`.
+
+    ``stars``: one row per catalogue star (shared position, per-band fluxes);
+    ``epochs``: the long per-star, per-exposure table of :func:`~jaxphot.forced_photometry`
+    at the final positions; ``history``: the largest position step (px) of each iteration.
+    """
+
+    stars: Table
+    epochs: Table
+    history: list
+
+
+def _jacobians(cat_xy, transforms, exps, h=0.5):
+    """Per exposure, positions (N,) x2 and the 2x2 Jacobian (N, 2, 2) of ref -> image."""
+    x, y = cat_xy
+    base = {"ra": None, "dec": None, "flux": None, "star_id": None}
+
+    def place(xx, yy):
+        return image_positions(dict(base, x=xx, y=yy), transforms, exps)
+
+    p0, px1, px0 = place(x, y), place(x + h, y), place(x - h, y)
+    py1, py0 = place(x, y + h), place(x, y - h)
+    out = []
+    for t in range(len(exps)):
+        if isinstance(p0[t], str):
+            out.append(p0[t])
+            continue
+        jac = np.empty((len(x), 2, 2))
+        for c in range(2):
+            jac[:, c, 0] = (px1[t][c] - px0[t][c]) / (2 * h)
+            jac[:, c, 1] = (py1[t][c] - py0[t][c]) / (2 * h)
+        out.append((np.asarray(p0[t][0], float), np.asarray(p0[t][1], float), jac))
+    return out
+
+
+def _prf_and_gradient(psf, lx, ly, size, cx, cy):
+    """(N, S, S) unit PRFs at local (lx, ly) and their x, y derivatives (varying: at cx, cy)."""
+    p = psf.at(cx, cy) if is_varying(psf) else psf
+    xs = np.stack([lx, lx + _EPS, lx - _EPS, lx, lx])
+    ys = np.stack([ly, ly, ly, ly + _EPS, ly - _EPS])
+    if is_varying(psf):
+        ev = np.stack([np.asarray(p.evaluate(xs[k], ys[k], (size, size))) for k in range(5)], -2)
+    else:
+        ev = np.asarray(p.evaluate(xs, ys, (size, size)))  # (S, S, 5, N)
+    ev = np.moveaxis(ev.astype(np.float64), (-1, -2), (0, 1))  # (N, 5, S, S)
+    return ev[:, 0], (ev[:, 1] - ev[:, 2]) / (2 * _EPS), (ev[:, 3] - ev[:, 4]) / (2 * _EPS)
+
+
+def _position_normal_equations(data, resid_img, var_img, valid, psf, x, y, flux, half):
+    """One exposure's reduced 2x2 position information and gradient for stars at (x, y).
+
+    ``resid_img`` is data minus the model of every star and sky; ``var_img`` the pixel
+    variance. Returns ``S`` (N, 2, 2) and ``h`` (N, 2), in this exposure's pixels.
+    """
+    size = 2 * half + 1
+    ox = np.rint(x).astype(np.int64) - half
+    oy = np.rint(y).astype(np.int64) - half
+    r = extract_cutouts(resid_img, ox, oy, size, 0.0)[0]
+    v = extract_cutouts(var_img, ox, oy, size, 1.0)[0]
+    ok = extract_cutouts(valid, ox, oy, size, False)[0]
+    prf, dx, dy = _prf_and_gradient(psf, x - ox, y - oy, size, x, y)
+    g = np.arange(size, dtype=np.float64) - half
+    ones = np.ones_like(prf)
+    cols = np.stack([flux[:, None, None] * dx, flux[:, None, None] * dy, prf, ones,
+                     ones * g[None, None, :], ones * g[None, :, None]], 1)  # (N, 6, S, S)
+    w = np.where(ok, 1.0 / np.maximum(v, 1e-30), 0.0)
+    n_mat = np.einsum("npyx,nqyx,nyx->npq", cols, cols, w)
+    grad = np.einsum("npyx,nyx->np", cols, w * r)
+    a, b, c = n_mat[:, :2, :2], n_mat[:, :2, 2:], n_mat[:, 2:, 2:]
+    c = c + 1e-12 * np.eye(4)  # a star on masked pixels: keep the solve finite
+    sol_b = np.linalg.solve(c, np.swapaxes(b, 1, 2))  # (N, 4, 2)
+    sol_g = np.linalg.solve(c, grad[:, 2:, None])[..., 0]
+    s = a - b @ sol_b
+    h = grad[:, :2] - np.einsum("npq,nq->np", b, sol_g)
+    return s, h
+
+
+def _noise_var(model_sky, err, gain, read_noise):
+    if err is not None:
+        return np.broadcast_to(np.asarray(err, np.float64) ** 2, model_sky.shape)
+    rn = 0.0 if read_noise is None else float(read_noise)
+    return np.maximum(model_sky, 0.0) / gain + (rn / gain) ** 2
+
+
+def _check_noise(errors, gains):
+    for i, (e, g) in enumerate(zip(errors, gains, strict=True)):
+        if e is None and g is None:
+            raise ValueError(f"joint_photometry needs error= or gain= for image {i}: position "
+                             f"errors are only honest with a noise model")
+        if g is not None and (not np.isfinite(g) or g <= 0):
+            raise ValueError(f"gain must be positive, got {g!r} for image {i}")
+
+
+def joint_photometry(
+    images,
+    catalog,
+    psf,
+    *,
+    wcs=None,
+    bands=None,
+    error=None,
+    gain=None,
+    read_noise=None,
+    max_iter: int = 8,
+    tol: float = 1e-3,
+    fit_half: int | None = None,
+    progress=False,
+) -> JointResult:
+    """Fit one position per star and one flux per exposure (and per band) to many exposures.
+
+    Parameters
+    ----------
+    images : (T, H, W) array, or list of (H, W) arrays and/or FITS paths
+        The exposures (counts).
+    catalog : astropy Table
+        Starting list: ``x, y`` in the reference frame (the first image's pixels), or
+        ``ra, dec`` (degrees, placed with the first image's WCS); optional ``flux``.
+    psf : PSF model or spec string, or a list of T of them
+        PSF of each exposure; a spatially varying PSF is taken at each star.
+    wcs : WCS, pixel transform, or list of T of them, optional
+        From the reference frame to each exposure, as in :func:`~jaxphot.forced_photometry`
+        (refine header WCSs first with :func:`~jaxphot.refine_alignment`).
+    bands : sequence of T str, optional
+        Band of each exposure; fluxes are combined per band (default: one band, "all").
+    error, gain, read_noise : optional
+        Noise model, per exposure lists accepted: ``error`` (1-sigma, counts) or ``gain``
+        (e-/count, with ``read_noise`` in e-). One of ``error`` or ``gain`` is required.
+    max_iter : int
+        Most flux/position alternations.
+    tol : float
+        Stop when no star moves by more than this (pixels of the reference frame).
+    fit_half : int, optional
+        Half size of the box of the position step (default ``max(3, ceil(1.5 FWHM))``).
+    progress : bool or callable
+        Progress report.
+
+    Returns
+    -------
+    JointResult
+        ``stars``: ``star_id, x_ref, y_ref, x_err, y_err`` (reference pixels; errors from the
+        joint Fisher matrix), ``ra, dec`` (when the first image has a WCS), ``n_images``
+        (exposures that measured the star), ``flags`` (OR of its exposures'
+        :class:`~jaxphot.ForcedFlag` bits), and per band ``flux_<band>, flux_err_<band>,
+        mag_<band>, mag_err_<band>``; ``epochs``: the long table of the last flux step.
+
+    Raises
+    ------
+    ValueError
+        For an unusable catalogue, mismatched per-image lists or ``bands``, no noise model,
+        or ``max_iter < 1``.
+    """
+    if int(max_iter) < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter!r}")
+    exps = load_exposures(images)
+    n_img = len(exps)
+    listy = lambda v: isinstance(v, (list, tuple))  # noqa: E731
+    psfs = [check_psf(p, f"psf[{i}]" if listy(psf) else "psf")
+            for i, p in enumerate(per_image("psf", psf, n_img, is_single=lambda v: not listy(v)))]
+    transforms = per_image("wcs", wcs, n_img, is_single=lambda v: not listy(v))
+    errors = per_image("error", error, n_img, is_single=lambda v: not listy(v) and np.ndim(v) in (0, 2))
+    gains = per_image("gain", gain, n_img, is_single=lambda v: np.ndim(v) == 0)
+    noises = per_image("read_noise", read_noise, n_img, is_single=lambda v: np.ndim(v) == 0)
+    _check_noise(errors, gains)
+    band = np.array(["all"] * n_img if bands is None else [str(b) for b in bands])
+    if len(band) != n_img:
+        raise ValueError(f"bands has {len(band)} entries for {n_img} images")
+    cat = catalog_positions(catalog)
+    x, y = _reference_xy(cat, transforms, exps)
+    star_id = cat["star_id"]
+    halves = [int(fit_half) if fit_half is not None else max(3, int(np.ceil(1.5 * psf_fwhm(p))))
+              for p in psfs]
+    prog = Progress(progress, total=max_iter, desc="joint")
+    history = []
+    ok_ref = np.isfinite(x) & np.isfinite(y)
+    # Close pairs see each other only through the other's last model (block Jacobi): a star
+    # whose step reverses has it halved, which turns such two-cycles into convergence.
+    damp, prev = np.ones(len(x)), np.zeros((len(x), 2))
+    for it in range(int(max_iter)):
+        epochs = _fluxes(exps, x, y, star_id, psfs, transforms, errors, gains, noises)
+        info, grad = _position_step(exps, x, y, epochs, psfs, transforms, errors, gains, noises,
+                                    halves)
+        step = _solve_steps(info, grad, ok_ref)
+        damp = np.where(np.sum(step * prev, 1) < 0, 0.5 * damp, np.minimum(1.0, 1.5 * damp))
+        step = step * damp[:, None]
+        prev = step
+        x, y = x + step[:, 0], y + step[:, 1]
+        moved = float(np.nanmax(np.abs(step))) if np.isfinite(step).any() else 0.0
+        history.append(moved)
+        prog(f"iteration {it + 1}: largest step {moved:.4f} px", (it + 1) / max_iter)
+        if moved < tol:
+            break
+    epochs = _fluxes(exps, x, y, star_id, psfs, transforms, errors, gains, noises)
+    info, _ = _position_step(exps, x, y, epochs, psfs, transforms, errors, gains, noises, halves)
+    prog.close()
+    stars = _star_table(star_id, x, y, info, epochs, band, n_img, transforms, exps)
+    stars.meta["history"] = history
+    return JointResult(stars, epochs, history)
+
+
+def _reference_xy(cat, transforms, exps):
+    """Reference-frame (first image) pixel positions of the catalogue."""
+    if cat["x"] is not None and cat["y"] is not None:
+        x, y = cat["x"].copy(), cat["y"].copy()
+        if cat["ra"] is None:
+            return x, y
+    first = image_positions(cat, transforms[:1], exps[:1])[0]
+    if isinstance(first, str):
+        raise ValueError(f"the first image defines the reference frame but cannot place the "
+                         f"catalogue: {first}")
+    return np.asarray(first[0], float).copy(), np.asarray(first[1], float).copy()
+
+
+def _fluxes(exps, x, y, star_id, psfs, transforms, errors, gains, noises):
+    """Step 1: forced photometry of every exposure at the current reference positions."""
+    wcs0 = transforms[0] if transforms[0] is not None else exps[0].wcs
+    cat = Table({"x": x, "y": y, "star_id": star_id})
+    if wcs0 is not None and hasattr(wcs0, "pixel_to_world"):
+        sky = wcs0.pixel_to_world(np.nan_to_num(x), np.nan_to_num(y))
+        cat["ra"] = np.where(np.isfinite(x), sky.icrs.ra.deg, np.nan)
+        cat["dec"] = np.where(np.isfinite(y), sky.icrs.dec.deg, np.nan)
+    data = [e.data if e.data is not None else e.name for e in exps]
+    return forced_photometry(data, cat, psfs, wcs=list(transforms), error=list(errors),
+                             gain=list(gains), read_noise=list(noises), neighbours=1)
+
+
+def _position_step(exps, x, y, epochs, psfs, transforms, errors, gains, noises, halves):
+    """Step 2: the summed reference-frame 2x2 information (N, 2, 2) and gradient (N, 2)."""
+    n, t_img = len(x), len(exps)
+    info = np.zeros((n, 2, 2))
+    grad = np.zeros((n, 2))
+    flux_all = np.asarray(epochs["flux"], float).reshape(n, t_img)
+    bkg_all = np.asarray(epochs["bkg"], float).reshape(n, t_img)
+    flags_all = np.asarray(epochs["flags"], np.int64).reshape(n, t_img)
+    placed = _jacobians((x, y), transforms, exps)
+    for t, pl in enumerate(placed):
+        if isinstance(pl, str) or exps[t].data is None:
+            continue
+        xt, yt, jac = pl
+        data = np.asarray(exps[t].data, np.float64)
+        f, b = flux_all[:, t], bkg_all[:, t]
+        use = (np.isfinite(xt) & np.isfinite(yt) & np.isfinite(f) & (f > 0)
+               & ((flags_all[:, t] & ~int(ForcedFlag.BAD_PIXELS)) == 0))
+        if not use.any():
+            continue
+        psf, half = psfs[t], halves[t]
+        stamp = 2 * support_half(psf, psf_fwhm(psf)) + 1
+        model = render_image(psf, xt[use], yt[use], f[use], data.shape, stamp=stamp)
+        sky = _sky_image(data.shape, xt[use], yt[use], b[use], half)
+        valid = np.isfinite(data)
+        var = _noise_var(model + sky, errors[t], gains[t], noises[t])
+        resid = np.where(valid, data - model - sky, 0.0)
+        idx = np.nonzero(use)[0]
+        for lo in range(0, len(idx), _CHUNK):
+            k = idx[lo:lo + _CHUNK]
+            s, h = _position_normal_equations(data, resid, var, valid, psf, xt[k], yt[k], f[k], half)
+            a = jac[k]
+            info[k] += np.einsum("nci,ncd,ndj->nij", a, s, a)
+            grad[k] += np.einsum("nci,nc->ni", a, h)
+    return info, grad
+
+
+def _sky_image(shape, x, y, b, half):
+    """Each star's fitted sky level painted over its box (the nearest star wins): the
+    residual of step 2 is then sky-free to first order; the plane terms absorb the rest."""
+    sky = np.zeros(shape)
+    order = np.argsort(-np.nan_to_num(b))
+    size = 2 * half + 1
+    ox = np.rint(x[order]).astype(np.int64) - half
+    oy = np.rint(y[order]).astype(np.int64) - half
+    yy = np.clip(oy[:, None, None] + np.arange(size)[None, :, None], 0, shape[0] - 1)
+    xx = np.clip(ox[:, None, None] + np.arange(size)[None, None, :], 0, shape[1] - 1)
+    sky[yy, xx] = np.broadcast_to(b[order][:, None, None], yy.shape)
+    return sky
+
+
+def _solve_steps(info, grad, ok):
+    """Position steps (N, 2): ``info^-1 grad`` where the 2x2 is invertible, capped."""
+    det = info[:, 0, 0] * info[:, 1, 1] - info[:, 0, 1] * info[:, 1, 0]
+    good = ok & (det > 0) & np.isfinite(det)
+    step = np.zeros_like(grad)
+    if good.any():
+        step[good] = np.linalg.solve(info[good], grad[good][..., None])[..., 0]
+    length = np.hypot(step[:, 0], step[:, 1])
+    scale = np.where(length > _MAX_STEP, _MAX_STEP / np.maximum(length, 1e-30), 1.0)
+    return step * scale[:, None]
+
+
+def _star_table(star_id, x, y, info, epochs, band, n_img, transforms, exps):
+    n = len(x)
+    tab = Table()
+    tab["star_id"] = star_id
+    tab["x_ref"], tab["y_ref"] = x, y
+    det = info[:, 0, 0] * info[:, 1, 1] - info[:, 0, 1] ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tab["x_err"] = np.where(det > 0, np.sqrt(info[:, 1, 1] / det), np.nan)
+        tab["y_err"] = np.where(det > 0, np.sqrt(info[:, 0, 0] / det), np.nan)
+    wcs0 = transforms[0] if transforms[0] is not None else exps[0].wcs
+    if wcs0 is not None and hasattr(wcs0, "pixel_to_world"):
+        sky = wcs0.pixel_to_world(np.nan_to_num(x), np.nan_to_num(y))
+        tab["ra"] = np.where(np.isfinite(x), sky.icrs.ra.deg, np.nan)
+        tab["dec"] = np.where(np.isfinite(y), sky.icrs.dec.deg, np.nan)
+    f = np.asarray(epochs["flux"], float).reshape(n, n_img)
+    e = np.asarray(epochs["flux_err"], float).reshape(n, n_img)
+    fl = np.asarray(epochs["flags"], np.int64).reshape(n, n_img)
+    # BAD_PIXELS stars are still measured; every other bit leaves NaN.
+    good = np.isfinite(f) & np.isfinite(e) & (e > 0) & ((fl & ~int(ForcedFlag.BAD_PIXELS)) == 0)
+    tab["n_images"] = good.sum(1)
+    tab["flags"] = np.bitwise_or.reduce(fl, axis=1)
+    for bname in dict.fromkeys(band):
+        sel = good & (band == bname)[None, :]
+        w = np.where(sel, 1.0 / np.where(sel, e, 1.0) ** 2, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fb = np.sum(w * np.where(sel, f, 0.0), 1) / np.sum(w, 1)
+            eb = 1.0 / np.sqrt(np.sum(w, 1))
+            tab[f"flux_{bname}"] = fb
+            tab[f"flux_err_{bname}"] = eb
+            tab[f"mag_{bname}"] = np.where(fb > 0, -2.5 * np.log10(np.where(fb > 0, fb, 1.0)), np.nan)
+            tab[f"mag_err_{bname}"] = np.where(fb > 0, POGSON * eb / fb, np.nan)
+    for c in ("x_ref", "y_ref", "x_err", "y_err"):
+        tab[c].unit = "pix"
+    return tab

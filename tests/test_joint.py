@@ -1,0 +1,101 @@
+"""joint_photometry: shared positions over N exposures, against the truth and the 1/sqrt(N) law."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from jaxphot.image.render import render_image
+from jaxphot.multi.joint import joint_photometry
+from jaxphot.psf import GaussianPRF
+
+SHAPE = (160, 160)
+SKY = 80.0
+
+
+def _field(n_exp, seed=5, n_stars=70, seeing=(3.0, 3.0)):
+    """Exposures of one field with known offsets, rotations and seeing (FWHM range, px)."""
+    rng = np.random.default_rng(seed)
+    g = np.arange(12, 150, 17.0)
+    gx, gy = np.meshgrid(g, g)
+    x = gx.ravel()[:n_stars] + rng.uniform(-2, 2, n_stars)
+    y = gy.ravel()[:n_stars] + rng.uniform(-2, 2, n_stars)
+    flux = 10 ** rng.uniform(3.0, 4.3, n_stars)
+    images, transforms, psfs = [], [], []
+    for t in range(n_exp):
+        a = np.radians(rng.uniform(-0.1, 0.1)) if t else 0.0
+        dx, dy = (rng.uniform(-3, 3, 2) if t else (0.0, 0.0))
+        m = np.array([[np.cos(a), -np.sin(a), dx], [np.sin(a), np.cos(a), dy]])
+        xt, yt = m[0, 0] * x + m[0, 1] * y + m[0, 2], m[1, 0] * x + m[1, 1] * y + m[1, 2]
+        psf = GaussianPRF(float(rng.uniform(*seeing)))
+        images.append(rng.poisson(SKY + render_image(psf, xt, yt, flux, SHAPE)).astype(float))
+        transforms.append(m)
+        psfs.append(psf)
+    start = Table({"x": x + rng.normal(0, 0.3, n_stars), "y": y + rng.normal(0, 0.3, n_stars)})
+    return images, transforms, psfs, start, x, y, flux
+
+
+@pytest.fixture(scope="module")
+def runs():
+    out = {}
+    for n in (1, 4, 16):
+        images, tr, psfs, start, x, y, flux = _field(n)
+        res = joint_photometry(images, start, psfs, wcs=tr, gain=1.0)
+        out[n] = (res, x, y, flux)
+    return out
+
+
+def test_positions_are_unbiased_with_honest_errors(runs):
+    for n, (res, x, y, _) in runs.items():
+        s = res.stars
+        px = (np.asarray(s["x_ref"]) - x) / np.asarray(s["x_err"])
+        py = (np.asarray(s["y_ref"]) - y) / np.asarray(s["y_err"])
+        print(f"N={n}: pull std x {np.std(px):.3f} y {np.std(py):.3f}, median x_err "
+              f"{np.median(s['x_err']):.4f} px, iterations {len(res.history)}")
+        assert np.all(np.isfinite(px)) and np.all(np.isfinite(py))
+        # 70 stars: a std is known to ~8.5 %
+        assert 0.8 < np.std(np.r_[px, py]) < 1.2
+        assert abs(np.mean(np.r_[px, py])) < 0.3
+
+
+def test_position_errors_shrink_as_one_over_root_n(runs):
+    e1 = np.asarray(runs[1][0].stars["x_err"])
+    for n in (4, 16):
+        ratio = np.median(e1 / np.asarray(runs[n][0].stars["x_err"]))
+        print(f"x_err(1) / x_err({n}) = {ratio:.3f} (sqrt N = {np.sqrt(n):.0f})")
+        assert ratio == pytest.approx(np.sqrt(n), rel=0.10)
+    # and the actual scatter follows
+    s1 = np.std(np.asarray(runs[1][0].stars["x_ref"]) - runs[1][1])
+    s16 = np.std(np.asarray(runs[16][0].stars["x_ref"]) - runs[16][1])
+    assert s1 / s16 == pytest.approx(4.0, rel=0.3)
+
+
+def test_band_fluxes_are_at_their_error(runs):
+    res, _, _, flux = runs[16]
+    f = np.asarray(res.stars["flux_all"])
+    e = np.asarray(res.stars["flux_err_all"])
+    pull = (f - flux) / e
+    print(f"band flux pull std {np.std(pull):.3f}, median {np.median(pull):+.3f}")
+    assert abs(np.std(pull) - 1.0) < 0.2
+    assert abs(np.median(pull)) < 0.3
+    assert np.all(res.stars["n_images"] == 16)
+    assert len(res.epochs) == 16 * len(flux)
+
+
+def test_bands_and_bad_input():
+    images, tr, psfs, start, x, y, flux = _field(4, n_stars=20, seeing=(2.6, 3.4))
+    res = joint_photometry(images, start, psfs, wcs=tr, gain=1.0, bands=["g", "g", "r", "r"],
+                           max_iter=3)
+    assert {"flux_g", "flux_err_g", "mag_r", "mag_err_r"} <= set(res.stars.colnames)
+    # each exposure has its own seeing (its own PSF): the shared positions still land on truth
+    dx = np.asarray(res.stars["x_ref"]) - x
+    assert np.std(dx / np.asarray(res.stars["x_err"])) < 1.5
+    with pytest.raises(ValueError, match="bands has 3 entries"):
+        joint_photometry(images, start, psfs, wcs=tr, gain=1.0, bands=["g", "g", "r"])
+    with pytest.raises(ValueError, match="error= or gain="):
+        joint_photometry(images, start, psfs, wcs=tr)
+    with pytest.raises(ValueError, match="max_iter"):
+        joint_photometry(images, start, psfs, wcs=tr, gain=1.0, max_iter=0)
+    with pytest.raises(ValueError, match="wcs has 2 entries"):
+        joint_photometry(images, start, psfs, wcs=tr[:2], gain=1.0)
