@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from .align import apply_affine_to_wcs, refine_alignment
 from .forced import ForcedFlag, forced_photometry, pivot_light_curves
-from .joint import JointResult, joint_photometry
 from .inputs import BadImageWarning
+from .joint import JointResult, joint_photometry
 
 __all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "BadImageWarning",
            "refine_alignment", "apply_affine_to_wcs", "joint_photometry", "JointResult"]
