@@ -390,8 +390,6 @@ def _prop_aperture(case):
     _nan_rows_flagged(t, ["flux", "flux_err"])
 
 
-@pytest.mark.xfail(strict=False, reason="jaxphot/aperture/* (owned by another engineer): "
-                   "aperture_photometry(img, np.zeros((0, 2)), r) raises KeyError: 'geom'")
 @pytest.mark.parametrize("slow", MODES)
 def test_fuzz_aperture_photometry(slow):
     _run(_prop_aperture, {"case": ap_cases()}, "aperture", slow)

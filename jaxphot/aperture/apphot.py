@@ -323,6 +323,13 @@ def _circle_spec(N: int, sizes: dict) -> _Spec:
         raise ValueError("r is required for shape='circle'")
     radii = radius_array("r", r, N)
     annulus = _circular_annulus(sizes)
+    if annulus is not None:
+        r_in, r_out = (radius_array(k, v, N)[:, 0] for k, v in zip(("r_in", "r_out"), annulus,
+                                                                   strict=True))
+        if np.any(r_in < radii.max(axis=1)):
+            raise ValueError("r_in must be >= r: the annulus would overlap the aperture")
+        if np.any(r_out < r_in):
+            raise ValueError("r_out must be >= r_in")
     return _Spec("circle", (radii,), annulus, "circle", {"r": radii} if _is_multi(r) else None)
 
 
@@ -466,7 +473,7 @@ def _sky_theta(coords, wcs, theta, scale, pos) -> np.ndarray:
     from astropy import units as u
 
     pa = theta if isinstance(theta, u.Quantity) else np.asarray(theta, dtype=float) * u.rad
-    pa = np.broadcast_to(pa.to(u.rad), coords.shape)
+    pa = np.broadcast_to(pa.to_value(u.rad), coords.shape) * u.rad  # broadcast_to drops units
     ends = []
     for sign in (0.0, np.pi):
         c = coords.directional_offset_by(pa + sign * u.rad, scale)

@@ -464,12 +464,6 @@ def aperture_sums(
     H, W = data.shape[-2:]
     T = data.shape[0] if data.ndim == 3 else 0
     P = _aperture_params(kind, params, N)
-    if N == 0:  # no sources: the outputs of one dummy aperture, cut to zero rows
-        one = aperture_sums(data, np.zeros((1, 2)), kind, tuple(np.ones((1,) + p.shape[1:]) for p in P),
-                            method=method, subpixels=subpixels, mask=mask, variance=variance,
-                            annulus=None if annulus is None else (1.0, 2.0), sky=sky,
-                            sky_sigma=sky_sigma, sky_maxiters=sky_maxiters)
-        return {k: v[:0] for k, v in one.items()}
     ap_reach = _reach(kind, P)
     ann, reach = _annulus(annulus, N, ap_reach, annulus_kind)
     # odd cutout size from a bucketed half-size so nearby radii share one compilation. The cutout's
@@ -564,6 +558,8 @@ def _one_source(params, annulus, annulus_kind):
         a = np.asarray(value, dtype=float)
         if isinstance(value, list | tuple) or a.ndim == 0:
             return value  # a list of R apertures (or a scalar) is the same for every source
+        if a.shape[0] == 0:  # per-source sizes of no source: a placeholder of ones
+            return np.ones((1,) + a.shape[1:])
         return a[:1]
 
     params = tuple(first(p) for p in params)
