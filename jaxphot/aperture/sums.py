@@ -38,6 +38,7 @@ class ApertureFlag(enum.IntFlag):
     SKY_EMPTY = 16  #: no valid sky pixels, e.g. a zero-area annulus (sky, flux NaN)
     SKY_TRUNCATED = 32  #: sky annulus partly off the image or masked
     NONPOSITIVE = 64  #: flux <= 0, so mag is NaN
+    BAD_ERROR = 128  #: the aperture holds pixels whose ``error`` is <= 0 or not finite (errors NaN)
 
 
 def as_positions(positions) -> np.ndarray:
@@ -117,6 +118,22 @@ def _in_annulus(u, v, rin, rout):
     return (r2 >= (rin**2)[:, None, None]) & (r2 < (rout**2)[:, None, None])
 
 
+def _in_annulus_kind(u, v, ann, kind):
+    """(N, K, K) bool: pixel centres inside the outer and not inside the inner aperture of ``kind``.
+
+    ``ann`` (N, 2 p): the p inner then the p outer aperture parameters (p = 1 for circles, where
+    this is :func:`_in_annulus`).
+    """
+    if kind == "circle":
+        return _in_annulus(u, v, ann[:, 0], ann[:, 1])
+    cx = 0.5 * (u[:, 1:] + u[:, :-1])[:, None, :]
+    cy = 0.5 * (v[:, 1:] + v[:, :-1])[:, :, None]
+    p = ann.shape[1] // 2
+    inner = tuple(ann[:, k, None, None] for k in range(p))
+    outer = tuple(ann[:, p + k, None, None] for k in range(p))
+    return overlap.inside(kind, outer, cx, cy) & ~overlap.inside(kind, inner, cx, cy)
+
+
 def _count(mask, axis):
     """Integer count of True along ``axis``, summed as float64 (exact below 2^53).
 
@@ -129,16 +146,18 @@ def _count(mask, axis):
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "K", "Ka", "pad", "HW", "kind", "method", "subpixels", "nparams", "sky", "has_var", "sky_kw"
+        "K", "Ka", "pad", "HW", "kind", "method", "subpixels", "nparams", "sky", "has_var", "sky_kw",
+        "ann_kind",
     ),
 )  # fmt: skip
 def _core(
     data, var, x, y, params, ann, *, K, Ka, pad, HW, kind, method, subpixels, nparams, sky, has_var,
-    sky_kw,
+    sky_kw, ann_kind="circle",
 ):  # fmt: skip
     """One chunk. data/var: (…, Hp, Wp) padded with NaN; masked pixels are NaN too.
 
-    params: tuple of (N, R) arrays for the aperture; ann: (N, 2) (r_in, r_out) or None. The aperture
+    params: tuple of (N, R) arrays for the aperture; ann: (N, 2 p) inner then outer parameters of
+    an ``ann_kind`` annulus (circles: (r_in, r_out)) or None. The aperture
     weights are evaluated on the central Ka×Ka block only (the annulus needs the full K×K cutout).
     Returns a dict of arrays with shapes (N, R) or (N, R, T) (cube) for the aperture terms and (N,)
     or (N, T) for the sky terms.
@@ -184,21 +203,21 @@ def _core(
     res = {k: jnp.stack(vv, axis=1) for k, vv in out.items() if vv}
     if ann is not None:
         res.update(_annulus_terms(d, ok, u, v, ann, method=method, subpixels=subpixels, sky=sky,
-                                  sky_kw=sky_kw))  # fmt: skip
+                                  sky_kw=sky_kw, kind=ann_kind))  # fmt: skip
     return res
 
 
-def _annulus_terms(d, ok, u, v, ann, *, method, subpixels, sky, sky_kw):
+def _annulus_terms(d, ok, u, v, ann, *, method, subpixels, sky, sky_kw, kind="circle"):
     """The sky terms of :func:`_core` (traced inside it): level, std and pixel counts.
 
     d: (N, [T,] K, K) cutouts (NaN where bad); ok: (N, K, K) usable pixels; u, v: (N, K+1) pixel
-    edges relative to the sources; ann: (N, 2) (r_in, r_out). Returns ``sky, sky_std, n_sky``
+    edges relative to the sources; ann: (N, 2 p) the inner then the outer parameters of a ``kind``
+    annulus (circles: (r_in, r_out)). Returns ``sky, sky_std, n_sky``
     ((N,) or (N, T)) and ``sky_geom_n, sky_off_n`` (N,).
     """
     cube = d.ndim == 4
     res = {}
-    rin, rout = ann[:, 0], ann[:, 1]
-    inann = _in_annulus(u, v, rin, rout)
+    inann = _in_annulus_kind(u, v, ann, kind)
     sky_ok = inann & ok
     res["sky_geom_n"] = _count(inann, (1, 2))
     res["sky_off_n"] = _count(inann & ~ok, (1, 2))  # off-image or masked
@@ -214,13 +233,17 @@ def _annulus_terms(d, ok, u, v, ann, *, method, subpixels, sky, sky_kw):
     sigma, maxiters = sky_kw
     if sky == "mean":
         # exact-weighted annulus mean (area-weighted, like summing an annulus aperture)
-        if method == "exact":  # only summed (no flags): one convolution of F (see overlap)
+        p = ann.shape[1] // 2
+        if method == "exact" and kind == "circle":  # only summed (no flags): one convolution of F
+            rin, rout = ann[:, 0], ann[:, 1]
             wa = overlap.corner_difference_conv(
                 overlap.circle_corner_integral(rout, u, v) - overlap.circle_corner_integral(rin, u, v)
             )
         else:
-            wa = overlap.weights("circle", method, (rout,), u, v, subpixels) - overlap.weights(
-                "circle", method, (rin,), u, v, subpixels
+            inner = tuple(ann[:, k] for k in range(p))
+            outer = tuple(ann[:, p + k] for k in range(p))
+            wa = overlap.weights(kind, method, outer, u, v, subpixels) - overlap.weights(
+                kind, method, inner, u, v, subpixels
             )
         wa = jnp.where(ok, wa, 0.0)
         wflat = wa.reshape(wa.shape[0], 1, -1) if cube else flat(wa)
@@ -382,6 +405,7 @@ def aperture_sums(
     sky: str = "median",
     sky_sigma: float = 3.0,
     sky_maxiters: int = 5,
+    annulus_kind: str = "circle",
 ) -> dict[str, np.ndarray]:
     """Functional core: batched weighted sums of one aperture kind, optionally with annulus sky.
 
@@ -405,10 +429,15 @@ def aperture_sums(
         True = bad pixel; excluded like non-finite pixels.
     variance : array_like, shape of data, optional
         Per-pixel variance (counts²) for ``sum_var``.
-    annulus : (r_in, r_out), optional
-        Circular sky annulus radii (scalars or (N,) arrays).
+    annulus : (r_in, r_out) or (inner, outer), optional
+        Sky annulus: for ``annulus_kind="circle"`` the radii (scalars or (N,) arrays); otherwise two
+        parameter tuples of ``annulus_kind`` (``(a, b, theta)`` or ``(w, h, theta)``, entries
+        scalars or (N,)), the inner and the outer boundary. The robust estimators use the pixels
+        whose centres are inside the outer and not inside the inner boundary.
     sky : str
         One of ``"median", "mean", "sigma_clip", "mode", "mmm", "biweight"``.
+    annulus_kind : {"circle", "ellipse", "rectangle"}
+        Shape of the sky annulus (independent of ``kind``).
 
     Returns
     -------
@@ -419,20 +448,24 @@ def aperture_sums(
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
     nparams = _check_options(kind, params, method, sky, subpixels)
+    if annulus_kind not in ("circle", "ellipse", "rectangle"):
+        raise ValueError(f"annulus_kind must be 'circle', 'ellipse' or 'rectangle', got {annulus_kind!r}")
     data = as_image("data", data)
     pos = as_positions(positions)
     N = pos.shape[0]
+    if N == 0:  # no sources: the outputs of one placeholder source, with 0 rows
+        one = _one_source(params, annulus, annulus_kind)
+        out = aperture_sums(
+            data, np.zeros((1, 2)), kind, one[0], method=method, subpixels=subpixels, mask=mask,
+            variance=variance, annulus=one[1], sky=sky, sky_sigma=sky_sigma,
+            sky_maxiters=sky_maxiters, annulus_kind=annulus_kind,
+        )  # fmt: skip
+        return {k: val[:0] for k, val in out.items()}
     H, W = data.shape[-2:]
     T = data.shape[0] if data.ndim == 3 else 0
     P = _aperture_params(kind, params, N)
-    if N == 0:  # no sources: the outputs of one dummy aperture, cut to zero rows
-        one = aperture_sums(data, np.zeros((1, 2)), kind, tuple(np.ones((1,) + p.shape[1:]) for p in P),
-                            method=method, subpixels=subpixels, mask=mask, variance=variance,
-                            annulus=None if annulus is None else (1.0, 2.0), sky=sky,
-                            sky_sigma=sky_sigma, sky_maxiters=sky_maxiters)
-        return {k: v[:0] for k, v in one.items()}
     ap_reach = _reach(kind, P)
-    ann, reach = _annulus(annulus, N, ap_reach)
+    ann, reach = _annulus(annulus, N, ap_reach, annulus_kind)
     # odd cutout size from a bucketed half-size so nearby radii share one compilation. The cutout's
     # edges are at least h from the source (which is within half a pixel of the centre pixel), so
     # h = ceil(reach) covers every pixel an aperture or annulus touches, and every pixel centre
@@ -449,11 +482,11 @@ def aperture_sums(
         batch = _Batch(
             d_p, var_p, pos_c, tuple(P), ann, K=K, Ka=Ka, pad=K, HW=(H, W), kind=kind,
             method=method, subpixels=int(subpixels), nparams=nparams, sky=sky,
-            sky_kw=(float(sky_sigma), int(sky_maxiters)),
+            sky_kw=(float(sky_sigma), int(sky_maxiters)), ann_kind=annulus_kind,
         )  # fmt: skip
         # Exact circles on a 2-D image: sources whose whole cutout is on the image and unmasked take
         # the lean path; the rest (edges, masked pixels) the general one. Same outputs either way.
-        lean = kind == "circle" and method == "exact" and T == 0
+        lean = kind == "circle" and annulus_kind == "circle" and method == "exact" and T == 0
         is_clean = _clean_sources(bad, pos_c, finite_pos, K) if lean else np.zeros(N, dtype=bool)
         parts = map_chunks(batch.run, _plan_jobs(pos_c, is_clean, K, T, W))  # threads on CPUs
         out = {}
@@ -518,15 +551,41 @@ def _reach(kind, P) -> float:
     return 0.5 * math.hypot(P[0].max(initial=0.0), P[1].max(initial=0.0))
 
 
-def _annulus(annulus, N: int, reach: float):
-    """The annulus as an (N, 2) ``(r_in, r_out)`` array (or None) and the reach it brings (pixels)."""
+def _one_source(params, annulus, annulus_kind):
+    """``params`` and ``annulus`` cut to their first source (for the placeholder of N = 0)."""
+
+    def first(value):
+        a = np.asarray(value, dtype=float)
+        if isinstance(value, list | tuple) or a.ndim == 0:
+            return value  # a list of R apertures (or a scalar) is the same for every source
+        if a.shape[0] == 0:  # per-source sizes of no source: a placeholder of ones
+            return np.ones((1,) + a.shape[1:])
+        return a[:1]
+
+    params = tuple(first(p) for p in params)
+    if annulus is None:
+        return params, None
+    if annulus_kind == "circle":
+        return params, tuple(first(q) for q in annulus)
+    return params, tuple(tuple(first(q) for q in side) for side in annulus)
+
+
+def _annulus(annulus, N: int, reach: float, kind: str = "circle"):
+    """The annulus as an (N, 2 p) array (inner then outer parameters; circles ``(r_in, r_out)``), or
+    None, and the reach it brings (pixels)."""
     if annulus is None:
         return None, reach
-    rin = radius_array("r_in", annulus[0], N)[:, 0]
-    rout = radius_array("r_out", annulus[1], N)[:, 0]
-    if np.any(rout < rin):
-        raise ValueError("r_out must be >= r_in")
-    return np.stack([rin, rout], axis=1), max(reach, rout.max(initial=0.0))
+    if kind == "circle":
+        rin = radius_array("r_in", annulus[0], N)[:, 0]
+        rout = radius_array("r_out", annulus[1], N)[:, 0]
+        if np.any(rout < rin):
+            raise ValueError("r_out must be >= r_in")
+        return np.stack([rin, rout], axis=1), max(reach, rout.max(initial=0.0))
+    inner, outer = (_aperture_params(kind, tuple(side), N) for side in annulus)
+    if any(p.shape[1] != 1 for p in inner + outer):
+        raise ValueError("the annulus takes one value per source, not a list of several")
+    ann = np.concatenate([p for p in inner + outer], axis=1)
+    return ann, max(reach, _reach(kind, outer))
 
 
 def _padded_images(data, mask, variance, pad: int):
@@ -598,6 +657,7 @@ class _Batch:
     nparams: int
     sky: str
     sky_kw: tuple[float, int]
+    ann_kind: str = "circle"
 
     def run(self, job):
         """One fixed-size chunk (the last one padded by repeating its final source).
@@ -621,7 +681,7 @@ class _Batch:
                     self.d_p, self.var_p, xs, ys, tuple(jnp.asarray(p[sl], dtype) for p in self.P), an,
                     K=self.K, Ka=self.Ka, pad=self.pad, HW=self.HW, kind=self.kind, method=self.method,
                     subpixels=self.subpixels, nparams=self.nparams, sky=self.sky, has_var=has_var,
-                    sky_kw=self.sky_kw,
+                    sky_kw=self.sky_kw, ann_kind=self.ann_kind,
                 )  # fmt: skip
             n = min(idx.size, start + chunk) - start
             return idx[start : start + n], {k: np.asarray(val)[:n] for k, val in r.items()}
