@@ -99,3 +99,14 @@ def test_bands_and_bad_input():
         joint_photometry(images, start, psfs, wcs=tr, gain=1.0, max_iter=0)
     with pytest.raises(ValueError, match="wcs has 2 entries"):
         joint_photometry(images, start, psfs, wcs=tr[:2], gain=1.0)
+
+
+def test_stars_found_on_the_stack_without_a_catalog():
+    images, tr, psfs, _, x, y, flux = _field(4, n_stars=30)
+    res = joint_photometry(images, None, psfs, wcs=tr, gain=1.0, max_iter=4)
+    s = res.stars
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(np.c_[s["x_ref"], s["y_ref"]]).query(np.c_[x, y])
+    assert np.mean(d < 1.0) >= 0.95  # fluxes 10^3-10^4.3 on sky 80: all detectable
+    assert len(s) <= len(x) + 2

@@ -27,9 +27,12 @@ import dataclasses
 
 import numpy as np
 from astropy.table import Table
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from ..constants import POGSON
 from ..image.cutouts import extract_cutouts
+from ..image.detection import find_stars
 from ..image.render import render_image
 from ..progress import Progress
 from ..psf.measure import is_varying, psf_fwhm, support_half
@@ -58,18 +61,12 @@ class JointResult:
     history: list
 
 
-def _jacobians(cat_xy, transforms, exps, h=0.5):
-    """Per exposure, positions (N,) x2 and the 2x2 Jacobian (N, 2, 2) of ref -> image."""
-    x, y = cat_xy
-    base = {"ra": None, "dec": None, "flux": None, "star_id": None}
-
-    def place(xx, yy):
-        return image_positions(dict(base, x=xx, y=yy), transforms, exps)
-
-    p0, px1, px0 = place(x, y), place(x + h, y), place(x - h, y)
-    py1, py0 = place(x, y + h), place(x, y - h)
+def _jacobians(setup, x, y, h=0.5):
+    """Per exposure, positions (N,) x2 and the 2x2 Jacobian (N, 2, 2) of ref -> image, or why not."""
+    p0, px1, px0 = _place(setup, x, y), _place(setup, x + h, y), _place(setup, x - h, y)
+    py1, py0 = _place(setup, x, y + h), _place(setup, x, y - h)
     out = []
-    for t in range(len(exps)):
+    for t in range(len(setup.exps)):
         if isinstance(p0[t], str):
             out.append(p0[t])
             continue
@@ -152,6 +149,8 @@ def joint_photometry(
     max_iter: int = 8,
     tol: float = 1e-3,
     fit_half: int | None = None,
+    threshold: float = 5.0,
+    residual_passes: int = 0,
     progress=False,
 ) -> JointResult:
     """Fit one position per star and one flux per exposure (and per band) to many exposures.
@@ -160,9 +159,12 @@ def joint_photometry(
     ----------
     images : (T, H, W) array, or list of (H, W) arrays and/or FITS paths
         The exposures (counts).
-    catalog : astropy Table
+    catalog : astropy Table or None
         Starting list: ``x, y`` in the reference frame (the first image's pixels), or
-        ``ra, dec`` (degrees, placed with the first image's WCS); optional ``flux``.
+        ``ra, dec`` (degrees, placed with the first image's WCS). None: the stars are found
+        on the inverse-variance stack of all exposures resampled to the reference frame
+        (:func:`~jaxphot.find_stars` at ``threshold``), so faint stars that no single
+        exposure shows are found.
     psf : PSF model or spec string, or a list of T of them
         PSF of each exposure; a spatially varying PSF is taken at each star.
     wcs : WCS, pixel transform, or list of T of them, optional
@@ -179,6 +181,12 @@ def joint_photometry(
         Stop when no star moves by more than this (pixels of the reference frame).
     fit_half : int, optional
         Half size of the box of the position step (default ``max(3, ceil(1.5 FWHM))``).
+    threshold : float
+        Detection threshold (sigma of the matched filter) on the stack and on the stacked
+        residuals.
+    residual_passes : int
+        Passes of detection on the stack of the residuals (data minus the model of every
+        fitted star), each followed by a refit with the new stars (default 0: none).
     progress : bool or callable
         Progress report.
 
@@ -212,21 +220,61 @@ def joint_photometry(
     band = np.array(["all"] * n_img if bands is None else [str(b) for b in bands])
     if len(band) != n_img:
         raise ValueError(f"bands has {len(band)} entries for {n_img} images")
-    cat = catalog_positions(catalog)
-    x, y = _reference_xy(cat, transforms, exps)
-    star_id = cat["star_id"]
     halves = [int(fit_half) if fit_half is not None else max(3, int(np.ceil(1.5 * psf_fwhm(p))))
               for p in psfs]
-    prog = Progress(progress, total=max_iter, desc="joint")
-    history = []
+    setup = _Setup(exps, psfs, transforms, errors, gains, noises, halves)
+    fwhm = psf_fwhm(psfs[0])
+    if catalog is None:  # detect on the stack of all exposures
+        x, y = _detect_on_stack(setup, None, None, threshold, fwhm)
+        if len(x) == 0:
+            raise ValueError("catalog=None: no star found on the stack of the exposures at "
+                             f"threshold={threshold}")
+        star_id = np.arange(1, len(x) + 1)
+    else:
+        cat = catalog_positions(catalog)
+        x, y = _reference_xy(cat, transforms, exps)
+        star_id = np.asarray(cat["star_id"])
+    prog = Progress(progress, desc="joint")
+    x, y, epochs, info, history = _fit_positions(setup, x, y, star_id, max_iter, tol, prog)
+    for _ in range(int(residual_passes)):
+        nx, ny = _detect_on_stack(setup, (x, y), epochs, threshold, fwhm)
+        if len(nx) == 0:
+            break
+        x, y = np.r_[x, nx], np.r_[y, ny]
+        start = int(np.max(star_id, initial=0)) + 1 if np.issubdtype(star_id.dtype, np.integer) else 0
+        star_id = np.r_[star_id, np.arange(start, start + len(nx))]
+        x, y, epochs, info, more = _fit_positions(setup, x, y, star_id, max_iter, tol, prog)
+        history += more
+    prog.close()
+    stars = _star_table(star_id, x, y, info, epochs, band, n_img, transforms, exps)
+    stars.meta["history"] = history
+    return JointResult(stars, epochs, history)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """The checked per-exposure inputs of one :func:`joint_photometry` call."""
+
+    exps: list
+    psfs: list
+    transforms: list
+    errors: list
+    gains: list
+    noises: list
+    halves: list
+
+
+def _fit_positions(setup: _Setup, x, y, star_id, max_iter: int, tol: float, prog):
+    """Alternate the flux and position steps from (x, y); returns the final x, y, the long
+    table of the last flux step, the 2x2 information (N, 2, 2) and the step history."""
     ok_ref = np.isfinite(x) & np.isfinite(y)
     # Close pairs see each other only through the other's last model (block Jacobi): a star
     # whose step reverses has it halved, which turns such two-cycles into convergence.
     damp, prev = np.ones(len(x)), np.zeros((len(x), 2))
+    history = []
     for it in range(int(max_iter)):
-        epochs = _fluxes(exps, x, y, star_id, psfs, transforms, errors, gains, noises)
-        info, grad = _position_step(exps, x, y, epochs, psfs, transforms, errors, gains, noises,
-                                    halves)
+        epochs = _fluxes(setup, x, y, star_id)
+        info, grad = _position_step(setup, x, y, epochs)
         step = _solve_steps(info, grad, ok_ref)
         damp = np.where(np.sum(step * prev, 1) < 0, 0.5 * damp, np.minimum(1.0, 1.5 * damp))
         step = step * damp[:, None]
@@ -234,15 +282,58 @@ def joint_photometry(
         x, y = x + step[:, 0], y + step[:, 1]
         moved = float(np.nanmax(np.abs(step))) if np.isfinite(step).any() else 0.0
         history.append(moved)
-        prog(f"iteration {it + 1}: largest step {moved:.4f} px", (it + 1) / max_iter)
+        prog(f"{len(x)} stars, iteration {it + 1}: largest step {moved:.4f} px",
+             (it + 1) / max_iter)
         if moved < tol:
             break
-    epochs = _fluxes(exps, x, y, star_id, psfs, transforms, errors, gains, noises)
-    info, _ = _position_step(exps, x, y, epochs, psfs, transforms, errors, gains, noises, halves)
-    prog.close()
-    stars = _star_table(star_id, x, y, info, epochs, band, n_img, transforms, exps)
-    stars.meta["history"] = history
-    return JointResult(stars, epochs, history)
+    epochs = _fluxes(setup, x, y, star_id)
+    info, _ = _position_step(setup, x, y, epochs)
+    return x, y, epochs, info, history
+
+
+def _place(setup: _Setup, x, y) -> list:
+    """Per exposure, the pixel positions (x_t, y_t) of reference positions, or why not."""
+    cat = {"ra": None, "dec": None, "flux": None, "star_id": None, "x": x, "y": y}
+    return image_positions(cat, setup.transforms, setup.exps)
+
+
+def _detect_on_stack(setup: _Setup, known, epochs, threshold: float, fwhm: float):
+    """Stars found on the inverse-variance stack of the exposures resampled to the reference
+    frame (bilinear), less the model of the ``known`` stars when given; new ones only."""
+    ref = setup.exps[0].data
+    h, w = ref.shape
+    gy, gx = (v.ravel().astype(np.float64) for v in np.mgrid[0:h, 0:w])
+    places = _place(setup, gx, gy)
+    num, den = np.zeros(h * w), np.zeros(h * w)
+    if known is not None:
+        n = len(known[0])
+        flux_all = np.asarray(epochs["flux"], float).reshape(n, len(setup.exps))
+        star_places = _place(setup, *known)
+    for t, (e, pl) in enumerate(zip(setup.exps, places, strict=True)):
+        if e.data is None or isinstance(pl, str):
+            continue
+        img = np.asarray(e.data, np.float64)
+        if known is not None and not isinstance(star_places[t], str):
+            xt, yt = star_places[t]
+            ok = np.isfinite(xt) & np.isfinite(yt) & np.isfinite(flux_all[:, t])
+            img = img - render_image(setup.psfs[t], xt[ok], yt[ok], flux_all[ok, t], img.shape)
+        sky = np.nanmedian(img)
+        rms = 1.4826 * np.nanmedian(np.abs(img - sky))
+        v = ndimage.map_coordinates(img - sky, [pl[1], pl[0]], order=1, cval=np.nan)
+        good = np.isfinite(v)
+        num[good] += v[good] / rms**2
+        den[good] += 1.0 / rms**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stack = np.where(den > 0, num / den, np.nan).reshape(h, w)
+    found = find_stars(stack, fwhm, threshold, mask=~np.isfinite(stack))
+    nx, ny = np.asarray(found["x_centroid"], float), np.asarray(found["y_centroid"], float)
+    if known is not None and len(nx) and len(known[0]):
+        kx, ky = known
+        ok = np.isfinite(kx) & np.isfinite(ky)
+        d, _ = cKDTree(np.c_[kx[ok], ky[ok]]).query(np.c_[nx, ny])
+        keep = d > fwhm  # a residual next to a known star is its misfit, not a new star
+        nx, ny = nx[keep], ny[keep]
+    return nx, ny
 
 
 def _reference_xy(cat, transforms, exps):
@@ -258,8 +349,10 @@ def _reference_xy(cat, transforms, exps):
     return np.asarray(first[0], float).copy(), np.asarray(first[1], float).copy()
 
 
-def _fluxes(exps, x, y, star_id, psfs, transforms, errors, gains, noises):
+def _fluxes(setup: _Setup, x, y, star_id):
     """Step 1: forced photometry of every exposure at the current reference positions."""
+    exps, psfs, transforms = setup.exps, setup.psfs, setup.transforms
+    errors, gains, noises = setup.errors, setup.gains, setup.noises
     wcs0 = transforms[0] if transforms[0] is not None else exps[0].wcs
     cat = Table({"x": x, "y": y, "star_id": star_id})
     if wcs0 is not None and hasattr(wcs0, "pixel_to_world"):
@@ -271,15 +364,17 @@ def _fluxes(exps, x, y, star_id, psfs, transforms, errors, gains, noises):
                              gain=list(gains), read_noise=list(noises), neighbours=1)
 
 
-def _position_step(exps, x, y, epochs, psfs, transforms, errors, gains, noises, halves):
+def _position_step(setup: _Setup, x, y, epochs):
     """Step 2: the summed reference-frame 2x2 information (N, 2, 2) and gradient (N, 2)."""
+    exps, psfs = setup.exps, setup.psfs
+    errors, gains, noises, halves = setup.errors, setup.gains, setup.noises, setup.halves
     n, t_img = len(x), len(exps)
     info = np.zeros((n, 2, 2))
     grad = np.zeros((n, 2))
     flux_all = np.asarray(epochs["flux"], float).reshape(n, t_img)
     bkg_all = np.asarray(epochs["bkg"], float).reshape(n, t_img)
     flags_all = np.asarray(epochs["flags"], np.int64).reshape(n, t_img)
-    placed = _jacobians((x, y), transforms, exps)
+    placed = _jacobians(setup, x, y)
     for t, pl in enumerate(placed):
         if isinstance(pl, str) or exps[t].data is None:
             continue
