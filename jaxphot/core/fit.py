@@ -416,6 +416,9 @@ def fit_cutouts(
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
     psf = check_psf(psf)
+    if np.ndim(data) == 3 and np.shape(data)[0] == 0 and min(np.shape(data)[1:]) > 0:
+        return _empty_result(np.shape(data)[1:], psf, x, y, error=error, background=background,
+                             fixed=fixed, gain=gain, read_noise=read_noise, origin=origin)
     data, xs, ys, act, fixed = _check_arguments(data, x, y, active, background, fixed, max_iter)
     # per-star problems stay per-star: NaN starts and duplicates leave the fit, keep their row
     act_in = act
@@ -446,6 +449,31 @@ def fit_cutouts(
     if np.any(bad_start | dup):
         _restore_rows(result, act_in, bad_start, dup, x, y)
     return result
+
+
+def _empty_result(shape: tuple[int, int], psf, x, y, *, error, background, fixed, gain,
+                  read_noise, origin) -> FitResult:
+    """The FitResult of zero cutouts: no rows, but the fields and extra columns of a real fit.
+
+    One blank cutout of the same shape and options is fitted and its rows are sliced away, so
+    the columns can never drift from those of a non-empty call.
+    """
+    k = _as_stars("x", x, 0).shape[1]
+    if _as_stars("y", y, 0).shape[1] != k:
+        raise ValueError(f"x and y must have the same shape, got {np.shape(x)} and {np.shape(y)}")
+    h, w = shape
+    cx, cy = np.full((1, k), (w - 1) / 2.0), np.full((1, k), (h - 1) / 2.0)
+    one = fit_cutouts(np.ones((1, h, w)), psf, cx, cy, np.ones((1, k)),
+                      error=None if error is None else np.ones((1, h, w)), background=background,
+                      fixed=fixed, max_iter=1, gain=gain, read_noise=read_noise, merge_sep=0.0,
+                      origin=None if origin is None else np.zeros((1, 2)))
+    for f in dataclasses.fields(one):
+        v = getattr(one, f.name)
+        if f.name == "extra":
+            setattr(one, "extra", {n: np.asarray(c)[:0] for n, c in v.items()})
+        else:
+            setattr(one, f.name, np.asarray(v)[:0])
+    return one
 
 
 def _bad_starts(xs: Float[np.ndarray, " N K"], ys: Float[np.ndarray, " N K"],
@@ -487,8 +515,8 @@ def _check_arguments(data, x, y, active, background, fixed, max_iter):
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or min(data.shape) == 0:
-        raise ValueError(f"data must be one (H, W) cutout or a stack (N, H, W) of at least one "
-                         f"non-empty cutout, got shape {data.shape}")
+        raise ValueError(f"data must be one (H, W) cutout or a stack (N, H, W) of cutouts at "
+                         f"least 1x1 pixel, got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.number):
         raise ValueError(f"data must be numeric, got dtype {data.dtype}")
     n = data.shape[0]
