@@ -540,11 +540,11 @@ def _noise_model(error, gain, read_noise, shape: tuple[int, int, int]):
     noise's plus the model's Poisson term, or 1 (unweighted) when neither gain nor read noise
     is given.
     """
-    if error is not None:
-        return _broadcast_pixels("error", error, shape, None), None, 0.0
-    # The validation layer names the argument for junk too (gain="abc").
+    # The validation layer names the argument for junk too (gain="abc"), error map or not.
     g = 1.0 if gain is None else check_positive("gain", gain, "electrons/ADU")
     rn = 0.0 if read_noise is None else check_non_negative("read_noise", read_noise, "electrons")
+    if error is not None:
+        return _broadcast_pixels("error", error, shape, None), None, 0.0
     unweighted = gain is None and read_noise is None
     var_const = 1.0 if unweighted else (rn / g) ** 2
     inv_gain = 0.0 if unweighted else 1.0 / g
