@@ -470,7 +470,7 @@ def _empty_result(shape: tuple[int, int], psf, x, y, *, error, background, fixed
     for f in dataclasses.fields(one):
         v = getattr(one, f.name)
         if f.name == "extra":
-            setattr(one, "extra", {n: np.asarray(c)[:0] for n, c in v.items()})
+            one.extra = {n: np.asarray(c)[:0] for n, c in v.items()}
         else:
             setattr(one, f.name, np.asarray(v)[:0])
     return one

@@ -644,6 +644,7 @@ def _sky_and_noise(a, good, fwhm, background, rms):
     Units are the image's. The defaults are those of :func:`find_stars`' ``background`` and
     ``rms``.
     """
+    estimated = background is None and rms is None  # the noise then comes from the data
     if background is None:
         box = int(max(16, round(8 * fwhm)))
         if min(a.shape) >= 2 * box:
@@ -662,7 +663,7 @@ def _sky_and_noise(a, good, fwhm, background, rms):
     if rms is None:
         rms, source = _robust_std(d[good]), "estimated"
     rms_map = np.broadcast_to(np.asarray(rms, dtype=float), a.shape)
-    _check_noise(rms_map, good, source, a)
+    _check_noise(rms_map, good, "estimated" if estimated else source, a)
     return sky, d, rms_map
 
 

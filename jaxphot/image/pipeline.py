@@ -46,8 +46,15 @@ from .catalog import build_catalog
 from .detection import find_stars
 from .fitting import fit_groups
 from .grouping import Bucket, group_buckets
-from .inputs import Frame, initial_sources, linear_flux, prepare_frame, validate_image, validate_options
-from .inputs import check_noise
+from .inputs import (
+    Frame,
+    check_noise,
+    initial_sources,
+    linear_flux,
+    prepare_frame,
+    validate_image,
+    validate_options,
+)
 from .quality import add_quality_columns
 from .render import EXCLUDED_FROM_MODEL, scatter_stamps, stamps
 from .state import StageTimer, Stars

@@ -42,8 +42,7 @@ from ..constants import FWHM_TO_SIGMA
 from .analytic import GaussianPRF, MoffatPSF
 from .detector import DetectorPRF, ugly_detector_sensitivity
 from .discrete import DiscretePSF, interpolation_matrix
-from .fits import read_psf_fits, write_psf_fits
-from .fits import PSFOversamplingWarning, check_psf_sampling
+from .fits import PSFOversamplingWarning, check_psf_sampling, read_psf_fits, write_psf_fits
 from .instruments import read_wfc3_uvis_grid, wfc3_uvis_grid_positions
 from .measure import check_psf, psf_fwhm, support_half
 from .spec import PSFSpecError, parse_psf_spec
