@@ -193,3 +193,33 @@ def test_oversampled_psf_file_warns(tmp_path, field, capsys):
         warnings.simplefilter("error", PSFOversamplingWarning)
         assert read_psf_fits(tmp_path / "psf4h.fits", star_fwhm=star_fwhm).oversampling == 4
         read_psf_fits(tmp_path / "psf1.fits", star_fwhm=star_fwhm)
+
+
+# ---------------------------------------------------------------------------- more scalars
+def test_aperture_negative_error_or_read_noise_is_named():
+    rng = np.random.default_rng(2)
+    img = rng.normal(100.0, 5.0, (40, 40))
+    with pytest.raises(ValueError, match="error must be a 1-sigma value or map >= 0"):
+        jp.aperture_photometry(img, [[20.0, 20.0]], r=3.0, error=-1.0)
+    with pytest.raises(ValueError, match="error must be a 1-sigma value or map >= 0.*1600"):
+        jp.aperture_photometry(img, [[20.0, 20.0]], r=3.0, error=-np.ones((40, 40)))
+    with pytest.raises(ValueError, match="read_noise must be >= 0"):
+        jp.aperture_photometry(img, [[20.0, 20.0]], r=3.0, gain=1.0, read_noise=-5.0)
+    t = jp.aperture_photometry(img, [[20.0, 20.0]], r=3.0, error=5.0)  # the right sigma: right error
+    assert t["flags"][0] == 0 and abs(t["flux_err"][0] / (5.0 * np.sqrt(np.pi * 9.0)) - 1) < 0.01
+
+
+@pytest.mark.parametrize("fwhm", [50.0, 0.3])
+def test_fit_cutouts_wrong_psf_width_warns(fwhm):
+    """A PSF far from the data (issue 18: 640x or 0.29x the true flux, unflagged) warns."""
+    rng = np.random.default_rng(0)
+    x, y = 7.0 + rng.uniform(-0.5, 0.5, 32), 7.0 + rng.uniform(-0.5, 0.5, 32)
+    prf = np.moveaxis(np.asarray(PSF.evaluate(x, y, (15, 15))), -1, 0)
+    data = rng.poisson(20.0 + 3000.0 * prf).astype(float)
+    with pytest.warns(jp.core.fit.FitMismatchWarning, match="median reduced chi2"):
+        jp.fit_cutouts(data, GaussianPRF(fwhm), x, y, gain=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jp.core.fit.FitMismatchWarning)
+        t = jp.fit_cutouts(data, PSF, x, y, gain=1.0).to_table()
+    pull = (t["flux_fit"] - 3000.0) / t["flux_err"]
+    assert abs(np.mean(pull)) < 4 / np.sqrt(len(t)) + 0.1 and 0.6 < np.std(pull) < 1.4

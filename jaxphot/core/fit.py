@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -44,7 +45,7 @@ from .flags import FitFlag
 from .scene import PSFModel
 from .solve import LAMBDA0, LMResult, levenberg_marquardt
 
-__all__ = ["fit_cutouts", "FitResult", "model_cutouts", "solve_chunk", "chunk_runner", "thread_runner",
+__all__ = ["fit_cutouts", "FitResult", "FitMismatchWarning", "model_cutouts", "solve_chunk", "chunk_runner", "thread_runner",
            "FitJob", "Pixels", "default_chunk_size", "default_threads"]
 
 # The function that runs a FitJob through the solver, ``runner(job, chunk, min_bucket=0)``.
@@ -448,7 +449,35 @@ def fit_cutouts(
     _add_crlb(result, psf, free, shape, error, gain, read_noise, mask, unweighted, n_valid)
     if np.any(bad_start | dup):
         _restore_rows(result, act_in, bad_start, dup, x, y)
+    # Only a user's own call warns: the package's fits (ePSF iterations with a provisional PSF,
+    # photometry's group fits, which has its own check) see high chi2 by design.
+    if not unweighted and not sys._getframe(1).f_globals.get("__name__", "").startswith("jaxphot."):
+        _warn_mismatch(result)
     return result
+
+
+class FitMismatchWarning(UserWarning):
+    """The PSF model does not describe the cutouts: the median reduced chi2 is far above 1."""
+
+
+_CHI2_LIMIT = 3.0  # median reduced chi2 of the clean rows above which the model is suspect
+
+
+def _warn_mismatch(result: FitResult) -> None:
+    """Warn when the median reduced chi2 of the fitted cutouts is > 3: a PSF of the wrong
+    width (or oversampling) or a wrong noise model (gain, error map) gives fluxes that are off
+    with no flag on any row."""
+    # every fitted cutout counts: a PSF far too wide sends most fits off their cutout (flagged)
+    fitted = (result.dof > 0) & np.isfinite(result.chi2)
+    if fitted.sum() < 3:
+        return
+    med = float(np.median(result.chi2[fitted] / result.dof[fitted]))
+    if med > _CHI2_LIMIT:
+        warnings.warn(
+            f"median reduced chi2 of the {int(fitted.sum())} fitted cutouts is {med:.1f} (> "
+            f"{_CHI2_LIMIT:g}): the PSF may not match the stars (check its width and "
+            "oversampling) or the noise model may be wrong (gain, read_noise, error)",
+            FitMismatchWarning, stacklevel=3)
 
 
 def _empty_result(shape: tuple[int, int], psf, x, y, *, error, background, fixed, gain,
