@@ -45,8 +45,8 @@ from .flags import FitFlag
 from .scene import PSFModel
 from .solve import LAMBDA0, LMResult, levenberg_marquardt
 
-__all__ = ["fit_cutouts", "FitResult", "FitMismatchWarning", "model_cutouts", "solve_chunk", "chunk_runner", "thread_runner",
-           "FitJob", "Pixels", "default_chunk_size", "default_threads"]
+__all__ = ["fit_cutouts", "FitResult", "model_cutouts", "solve_chunk", "chunk_runner", "thread_runner",
+           "FitJob", "Pixels", "FitMismatchWarning", "default_chunk_size", "default_threads"]
 
 # The function that runs a FitJob through the solver, ``runner(job, chunk, min_bucket=0)``.
 # jaxphot.scale.sharding.use_devices() sets a multi-device runner here for the calling
