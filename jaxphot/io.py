@@ -184,6 +184,20 @@ def _plane_shape(h, idx, path: Path, what: str) -> tuple[int, int]:
     return shape[-2], shape[-1]
 
 
+def _why_unreadable(h, path: Path, exc: Exception) -> str:
+    """The reason an HDU's data cannot be read, in the user's words: a file cut short (its size
+    against what the header promises), else the reader's own message."""
+    try:
+        need = abs(int(h.header.get("BITPIX", 0))) // 8 * int(np.prod(h.shape))
+        have = path.stat().st_size - int(h.fileinfo()["datLoc"])
+    except Exception:  # the header gives no size: fall back to the reader's words
+        return str(exc)
+    if 0 <= have < need:
+        return (f"the file is truncated ({have} of the {need} data bytes its header announces "
+                f"for a {'x'.join(str(s) for s in h.shape[::-1])} image)")
+    return str(exc)
+
+
 def _read_pixels(h, idx, path: Path, what: str, section) -> np.ndarray:
     """All of the HDU's data, or only ``section`` (read from the file, not the whole image)."""
     if section is not None:
@@ -194,7 +208,8 @@ def _read_pixels(h, idx, path: Path, what: str, section) -> np.ndarray:
         else:
             data = h.section[(0,) * (len(h.shape) - 2) + tuple(section)]
     except Exception as exc:
-        raise ValueError(f"cannot read the data of HDU {idx!r} of {str(path)!r}: {exc}") from None
+        raise ValueError(f"cannot read the data of HDU {idx!r} of {what} {str(path)!r}: "
+                         f"{_why_unreadable(h, path, exc)}") from None
     if data is None:
         raise ValueError(f"HDU {idx!r} of {what} {str(path)!r} holds no image data")
     return np.asarray(data)

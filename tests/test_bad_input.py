@@ -72,8 +72,9 @@ def test_psf_spec_string_and_none(cutouts):
 
 
 def test_empty_stack_message():
+    """Zero cutouts are an empty result (tests/test_hardening.py); empty cutouts are an error."""
     with pytest.raises(ValueError, match=r"data must be one \(H, W\) cutout"):
-        jp.fit_cutouts(np.zeros((0, 15, 15)), PSF, np.zeros(0), np.zeros(0))
+        jp.fit_cutouts(np.zeros((2, 0, 15)), PSF, np.zeros(2), np.zeros(2))
 
 
 @pytest.mark.parametrize("gain", [-1.0, 0.0])

@@ -301,14 +301,14 @@ def test_bad_input_reported():
     img_nan = img.copy()
     ix, iy = np.rint(pts[0]).astype(int)
     img_nan[iy, ix] = np.nan
-    with pytest.warns(EPSFWarning, match="2 edge"):
+    with pytest.warns(EPSFWarning, match="2 too close to the image edge"):
         build_epsf(img, np.vstack([pts, edge]), shape=11, maxiters=2)
-    with pytest.warns(EPSFWarning, match="1 bad core"):
+    with pytest.warns(EPSFWarning, match="1 with NaN, masked or zero-error pixels in its core"):
         psf, st = build_epsf(img_nan, pts, shape=11, maxiters=2, return_stars=True)
     assert st["status"][0] == "bad core"
     with pytest.warns(EPSFWarning, match="saturated"):
         build_epsf(img, pts, shape=11, maxiters=2, saturation=np.sort(img.ravel())[-3])
-    with pytest.raises(ValueError, match="too few usable PSF stars: 2 of 4.*2 edge"):
+    with pytest.raises(ValueError, match="too few usable PSF stars: 2 of 4.*2 too close to the image edge"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EPSFWarning)
             build_epsf(img, np.vstack([pts[:2], edge]), shape=11)

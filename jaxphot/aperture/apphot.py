@@ -523,7 +523,14 @@ def _pixel_variance(data, error, gain, read_noise):
             raise ValueError(f"error must be a scalar or an image; got shape {e.shape}")
         if e.ndim > 0 and e.shape[-2:] != data.shape[-2:]:
             raise ValueError(f"error must have the shape of data {data.shape}; got {e.shape}")
+        with np.errstate(invalid="ignore"):
+            n_neg = int(np.count_nonzero(e < 0))
+        if n_neg:  # a sign error: sigma**2 would hide it
+            raise ValueError(f"error must be a 1-sigma value or map >= 0 (counts); it is negative "
+                             f"on {n_neg} pixel(s)")
         return np.broadcast_to(e**2, data.shape) if e.ndim > 0 else None
+    if read_noise is not None and not float(read_noise) >= 0:
+        raise ValueError(f"read_noise must be >= 0 electrons, got {read_noise}")
     if gain is not None:
         rn = 0.0 if read_noise is None else float(read_noise)
         return np.maximum(np.asarray(data, dtype=float), 0.0) / gain + (rn / gain) ** 2

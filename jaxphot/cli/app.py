@@ -268,6 +268,27 @@ def _detector(a, img, error) -> dict:
     return out
 
 
+def _warn_if_oversampled(path, psf, data, mask) -> None:
+    """One warning line when the PSF file, read at 1x, is much wider than the image's stars
+    (an oversampled PSF without OVERSAMP: it would find a fraction of the stars)."""
+    import warnings
+
+    from ..epsf import measure_star_fwhm
+    from ..psf import PSFOversamplingWarning, check_psf_sampling
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            star_fwhm = measure_star_fwhm(data, mask)
+    except ValueError:  # too few stars to tell: the fit's chi2 check still warns
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PSFOversamplingWarning)
+        check_psf_sampling(psf, star_fwhm, source=f"PSF file {str(path)!r}")
+    for w in caught:
+        print(f"jaxphot: warning: {w.message}", file=sys.stderr)
+
+
 def _describe_inputs(a, img, psf, det: dict) -> str:
     msgs = [f"image {a.image} {img.data.shape[1]}x{img.data.shape[0]}", f"psf {psf!r}"]
     units = {"gain": "e-/unit", "read_noise": "e-", "saturation": "image units"}
@@ -340,6 +361,9 @@ def _cmd_photometry(a) -> int:
 
     _check_outputs(a, [("-o", a.output, (".ecsv", ".csv") + _FITS),
                        ("--residual", a.residual, _FITS), ("--model", a.model, _FITS)])
+    from ..validate import check_size
+
+    check_size("--background-box", a.background_box)  # in the user's words, before any work
     img = read_image(a.image, a.hdu)
     shape = img.data.shape
     error = _read_aux(a.error, None, shape, "error map") if a.error else None
@@ -350,6 +374,8 @@ def _cmd_photometry(a) -> int:
         psf = _auto_psf(img.data, mask, a.oversampling, a.variation, det["gain"][0], det["saturation"][0])
     else:
         psf = _psf_from_spec(a.psf, a.oversampling)
+        if a.oversampling is None and Path(a.psf).is_file():
+            _warn_if_oversampled(a.psf, psf, img.data, mask)
     print(_describe_inputs(a, img, psf, det), file=sys.stderr)
     res = photometry(
         img.data,

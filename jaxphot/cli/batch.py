@@ -62,7 +62,9 @@ def run_batch_cli(args) -> int:
     """
     from ..scale.accelerator import configure_accelerator_memory, gpu_installed
     from ..scale.images import batch
+    from ..validate import check_size
 
+    check_size("--background-box", args.background_box)  # before any image is read
     kw = dict(
         threshold=args.threshold,
         maxiters=args.maxiters,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -45,7 +46,7 @@ from .scene import PSFModel
 from .solve import LAMBDA0, LMResult, levenberg_marquardt
 
 __all__ = ["fit_cutouts", "FitResult", "model_cutouts", "solve_chunk", "chunk_runner", "thread_runner",
-           "FitJob", "Pixels", "default_chunk_size", "default_threads"]
+           "FitJob", "Pixels", "FitMismatchWarning", "default_chunk_size", "default_threads"]
 
 # The function that runs a FitJob through the solver, ``runner(job, chunk, min_bucket=0)``.
 # jaxphot.scale.sharding.use_devices() sets a multi-device runner here for the calling
@@ -416,6 +417,9 @@ def fit_cutouts(
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
     psf = check_psf(psf)
+    if np.ndim(data) == 3 and np.shape(data)[0] == 0 and min(np.shape(data)[1:]) > 0:
+        return _empty_result(np.shape(data)[1:], psf, x, y, error=error, background=background,
+                             fixed=fixed, gain=gain, read_noise=read_noise, origin=origin)
     data, xs, ys, act, fixed = _check_arguments(data, x, y, active, background, fixed, max_iter)
     # per-star problems stay per-star: NaN starts and duplicates leave the fit, keep their row
     act_in = act
@@ -445,7 +449,60 @@ def fit_cutouts(
     _add_crlb(result, psf, free, shape, error, gain, read_noise, mask, unweighted, n_valid)
     if np.any(bad_start | dup):
         _restore_rows(result, act_in, bad_start, dup, x, y)
+    # Only a user's own call warns: the package's fits (ePSF iterations with a provisional PSF,
+    # photometry's group fits, which has its own check) see high chi2 by design.
+    if not unweighted and not sys._getframe(1).f_globals.get("__name__", "").startswith("jaxphot."):
+        _warn_mismatch(result)
     return result
+
+
+class FitMismatchWarning(UserWarning):
+    """The PSF model does not describe the cutouts: the median reduced chi2 is far above 1."""
+
+
+_CHI2_LIMIT = 3.0  # median reduced chi2 of the clean rows above which the model is suspect
+
+
+def _warn_mismatch(result: FitResult) -> None:
+    """Warn when the median reduced chi2 of the fitted cutouts is > 3: a PSF of the wrong
+    width (or oversampling) or a wrong noise model (gain, error map) gives fluxes that are off
+    with no flag on any row."""
+    # every fitted cutout counts: a PSF far too wide sends most fits off their cutout (flagged)
+    fitted = (result.dof > 0) & np.isfinite(result.chi2)
+    if fitted.sum() < 3:
+        return
+    med = float(np.median(result.chi2[fitted] / result.dof[fitted]))
+    if med > _CHI2_LIMIT:
+        warnings.warn(
+            f"median reduced chi2 of the {int(fitted.sum())} fitted cutouts is {med:.1f} (> "
+            f"{_CHI2_LIMIT:g}): the PSF may not match the stars (check its width and "
+            "oversampling) or the noise model may be wrong (gain, read_noise, error)",
+            FitMismatchWarning, stacklevel=3)
+
+
+def _empty_result(shape: tuple[int, int], psf, x, y, *, error, background, fixed, gain,
+                  read_noise, origin) -> FitResult:
+    """The FitResult of zero cutouts: no rows, but the fields and extra columns of a real fit.
+
+    One blank cutout of the same shape and options is fitted and its rows are sliced away, so
+    the columns can never drift from those of a non-empty call.
+    """
+    k = _as_stars("x", x, 0).shape[1]
+    if _as_stars("y", y, 0).shape[1] != k:
+        raise ValueError(f"x and y must have the same shape, got {np.shape(x)} and {np.shape(y)}")
+    h, w = shape
+    cx, cy = np.full((1, k), (w - 1) / 2.0), np.full((1, k), (h - 1) / 2.0)
+    one = fit_cutouts(np.ones((1, h, w)), psf, cx, cy, np.ones((1, k)),
+                      error=None if error is None else np.ones((1, h, w)), background=background,
+                      fixed=fixed, max_iter=1, gain=gain, read_noise=read_noise, merge_sep=0.0,
+                      origin=None if origin is None else np.zeros((1, 2)))
+    for f in dataclasses.fields(one):
+        v = getattr(one, f.name)
+        if f.name == "extra":
+            one.extra = {n: np.asarray(c)[:0] for n, c in v.items()}
+        else:
+            setattr(one, f.name, np.asarray(v)[:0])
+    return one
 
 
 def _bad_starts(xs: Float[np.ndarray, " N K"], ys: Float[np.ndarray, " N K"],
@@ -487,8 +544,8 @@ def _check_arguments(data, x, y, active, background, fixed, max_iter):
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or min(data.shape) == 0:
-        raise ValueError(f"data must be one (H, W) cutout or a stack (N, H, W) of at least one "
-                         f"non-empty cutout, got shape {data.shape}")
+        raise ValueError(f"data must be one (H, W) cutout or a stack (N, H, W) of cutouts at "
+                         f"least 1x1 pixel, got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.number):
         raise ValueError(f"data must be numeric, got dtype {data.dtype}")
     n = data.shape[0]
@@ -512,11 +569,11 @@ def _noise_model(error, gain, read_noise, shape: tuple[int, int, int]):
     noise's plus the model's Poisson term, or 1 (unweighted) when neither gain nor read noise
     is given.
     """
-    if error is not None:
-        return _broadcast_pixels("error", error, shape, None), None, 0.0
-    # The validation layer names the argument for junk too (gain="abc").
+    # The validation layer names the argument for junk too (gain="abc"), error map or not.
     g = 1.0 if gain is None else check_positive("gain", gain, "electrons/ADU")
     rn = 0.0 if read_noise is None else check_non_negative("read_noise", read_noise, "electrons")
+    if error is not None:
+        return _broadcast_pixels("error", error, shape, None), None, 0.0
     unweighted = gain is None and read_noise is None
     var_const = 1.0 if unweighted else (rn / g) ** 2
     inv_gain = 0.0 if unweighted else 1.0 / g

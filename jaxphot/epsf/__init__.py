@@ -14,9 +14,10 @@
 from .apcorr import ApertureCorrection, aperture_correction
 from .builder import EPSFStars, EPSFWarning, build_epsf
 from .grid import build_epsf_grid
-from .selection import build_epsf_from_image, select_stars
+from .selection import build_epsf_from_image, measure_star_fwhm, select_stars
 
 __all__ = [
+    "measure_star_fwhm",
     "build_epsf",
     "build_epsf_grid",
     "select_stars",

@@ -382,10 +382,16 @@ def _cut_stars(img, bad_img, err_img, pos, shape, saturation) -> _Cut:
     return _Cut(status, idx, data[idx], valid, err, org, p[idx, 0] - org[:, 0], p[idx, 1] - org[:, 1])
 
 
+# The ``status`` values in the user's words, for the warnings and errors.
+_REASONS = {"edge": "too close to the image edge",
+            "bad core": "with NaN, masked or zero-error pixels in its core",
+            "saturated": "saturated"}
+
+
 def _check_enough(status, min_stars: int) -> None:
     """Warn about the stars left out; raise a ValueError when fewer than ``min_stars`` are left."""
     n_use = int(np.sum(status == "used"))
-    counts = {r: int(np.sum(status == r)) for r in set(status) if r != "used"}
+    counts = {_REASONS.get(r, r): int(np.sum(status == r)) for r in set(status) if r != "used"}
     if counts:
         warnings.warn(
             f"{sum(counts.values())} of {len(status)} PSF stars dropped: "

@@ -406,6 +406,35 @@ def _subtract_neighbours(sub, bad, psf, psf_xy, cat_xy, shape, min_sep: float, k
     return np.asarray(sub, np.float64) - scatter_stamps((H, W), st, sx0, sy0)
 
 
+def measure_star_fwhm(image, mask=None) -> float:
+    """Median FWHM (detector pixels) of the brightest isolated stars of ``image``.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        Image, any units; NaN/inf pixels are ignored.
+    mask : (H, W) bool array, optional
+        True for pixels to ignore.
+
+    Returns
+    -------
+    float
+        The stars' FWHM from adaptive moments (see :func:`build_epsf_from_image`), pixels.
+
+    Raises
+    ------
+    ValueError
+        For an image that is not 2-D or in which fewer than 3 stars are detected.
+    """
+    img = np.asarray(image, np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    bad = ~np.isfinite(img) if mask is None else (~np.isfinite(img) | np.asarray(mask, bool))
+    box = int(min(64, max(16, min(img.shape) // 8)))
+    bkg = estimate_background(np.where(bad, np.nan, img), box_size=box)
+    return _estimate_fwhm(img - np.asarray(bkg.level), np.asarray(bkg.rms), bad)
+
+
 def _estimate_fwhm(sub, rms, bad) -> float:
     """Median FWHM (pixels) of the brightest isolated detections, from adaptive moments.
 

@@ -77,10 +77,14 @@ def _pair(v, name: str) -> tuple[int, int]:
     """Turn an int or an (y, x) pair into a tuple of two positive ints."""
     t = (v, v) if np.ndim(v) == 0 else tuple(v)
     if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a (y, x) pair, got {v!r}")
-    out = (int(t[0]), int(t[1]))
-    if out[0] < 1 or out[1] < 1 or out != (t[0], t[1]):
-        raise ValueError(f"{name} must be positive integers, got {v!r}")
+        raise ValueError(f"{name} must be a whole number of pixels or a (y, x) pair, got {v!r}")
+    try:
+        out = (int(t[0]), int(t[1]))
+    except (TypeError, ValueError):
+        out = None
+    if out is None or out[0] < 1 or out[1] < 1 or out != (t[0], t[1]):
+        raise ValueError(f"{name} must be a whole number of pixels >= 1 (or a (y, x) pair of "
+                         f"them), got {v!r}")
     return out
 
 

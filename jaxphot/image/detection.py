@@ -644,25 +644,45 @@ def _sky_and_noise(a, good, fwhm, background, rms):
     Units are the image's. The defaults are those of :func:`find_stars`' ``background`` and
     ``rms``.
     """
+    estimated = background is None and rms is None  # the noise then comes from the data
     if background is None:
         box = int(max(16, round(8 * fwhm)))
         if min(a.shape) >= 2 * box:
             background = estimate_background(np.where(good, a, np.nan), box, 3)
         else:
             background = float(np.median(a[good]))
+    # Where the noise comes from, for a message that names the input at fault.
+    source = "rms"
     if isinstance(background, Background):
         sky = background.level
         if rms is None:
-            rms = background.rms
+            rms, source = background.rms, "background.rms (the Background given)"
     else:
         sky = np.broadcast_to(np.asarray(background, dtype=float), a.shape)
     d = np.where(good, a - sky, 0.0)  # masked pixels count as sky
     if rms is None:
-        rms = _robust_std(d[good])
+        rms, source = _robust_std(d[good]), "estimated"
     rms_map = np.broadcast_to(np.asarray(rms, dtype=float), a.shape)
-    if not np.all(np.isfinite(rms_map[good]) & (rms_map[good] > 0)):
-        raise ValueError("rms must be positive and finite on every usable pixel")
+    _check_noise(rms_map, good, "estimated" if estimated else source, a)
     return sky, d, rms_map
+
+
+def _check_noise(rms_map, good, source: str, a) -> None:
+    """ValueError naming the input at fault when the noise is not > 0 and finite on a usable
+    pixel: the ``rms`` given, the rms of the ``background`` given, or the ``data`` itself
+    (constant, e.g. all zero or saturated, or noiseless)."""
+    ok = np.isfinite(rms_map[good]) & (rms_map[good] > 0)
+    if ok.all():
+        return
+    n_bad, n = int(np.count_nonzero(~ok)), int(ok.size)
+    if source != "estimated":
+        raise ValueError(f"{source} must be > 0 and finite on every usable pixel; it is not on "
+                         f"{n_bad} of {n} pixels")
+    v = a[good]
+    what = (f"constant (every usable pixel is {v[0]:g}: blank or saturated?)"
+            if np.all(v == v[0]) else "noiseless (its robust standard deviation is 0)")
+    raise ValueError(f"data is {what}: its noise cannot be estimated, so no threshold in σ "
+                     f"can be set; give rms= (1σ per pixel) or mask the constant pixels")
 
 
 def _candidates(d, good, snr_map, rms_map, k, method, threshold, min_separation, exclude_border):

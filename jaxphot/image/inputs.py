@@ -26,6 +26,7 @@ __all__ = [
     "validate_image", "validate_options", "read_init_params", "background_maps", "sky_variance",
     "NoiseModel", "Frame", "prepare_frame", "initial_sources", "linear_flux",
     "saturation_mask", "BLEED_FRACTION",
+    "check_noise",
 ]
 
 #: Pixels at or above this fraction of the saturation level that touch a saturated pixel
@@ -84,7 +85,52 @@ def validate_image(image, mask, error):
     good = np.isfinite(img) & ~m
     if not good.any():
         raise ValueError("image has no finite, unmasked pixel (it is all NaN/inf or fully masked)")
+    if err is not None:
+        img, good = _apply_error_map(img, err, good)
     return img, m, err, good
+
+
+def _apply_error_map(img, err, good):
+    """``(img, good)`` with the pixels whose error is 0 or not finite made unusable (NaN in a
+    copy of ``img``, so the stars on them are flagged BAD_PIXELS); ValueError naming ``error``
+    for a negative value or no usable pixel left."""
+    with np.errstate(invalid="ignore"):
+        neg = good & (err < 0)
+        bad = good & ~(np.isfinite(err) & (err > 0))
+    if neg.any():
+        raise ValueError(f"error must be a 1-sigma map >= 0 (image units); it is negative on "
+                         f"{int(neg.sum())} usable pixels (min {float(err[neg].min()):g})")
+    if bad.all() or not (good & ~bad).any():
+        raise ValueError("error is 0 or not finite on every usable pixel: it must be a 1-sigma "
+                         "map > 0 (image units)")
+    if bad.any():
+        img = np.where(bad, np.nan, img)
+        good = good & ~bad
+    return img, good
+
+
+def check_noise(img, good, rms, detect: bool) -> None:
+    """ValueError naming ``image`` when it cannot be measured: constant on its usable pixels
+    (blank, saturated or the wrong extension), or, when stars are to be detected, with a zero or
+    non-finite background rms (a noiseless image: thresholds in σ are meaningless).
+
+    ``img``, ``good`` (H, W) as from :func:`validate_image`; ``rms`` (H, W) the background rms
+    map, image units.
+    """
+    v = img[good]
+    if v.size == 0:
+        raise ValueError("image has no usable pixel left once the saturated ones are masked "
+                         "(check saturation=)")
+    if np.all(v == v[0]):
+        raise ValueError(f"image is constant (every usable pixel is {v[0]:g}): blank, saturated "
+                         f"everywhere or the wrong extension? There is nothing to measure")
+    if not detect:
+        return
+    ok = np.isfinite(rms[good]) & (rms[good] > 0)
+    if not ok.all():
+        raise ValueError(f"image: its background rms is 0 or not finite on {int((~ok).sum())} of "
+                         f"{ok.size} usable pixels (a noiseless image?), so no detection threshold "
+                         f"in σ can be set; add noise, or give init_params with detection=False")
 
 
 def validate_options(*, fit_background, maxiters, threshold, gain, read_noise, detection,

@@ -41,12 +41,21 @@ from ..core.flags import FitFlag
 from ..progress import Progress
 from ..psf.measure import check_psf, check_psf_coverage, is_varying, psf_fwhm, sample_psfs, support_half
 from ..validate import check_psf as as_psf_object
+from ..validate import check_size
 from .catalog import build_catalog
 from .confusion import add_confusion_errors
 from .detection import find_stars
 from .fitting import fit_groups
 from .grouping import Bucket, group_buckets
-from .inputs import Frame, initial_sources, linear_flux, prepare_frame, validate_image, validate_options
+from .inputs import (
+    Frame,
+    check_noise,
+    initial_sources,
+    linear_flux,
+    prepare_frame,
+    validate_image,
+    validate_options,
+)
 from .quality import add_quality_columns
 from .render import EXCLUDED_FROM_MODEL, scatter_stamps, stamps
 from .state import StageTimer, Stars
@@ -224,6 +233,7 @@ def photometry(
                                 threshold=threshold, gain=gain, read_noise=read_noise,
                                 detection=detection, init_params=init_params,
                                 saturation=saturation)
+    background_box = check_size("background_box", background_box)
     cfg = _settings(psf, img.shape, det_opts, gain=gain, threshold=threshold, maxiters=maxiters,
                     fit_background=fit_background, crit_sep=crit_sep,
                     max_group_size=max_group_size, fit_half=fit_half, merge_sep=merge_sep,
@@ -232,6 +242,7 @@ def photometry(
         prog("background", 0.02)
         frame = prepare_frame(img, user_mask, err_img, good, background, background_box, gain,
                               read_noise, saturation, sky_grow=int(math.ceil(2 * cfg.fwhm)))
+        check_noise(img, frame.good, frame.noise.rms, detect=det_opts is not False)
         cfg = _with_saturation(cfg, frame)
     with timer("detection"):
         prog("detection", 0.05)
@@ -448,6 +459,9 @@ def _meta(cfg: _Settings, zeropoint: float, history: list) -> dict:
 
 def _detect(data, good, rms, cfg: _Settings, opts: Mapping) -> Table:
     """find_stars on sky-subtracted ``data`` (NaN/unusable pixels masked), sigma ``rms``."""
+    # Unusable pixels (an error of 0 there) get a typical sigma: they are masked for the
+    # detection anyway, and a 0 would only divide by zero.
+    rms = np.where(good, rms, np.median(rms[good]))
     kw = dict(threshold=cfg.threshold, background=0.0, rms=rms, mask=~good, gain=cfg.gain)
     kw.update(opts)
     return find_stars(np.where(good, data, 0.0), cfg.fwhm, **kw)

@@ -42,7 +42,7 @@ from ..constants import FWHM_TO_SIGMA
 from .analytic import GaussianPRF, MoffatPSF
 from .detector import DetectorPRF, ugly_detector_sensitivity
 from .discrete import DiscretePSF, interpolation_matrix
-from .fits import read_psf_fits, write_psf_fits
+from .fits import PSFOversamplingWarning, check_psf_sampling, read_psf_fits, write_psf_fits
 from .instruments import read_wfc3_uvis_grid, wfc3_uvis_grid_positions
 from .measure import check_psf, psf_fwhm, support_half
 from .spec import PSFSpecError, parse_psf_spec
@@ -52,6 +52,7 @@ __all__ = [
     "GaussianPRF", "MoffatPSF", "DiscretePSF", "interpolation_matrix", "FWHM_TO_SIGMA",
     "DetectorPRF", "ugly_detector_sensitivity",
     "BatchedDiscretePSF", "PolynomialPSF", "GriddedPSF", "PSFGridWarning", "poly_terms",
+    "PSFOversamplingWarning", "check_psf_sampling",
     "read_psf_fits", "write_psf_fits", "read_wfc3_uvis_grid", "wfc3_uvis_grid_positions",
     "psf_fwhm", "support_half", "check_psf", "parse_psf_spec", "PSFSpecError",
 ]

@@ -22,9 +22,50 @@ from jaxtyping import Float
 
 from ..io import read_image
 from .discrete import DiscretePSF, integrated_card
+from .measure import psf_fwhm
 from .varying import GriddedPSF, PolynomialPSF
 
-__all__ = ["write_psf_fits", "read_psf_fits", "grid_from_points"]
+__all__ = ["write_psf_fits", "read_psf_fits", "grid_from_points", "PSFOversamplingWarning",
+           "check_psf_sampling"]
+
+# A PSF read at 1x whose FWHM is more than this many times the stars' looks oversampled.
+_OVERSAMPLED_RATIO = 1.8
+
+
+class PSFOversamplingWarning(UserWarning):
+    """A PSF file read at 1x looks oversampled: its FWHM is several times the stars'."""
+
+
+def check_psf_sampling(psf, star_fwhm: float, source: str = "the PSF file") -> int | None:
+    """Warn (PSFOversamplingWarning) when ``psf``, read at 1x, is much wider than the stars.
+
+    Parameters
+    ----------
+    psf : PSF model
+        As read, e.g. by :func:`read_psf_fits` from a file without ``OVERSAMP``.
+    star_fwhm : float
+        The stars' measured FWHM, detector pixels.
+    source : str
+        How to name the PSF in the warning (its path).
+
+    Returns
+    -------
+    int or None
+        The oversampling the widths suggest (their ratio, rounded), or None when they agree.
+    """
+    if getattr(psf, "oversampling", 1) != 1 or not (np.isfinite(star_fwhm) and star_fwhm > 0):
+        return None
+    ratio = psf_fwhm(psf) / float(star_fwhm)
+    if ratio < _OVERSAMPLED_RATIO:
+        return None
+    guess = int(round(ratio))
+    warnings.warn(
+        f"{source} looks {guess}x oversampled: read at 1x (it has no OVERSAMP card and no "
+        f"oversampling was given) its FWHM is {psf_fwhm(psf):.1f} px, {ratio:.1f}x the stars' "
+        f"{star_fwhm:.1f} px; give its oversampling (--oversampling {guess}, or "
+        f"oversampling={guess}) or add OVERSAMP to its header",
+        PSFOversamplingWarning, stacklevel=2)
+    return guess
 
 
 def write_psf_fits(psf: DiscretePSF | PolynomialPSF | GriddedPSF, path, overwrite: bool = False) -> None:
@@ -82,8 +123,8 @@ def write_psf_fits(psf: DiscretePSF | PolynomialPSF | GriddedPSF, path, overwrit
     fits.PrimaryHDU(np.asarray(data, np.float64), header=hdr).writeto(path, overwrite=overwrite)
 
 
-def read_psf_fits(path, oversampling: int | None = None,
-                  kernel: str | None = None) -> DiscretePSF | PolynomialPSF | GriddedPSF:
+def read_psf_fits(path, oversampling: int | None = None, kernel: str | None = None, *,
+                  star_fwhm: float | None = None) -> DiscretePSF | PolynomialPSF | GriddedPSF:
     """Read a PSF from :func:`write_psf_fits`, a photutils/WebbPSF gridded PSF or a plain image.
 
     Parameters
@@ -94,6 +135,10 @@ def read_psf_fits(path, oversampling: int | None = None,
         Overrides the header's ``OVERSAMP`` (required when the file has none and is oversampled).
     kernel : str, optional
         Overrides the header's ``KERNEL`` (default ``"bspline3"``).
+    star_fwhm : float, optional
+        The FWHM of the stars it is for (detector pixels, e.g. from
+        :func:`jaxphot.epsf.measure_star_fwhm`): a file without ``OVERSAMP``, read at 1x, that
+        is much wider than them gets a :class:`PSFOversamplingWarning`.
 
     Returns
     -------
@@ -136,7 +181,10 @@ def read_psf_fits(path, oversampling: int | None = None,
         )
     if data.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D PSF image, got shape {data.shape}")
-    return DiscretePSF.from_header(data, hdr, oversampling=oversampling, kernel=kernel)
+    psf = DiscretePSF.from_header(data, hdr, oversampling=oversampling, kernel=kernel)
+    if star_fwhm is not None and oversampling is None and "OVERSAMP" not in hdr:
+        check_psf_sampling(psf, star_fwhm, source=f"PSF file {str(path)!r}")
+    return psf
 
 
 def _node_positions(hdr, path, grid: bool) -> Float[np.ndarray, " N 2"] | None:
