@@ -32,6 +32,7 @@ coordinates (``x`` = column index).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 from typing import Literal
 
 import jax
@@ -681,7 +682,7 @@ def _check_thresholds(threshold, threshold_abs):
     if threshold is not None and threshold_abs is not None:
         raise ValueError("give exactly one of threshold (in σ) and threshold_abs (image units)")
     if threshold_abs is not None:
-        if isinstance(threshold_abs, bool) or not np.isscalar(threshold_abs):
+        if isinstance(threshold_abs, bool) or not isinstance(threshold_abs, Real):
             raise TypeError(f"threshold_abs must be a number (image units), got {threshold_abs!r}")
         if not np.isfinite(threshold_abs):
             raise ValueError(f"threshold_abs must be finite (image units), got {threshold_abs}")
