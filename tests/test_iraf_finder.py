@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from astropy.stats import mad_std
 from scipy.special import erf
 
 from jaxphot import find_stars
-from jaxphot.image.detection import daofind_kernel
+from jaxphot.image.detection import daofind_kernel, lpd_filter
 
 FWHM, NOISE, SKY = 3.0, 5.0, 100.0
 SIGMA = FWHM / (2 * np.sqrt(2 * np.log(2)))
@@ -145,15 +146,19 @@ def test_iraf_against_photutils():
     assert n_common > 0.9 * min(found_o, found_r)
 
 
-@pytest.mark.parametrize("method", ["daofind", "iraf"])
+@pytest.mark.parametrize("method", ["daofind", "iraf", "peak"])
 def test_threshold_abs_equals_threshold_in_sigma(method):
-    """On an image of known rms, threshold_abs = t·σ_amp selects exactly threshold = t."""
+    """On an image of known rms, threshold_abs = t·σ (of the detection image) selects exactly
+    what threshold = t does: σ_amp for the matched filter, the LPD image's noise for "peak"."""
     img, x, y, f = field(2)
-    sr = 1.5 if method == "iraf" else 3.0
+    if method == "peak":
+        sig = mad_std(lpd_filter(img - SKY))
+    else:
+        sig = amp_sigma(1.5 if method == "iraf" else 3.0)
     kw = dict(method=method, background=SKY, rms=NOISE)
     for t_sig in (4.0, 8.0):
         a = find_stars(img, FWHM, t_sig, **kw)
-        b = find_stars(img, FWHM, threshold_abs=t_sig * amp_sigma(sr) * (1 - 1e-12), **kw)
+        b = find_stars(img, FWHM, threshold_abs=t_sig * sig * (1 - 1e-12), **kw)
         assert len(a) == len(b) > 20
         np.testing.assert_array_equal(a["x_peak"], b["x_peak"])
         assert a.meta["threshold"] == t_sig and b.meta["threshold_abs"] > 0
