@@ -305,7 +305,7 @@ def find_cases(draw):
                 fwhm=draw(mostly(st.floats(0.5, 4.0), 0.0, -1.0, np.nan, 100.0)),
                 threshold=draw(mostly(st.sampled_from([5.0, 3.0, 1e9]), 0.0, -1.0, np.nan)),
                 mask=draw(masks(shape[-2:])) if len(shape) == 2 else None,
-                method=draw(mostly(st.sampled_from(["daofind", "peak"]), "bogus")),
+                method=draw(mostly(st.sampled_from(["daofind", "peak", "iraf"]), "bogus")),
                 gain=draw(GAINS), rms=draw(mostly(st.sampled_from([None, 1.0]), 0.0, -1.0, np.nan)))
 
 

@@ -1,6 +1,6 @@
 """Star detection, segmentation and centroiding.
 
-Two detectors share one measurement stage:
+Three detectors; the first two share one measurement stage:
 
 * ``method="daofind"`` (Stetson 1987): the background-subtracted image is correlated with a
   zero-sum, truncated Gaussian kernel. Its value at a pixel is the least-squares flux of a
@@ -9,6 +9,16 @@ Two detectors share one measurement stage:
 * ``method="peak"`` (Mighell 1999): the image is low-pass filtered with the 3×3 LP kernel,
   a 5×5 median of that is subtracted (the LPD filter, which removes the sky), and pixels
   larger than all 8 neighbours and above ``threshold`` times the LPD noise are candidates.
+* ``method="iraf"`` (IRAF ``starfind``, as photutils' ``IRAFStarFinder``): candidates are the
+  DAOFIND matched-filter peaks, kept at least ``minsep_fwhm`` FWHMs apart; each is then
+  measured by moments of its footprint pixels after subtracting a local sky (the mean of the
+  kernel box outside the footprint) and clipping negative pixels to 0. The centroid is the
+  first moment; ``fwhm = 2 sqrt(ln 2 (μ20 + μ02))``, ``sharpness = fwhm / fwhm_kernel`` and
+  ``roundness = sqrt((μ20 − μ02)² + 4μ11²) / (μ20 + μ02)`` (0 for a round star) come from
+  the central second moments.
+
+All thresholds of :func:`find_stars` are in σ of the detection image unless given in image
+units with ``threshold_abs``.
 
 For every candidate, the same cutout statistics follow: DAOFIND's sharpness, two roundness
 measures, a centroid (marginal Gaussian fit, modified moments or the peak pixel), the
@@ -22,6 +32,7 @@ coordinates (``x`` = column index).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 from typing import Literal
 
 import jax
@@ -469,28 +480,33 @@ def _robust_std(x: np.ndarray) -> float:
 def find_stars(
     data,
     fwhm: float,
-    threshold: float = 5.0,
+    threshold: float | None = None,
     *,
+    threshold_abs: float | None = None,
     background=None,
     rms=None,
     mask=None,
-    method: Literal["daofind", "peak"] = "daofind",
-    sharplo: float = 0.2,
-    sharphi: float = 1.0,
-    roundlo: float = -1.0,
-    roundhi: float = 1.0,
+    method: Literal["daofind", "peak", "iraf"] = "daofind",
+    sharplo: float | None = None,
+    sharphi: float | None = None,
+    roundlo: float | None = None,
+    roundhi: float | None = None,
     ratio: float = 1.0,
     theta: float = 0.0,
-    sigma_radius: float = 3.0,
+    sigma_radius: float | None = None,
     min_separation: float | None = None,
+    minsep_fwhm: float = 2.5,
     exclude_border: bool = False,
     peakmax: float | None = None,
     brightest: int | None = None,
-    centroid: Literal["gaussian", "moments", "peak"] = "gaussian",
+    centroid: Literal["gaussian", "moments", "peak"] | None = None,
     gain: float | None = None,
     shape_nsigma: float = 2.0,
 ) -> Table:
-    """Find point sources: DAOFIND matched filter or Mighell's LPD peak detector.
+    """Find point sources: DAOFIND, Mighell's LPD peak detector or IRAF's starfind.
+
+    Thresholds are in σ (of the noise of the detection image) by default; give
+    ``threshold_abs`` instead for a threshold in image units.
 
     Parameters
     ----------
@@ -498,9 +514,17 @@ def find_stars(
         The image (image units). NaN/inf pixels are ignored.
     fwhm : float
         Stellar FWHM in pixels (major axis if ``ratio < 1``).
-    threshold : float
-        Detection threshold in units of the noise of the detection image: the matched-filter
-        S/N for ``"daofind"``, the LPD-image significance for ``"peak"``.
+    threshold : float, optional
+        Detection threshold **in σ**, i.e. in units of the noise of the detection image: the
+        matched-filter S/N for ``"daofind"`` and ``"iraf"``, the LPD-image significance for
+        ``"peak"``. Default 5 when ``threshold_abs`` is not given.
+    threshold_abs : float, optional
+        Detection threshold **in image units** (above the sky), instead of ``threshold``
+        (give exactly one): the least-squares peak amplitude of a Gaussian star of the given
+        FWHM (the quantity photutils' ``DAOStarFinder``/``IRAFStarFinder`` ``threshold``
+        compares with) for ``"daofind"``/``"iraf"``, the LPD-filtered value for ``"peak"``.
+        On an image of pixel noise σ, ``threshold_abs = t·σ·flux_noise/volume`` (see
+        :func:`daofind_kernel`) selects the same sources as ``threshold = t``.
     background : float, array_like (ny, nx) or Background, optional
         Sky level to subtract. Default: :func:`jaxphot.background.estimate_background` with
         a box of max(16, 8·fwhm) pixels (or the global level for small images).
@@ -510,27 +534,40 @@ def find_stars(
     mask : array_like of bool, optional
         True = ignore the pixel. Masked pixels count as sky in the filtered image, and no
         peak is accepted on them.
-    method : {"daofind", "peak"}
-        Candidate detector (see module docstring).
-    sharplo, sharphi : float
-        Keep sources with ``sharplo <= sharpness <= sharphi``. Sharpness is
-        ``(d₀ − mean of the other footprint pixels) / amplitude`` (DAOFIND's SHARP): ≈0.5–0.8
-        for stars of the given FWHM, > 1 for hot pixels, small for extended objects.
-    roundlo, roundhi : float
-        Keep sources with both roundness1 and roundness2 in this range (0 = round).
-    ratio, theta, sigma_radius : float
-        Kernel shape: axis ratio, position angle (degrees from +x) and truncation in σ.
+    method : {"daofind", "peak", "iraf"}
+        Candidate detector and measurement (see module docstring).
+    sharplo, sharphi : float, optional
+        Keep sources with ``sharplo <= sharpness <= sharphi``. For ``"daofind"``/``"peak"``
+        (default 0.2, 1.0) sharpness is ``(d₀ − mean of the other footprint pixels) /
+        amplitude`` (DAOFIND's SHARP): ≈0.5–0.8 for stars of the given FWHM, > 1 for hot
+        pixels, small for extended objects. For ``"iraf"`` (default 0.5, 2.0) it is the
+        moment FWHM over ``fwhm``: ≈1 for stars, small for hot pixels, large for galaxies.
+    roundlo, roundhi : float, optional
+        For ``"daofind"``/``"peak"`` (default −1, 1): keep sources with both roundness1 and
+        roundness2 in this range (0 = round). For ``"iraf"`` (default 0, 0.2): the range of
+        the moment ``roundness`` (ellipticity-like, 0 = round).
+    ratio, theta : float
+        Kernel shape: axis ratio and position angle (degrees from +x); ``"iraf"`` needs a
+        circular kernel (``ratio=1``).
+    sigma_radius : float, optional
+        Kernel truncation in σ: default 3 for ``"daofind"``/``"peak"``, 1.5 (starfind's) for
+        ``"iraf"``.
     min_separation : float, optional
-        Minimum distance between peaks in pixels; default ≈ the kernel radius.
+        Minimum distance between peaks in pixels; default ≈ the kernel radius, or
+        ``minsep_fwhm · fwhm`` for ``"iraf"``.
+    minsep_fwhm : float
+        ``"iraf"`` only: default minimum separation in units of ``fwhm``.
     exclude_border : bool
         Drop sources whose kernel footprint crosses the image edge.
     peakmax : float, optional
-        Drop sources whose sky-subtracted peak pixel exceeds this (saturation).
+        Drop sources whose sky-subtracted peak pixel exceeds this (saturation); for
+        ``"iraf"`` after the local-sky subtraction.
     brightest : int, optional
         Keep only the ``brightest`` sources by flux.
-    centroid : {"gaussian", "moments", "peak"}
+    centroid : {"gaussian", "moments", "peak"}, optional
         Centroid method: marginal Gaussian fits (DAOFIND), Mighell's modified moments, or the
-        peak pixel. A failed fit falls back to moments, then to the peak pixel.
+        peak pixel. A failed fit falls back to moments, then to the peak pixel. Default
+        ``"gaussian"``, and for ``"iraf"`` starfind's own first moments of the footprint.
     gain : float, optional
         Electrons per image unit. If given, the source's own Poisson noise enters ``snr``.
     shape_nsigma : float
@@ -538,7 +575,7 @@ def find_stars(
         within ``shape_nsigma`` times its own 1σ noise (propagated from the pixel rms) of
         the allowed interval. Faint stars, whose shape statistics are noisy, are then not
         lost, while bright hot pixels and elongated objects are still rejected. 0 gives
-        DAOFIND's hard cuts.
+        DAOFIND's hard cuts. ``"iraf"`` always uses hard cuts, as starfind.
 
     Returns
     -------
@@ -559,25 +596,50 @@ def find_stars(
           Gaussian heights);
         - ``sky``, ``rms``: background level and noise at the peak.
 
+        For ``"iraf"`` the columns are those of photutils' ``IRAFStarFinder``: ``id``,
+        ``x_centroid``, ``y_centroid``, ``x_peak``, ``y_peak``, ``fwhm`` (pixels),
+        ``sharpness``, ``roundness``, ``orientation`` (degrees counter-clockwise from +x, in
+        [0, 360)), ``n_pixels`` (positive footprint pixels), ``sky`` (background plus starfind's
+        local sky), ``peak`` and ``flux`` (sum of the positive sky-subtracted footprint
+        pixels), plus ``amplitude``, ``snr`` and ``rms`` as above.
+
     Raises
     ------
     ValueError
         For a non-2-D image, an image smaller than the kernel, an image with no finite
-        unmasked pixel, a non-positive ``fwhm``/``rms``, or an unknown option.
+        unmasked pixel, a non-positive ``fwhm``/``rms``, both or a bad ``threshold`` and
+        ``threshold_abs``, or an unknown option.
     """
     enable_compilation_cache()  # persistent cache on first use, never at import
     fwhm = check_positive("fwhm", fwhm, "pixels")
-    threshold = check_positive("threshold", threshold, "sigma")
+    threshold, threshold_abs = _check_thresholds(threshold, threshold_abs)
     gain = None if gain is None else check_positive("gain", gain, "e-/image unit")
-    a, good, k = _check_inputs(data, fwhm, threshold, mask, method, centroid, ratio, theta,
-                               sigma_radius)  # fmt: skip
+    iraf = method == "iraf"
+    if sigma_radius is None:
+        sigma_radius = 1.5 if iraf else 3.0
+    sharplo, sharphi, roundlo, roundhi = _shape_defaults(method, sharplo, sharphi, roundlo,
+                                                         roundhi)  # fmt: skip
+    a, good, k = _check_inputs(data, fwhm, mask, method, centroid, ratio, theta, sigma_radius)
     sky, d, rms_map = _sky_and_noise(a, good, fwhm, background, rms)
     # Matched filter: flux of a Gaussian star + constant at every pixel, and its S/N.
     conv = ndimage.correlate(d, k["kernel"], mode="constant", cval=0.0)
     snr_map = conv / (rms_map * k["flux_noise"])
-    yp, xp = _candidates(d, good, snr_map, rms_map, k, method, threshold, min_separation,
-                         exclude_border)  # fmt: skip
+    if iraf and min_separation is None:
+        min_separation = check_positive("minsep_fwhm", minsep_fwhm, "FWHM") * fwhm
+    yp, xp = _candidates(d, good, snr_map, rms_map, k, method, threshold, threshold_abs,
+                         min_separation, exclude_border)  # fmt: skip
+    if iraf:
+        t = _iraf_table(d, good, conv, k, yp, xp, fwhm, centroid,
+                        (sharplo, sharphi, roundlo, roundhi), peakmax, brightest)  # fmt: skip
+        ty, tx = np.asarray(t["y_peak"]), np.asarray(t["x_peak"])
+        t["snr"] = _snr(snr_map, rms_map, k, np.asarray(t["amplitude"]) * k["volume"], ty, tx,
+                        gain)  # fmt: skip
+        t["sky"] = np.asarray(t["sky"]) + np.asarray(sky[ty, tx], float)
+        t["rms"] = np.asarray(rms_map[ty, tx], float)
+        return _finish_meta(t, method, fwhm, threshold, threshold_abs)
     c = _measure(d, good, conv, rms_map, k, yp, xp)
+    if centroid is None:
+        centroid = "gaussian"
     # Centroids on the cutouts, in cutout coordinates, then shifted to the image.
     half = k["kernel"].shape[0] // 2
     cx, cy = _centroids(c.dc, c.gc, k, centroid)
@@ -603,23 +665,49 @@ def find_stars(
     t["roundness2"] = c.round2[sel]
     t["sky"] = np.asarray(sky[yp, xp], float)[sel]
     t["rms"] = np.asarray(rms_map[yp, xp], float)[sel]
+    return _finish_meta(t, method, fwhm, threshold, threshold_abs)
+
+
+def _finish_meta(t: Table, method, fwhm, threshold, threshold_abs) -> Table:
+    """Record the detection settings in ``t.meta`` (threshold in σ, or threshold_abs)."""
     t.meta["method"] = method
     t.meta["fwhm"] = float(fwhm)
-    t.meta["threshold"] = float(threshold)
+    t.meta["threshold"] = None if threshold is None else float(threshold)
+    t.meta["threshold_abs"] = None if threshold_abs is None else float(threshold_abs)
     return t
 
 
-def _check_inputs(data, fwhm, threshold, mask, method, centroid, ratio, theta, sigma_radius):
+def _check_thresholds(threshold, threshold_abs):
+    """(threshold in σ or None, threshold_abs in image units or None): exactly one is set."""
+    if threshold is not None and threshold_abs is not None:
+        raise ValueError("give exactly one of threshold (in σ) and threshold_abs (image units)")
+    if threshold_abs is not None:
+        if isinstance(threshold_abs, bool) or not isinstance(threshold_abs, Real):
+            raise TypeError(f"threshold_abs must be a number (image units), got {threshold_abs!r}")
+        if not np.isfinite(threshold_abs):
+            raise ValueError(f"threshold_abs must be finite (image units), got {threshold_abs}")
+        return None, float(threshold_abs)
+    return check_positive("threshold", 5.0 if threshold is None else threshold, "sigma"), None
+
+
+def _shape_defaults(method, sharplo, sharphi, roundlo, roundhi):
+    """Sharpness and roundness limits with each method's defaults filled in."""
+    lo_hi = (0.5, 2.0, 0.0, 0.2) if method == "iraf" else (0.2, 1.0, -1.0, 1.0)
+    vals = (sharplo, sharphi, roundlo, roundhi)
+    return tuple(float(d if v is None else v) for v, d in zip(vals, lo_hi, strict=True))
+
+
+def _check_inputs(data, fwhm, mask, method, centroid, ratio, theta, sigma_radius):
     """Validated image (H, W) float, its usable-pixel map (H, W) bool, and the DAOFIND kernel."""
     a = np.asarray(data, dtype=float)
     if a.ndim != 2:
         raise ValueError(f"data must be a 2-D image, got shape {a.shape}")
-    if method not in ("daofind", "peak"):
-        raise ValueError(f"unknown method {method!r}; use 'daofind' or 'peak'")
-    if centroid not in ("gaussian", "moments", "peak"):
-        raise ValueError(f"unknown centroid {centroid!r}")
-    if not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be positive (in σ), got {threshold}")
+    if method not in ("daofind", "peak", "iraf"):
+        raise ValueError(f"unknown method {method!r}; use 'daofind', 'peak' or 'iraf'")
+    if centroid not in (None, "gaussian", "moments", "peak"):
+        raise ValueError(f"unknown centroid {centroid!r}; use 'gaussian', 'moments' or 'peak'")
+    if method == "iraf" and ratio != 1:
+        raise ValueError(f"ratio must be 1 for method='iraf' (a circular kernel), got {ratio}")
     k = daofind_kernel(fwhm, ratio, theta, sigma_radius)
     ksize = k["kernel"].shape[0]
     if min(a.shape) < ksize:
@@ -685,22 +773,30 @@ def _check_noise(rms_map, good, source: str, a) -> None:
                      f"can be set; give rms= (1σ per pixel) or mask the constant pixels")
 
 
-def _candidates(d, good, snr_map, rms_map, k, method, threshold, min_separation, exclude_border):
-    """(row, column) int arrays (N,) of the candidate peaks (see the module docstring)."""
+def _candidates(d, good, snr_map, rms_map, k, method, threshold, threshold_abs, min_separation,
+                exclude_border):
+    """(row, column) int arrays (N,) of the candidate peaks (see the module docstring).
+
+    Exactly one of ``threshold`` (σ) and ``threshold_abs`` (image units) is not None.
+    """
     foot_sep = k["footprint"]
     if min_separation is not None:
         r = max(float(min_separation), 1.0)
         hh = int(np.ceil(r))
         yy, xx = np.mgrid[-hh : hh + 1, -hh : hh + 1]
         foot_sep = xx * xx + yy * yy <= r * r
-    if method == "daofind":
-        cand = _local_peaks(snr_map, foot_sep) & (snr_map >= threshold)
+    if method in ("daofind", "iraf"):
+        # The same peaks either way: the S/N map is the amplitude map over its noise.
+        above = (snr_map >= threshold if threshold_abs is None
+                 else snr_map * rms_map * k["flux_noise"] / k["volume"] >= threshold_abs)
+        cand = _local_peaks(snr_map, foot_sep) & above
     else:
         lpd = lpd_filter(d)
         # LPD noise relative to the pixel rms, measured robustly on the image itself.
         scale = _robust_std((lpd / rms_map)[good])
         lpd_snr = lpd / (rms_map * scale)
-        cand = _local_peaks(lpd_snr, None) & (lpd_snr >= threshold)
+        above = lpd_snr >= threshold if threshold_abs is None else lpd >= threshold_abs
+        cand = _local_peaks(lpd_snr, None) & above
         # Mighell's 3×3 peaks can sit on noise spikes next to a star: keep one per footprint.
         cand &= _local_peaks(np.where(cand, lpd_snr, -np.inf), foot_sep)
     cand &= good
@@ -894,3 +990,87 @@ def _ground(dc: np.ndarray, foot: np.ndarray, sx: float, sy: float) -> np.ndarra
     hx, vx = height((dc * f).sum(1), f.sum(1), sx)
     hy, vy = height((dc * f).sum(2), f.sum(2), sy)
     return hx, hy, vx, vy
+
+
+# --------------------------------------------------------------------------------------
+# IRAF starfind
+# --------------------------------------------------------------------------------------
+
+
+def _iraf_moments(v: np.ndarray):
+    """starfind's moment statistics of clipped, sky-subtracted footprints ``v`` (N, k, k).
+
+    Returns the first moments ``x, y`` (cutout pixels) and the central second moments
+    ``mu20`` (x²), ``mu02`` (y²), ``mu11`` (pixels²), each (N,); NaN for an empty footprint.
+    """
+    n, ky, kx = v.shape
+    x = np.arange(kx, dtype=float)
+    y = np.arange(ky, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m0 = v.sum(axis=(1, 2))
+        vx, vy = v.sum(axis=1), v.sum(axis=2)  # marginals (N, kx), (N, ky)
+        xc = (vx * x).sum(1) / m0
+        yc = (vy * y).sum(1) / m0
+        dx = x[None, :] - xc[:, None]
+        dy = y[None, :] - yc[:, None]
+        mu20 = (vx * dx * dx).sum(1) / m0
+        mu02 = (vy * dy * dy).sum(1) / m0
+        mu11 = np.einsum("nij,ni,nj->n", v, dy, dx) / m0
+    return xc, yc, mu20, mu02, mu11
+
+
+def _iraf_table(d, good, conv, k, yp, xp, fwhm, centroid, limits, peakmax, brightest):
+    """IRAF starfind's measurements and cuts of the candidates at ``(yp, xp)``, as a Table.
+
+    ``d``: sky-subtracted image (H, W; 0 on unusable pixels), ``conv``: its matched filter.
+    The local sky is the mean of the usable box pixels outside the footprint; footprint pixels
+    below it count as 0, as in starfind. ``limits`` = (sharplo, sharphi, roundlo, roundhi).
+    """
+    half = k["kernel"].shape[0] // 2
+    size, ox, oy = 2 * half + 1, xp - half, yp - half
+    dc = extract_cutouts(d, ox, oy, size, 0.0)[0]
+    gc = extract_cutouts(good, ox, oy, size, False)[0]
+    foot = k["footprint"][None] & gc
+    skym = ~k["footprint"][None] & gc
+    nsky = skym.sum(axis=(1, 2))
+    local = np.where(nsky > 0, (dc * skym).sum(axis=(1, 2)) / np.maximum(nsky, 1), 0.0)
+    v = np.where(foot, np.maximum(dc - local[:, None, None], 0.0), 0.0)
+    xc, yc, mu20, mu02, mu11 = _iraf_moments(v)
+    musum = mu20 + mu02
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mfwhm = 2.0 * np.sqrt(np.log(2.0) * musum)
+        roundness = np.sqrt((mu20 - mu02) ** 2 + 4.0 * mu11**2) / musum
+    orient = np.rad2deg(0.5 * np.arctan2(2.0 * mu11, mu20 - mu02)) % 360.0
+    sharp = mfwhm / fwhm
+    peak = v.max(axis=(1, 2), initial=0.0)
+    flux = v.sum(axis=(1, 2))
+    npix = np.count_nonzero(v, axis=(1, 2))
+    if centroid is not None:  # another centroid on the same (unclipped) cutouts
+        xc, yc = _centroids(dc, gc, k, centroid)
+    sharplo, sharphi, roundlo, roundhi = limits
+    keep = (npix > 1) & np.isfinite(xc + yc + sharp + roundness)
+    with np.errstate(invalid="ignore"):
+        keep &= (sharp >= sharplo) & (sharp <= sharphi)
+        keep &= (roundness >= roundlo) & (roundness <= roundhi)
+    if peakmax is not None:
+        keep &= peak <= peakmax
+    order = np.argsort(-flux[keep], kind="stable")
+    if brightest is not None:
+        order = order[: int(brightest)]
+    sel = np.nonzero(keep)[0][order]
+    t = Table()
+    t["id"] = np.arange(1, len(sel) + 1, dtype=np.int64)
+    t["x_centroid"] = (xc + ox)[sel].astype(float)
+    t["y_centroid"] = (yc + oy)[sel].astype(float)
+    t["x_peak"] = xp[sel].astype(np.int64)
+    t["y_peak"] = yp[sel].astype(np.int64)
+    t["fwhm"] = mfwhm[sel]
+    t["sharpness"] = sharp[sel]
+    t["roundness"] = roundness[sel]
+    t["orientation"] = orient[sel]
+    t["n_pixels"] = npix[sel].astype(np.int64)
+    t["sky"] = local[sel]
+    t["peak"] = peak[sel]
+    t["flux"] = flux[sel]
+    t["amplitude"] = conv[yp, xp][sel] / k["volume"]
+    return t
