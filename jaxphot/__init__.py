@@ -57,6 +57,8 @@ _EXPORTS = {
     "bucket_groups": "image.grouping",
     "make_model_image": "image.render",
     "make_residual_image": "image.render",
+    "artificial_star_test": "image.artificial",
+    "completeness": "image.artificial",
     # apertures, morphology, catalogues
     "aperture_photometry": "aperture",
     "aperture_light_curves": "aperture",
