@@ -94,6 +94,7 @@ _EXPORTS = {
     "plot_apertures": "plotting",
     "plot_segments": "plotting",
     "plot_light_curve": "plotting",
+    "plot_ast": "plotting",
 }
 
 __all__ = sorted(_EXPORTS)
