@@ -247,7 +247,9 @@ def plot_ast(fig_or_axes, ast_table, *, bins=0.25, grid=(3, 3)):
     (pull_line,) = a2.plot(m, np.asarray(c["pull_sigma"], float), "o-", color="C2")
     a2.axhline(1.0, color="k", lw=0.5)
     a2.set(xlabel="input mag", ylabel="pull width (flux)")
-    cm = completeness(ast_table, bins=[-np.inf, np.inf], by=f"region:{ny}x{nx}")
+    mi = np.asarray(ast_table["mag_in"], float)
+    one_bin = [np.nanmin(mi) - 1.0, np.nanmax(mi) + 1.0]  # every star, all magnitudes
+    cm = completeness(ast_table, bins=one_bin, by=f"region:{ny}x{nx}")
     frac = np.asarray(cm["completeness"], float).reshape(ny, nx)
     h, w = ast_table.meta.get("shape", (ny, nx))
     map_image = a3.imshow(frac, origin="lower", extent=(-0.5, w - 0.5, -0.5, h - 0.5),
