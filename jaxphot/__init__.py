@@ -57,6 +57,8 @@ _EXPORTS = {
     "bucket_groups": "image.grouping",
     "make_model_image": "image.render",
     "make_residual_image": "image.render",
+    "artificial_star_test": "image.artificial",
+    "completeness": "image.artificial",
     # apertures, morphology, catalogues
     "aperture_photometry": "aperture",
     "aperture_light_curves": "aperture",
@@ -94,6 +96,7 @@ _EXPORTS = {
     "plot_apertures": "plotting",
     "plot_segments": "plotting",
     "plot_light_curve": "plotting",
+    "plot_ast": "plotting",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -190,3 +190,71 @@ def plot_light_curve(ax, time, flux, flux_err=None, **kw):
             raise ValueError(f"flux_err must match flux in shape {f.shape}, got {e.shape}")
         return [ax.errorbar(t, f, yerr=e, **style)]
     return list(ax.plot(t, f, **({"ls": "none", "marker": ".", "ms": 3} | kw)))
+
+
+def plot_ast(fig_or_axes, ast_table, *, bins=0.25, grid=(3, 3)):
+    """Four panels of an artificial-star test: completeness, Δmag, pull width, completeness map.
+
+    Parameters
+    ----------
+    fig_or_axes : matplotlib Figure or sequence of 4 Axes
+        A figure gets a 2 x 2 grid of new axes.
+    ast_table : Table
+        From :func:`~jaxphot.artificial_star_test`.
+    bins : float, int or array
+        Magnitude bins, as for :func:`~jaxphot.completeness`.
+    grid : (ny, nx)
+        Cells of the completeness map (all magnitudes together).
+
+    Returns
+    -------
+    dict
+        ``axes`` (the 4 axes), ``completeness`` (the per-bin table), ``map`` ((ny, nx) recovered
+        fraction per cell), and the artists: ``comp_line``, ``dmag_line``, ``dmag_band``,
+        ``pull_line``, ``map_image``.
+    """
+    _mpl()
+    from .image.artificial import completeness
+
+    ny, nx = (int(v) for v in grid)
+    if ny < 1 or nx < 1:
+        raise ValueError(f"grid must be two positive integers, got {grid!r}")
+    if hasattr(fig_or_axes, "add_subplot"):
+        axes = list(fig_or_axes.subplots(2, 2).ravel())
+    else:
+        axes = list(np.ravel(np.asarray(fig_or_axes, dtype=object)))
+        if len(axes) != 4:
+            raise ValueError(f"fig_or_axes must be a Figure or 4 Axes, got {len(axes)} axes")
+    c = completeness(ast_table, bins=bins)
+    m = np.asarray(c["mag"], float)
+    comp, cerr = np.asarray(c["completeness"], float), np.asarray(c["completeness_err"], float)
+    a0, a1, a2, a3 = axes
+    (comp_line,) = a0.plot(m, comp, "o-", color="C0")
+    a0.fill_between(m, comp - cerr, comp + cerr, color="C0", alpha=0.25)
+    for key in ("mag50", "mag90"):
+        if np.isfinite(c.meta[key]):
+            a0.axvline(c.meta[key], color="0.5", ls=":")
+    a0.set(xlabel="input mag", ylabel="completeness", ylim=(-0.05, 1.05))
+    med, sig = np.asarray(c["dmag_median"], float), np.asarray(c["dmag_sigma"], float)
+    rec = np.asarray(ast_table["recovered"], bool)
+    a1.plot(np.asarray(ast_table["mag_in"])[rec],
+            (np.asarray(ast_table["mag"]) - np.asarray(ast_table["mag_in"]))[rec],
+            ".", ms=2, color="0.6")
+    (dmag_line,) = a1.plot(m, med, "-", color="C1")
+    dmag_band = a1.fill_between(m, med - sig, med + sig, color="C1", alpha=0.3)
+    a1.axhline(0.0, color="k", lw=0.5)
+    a1.set(xlabel="input mag", ylabel="mag - mag_in")
+    (pull_line,) = a2.plot(m, np.asarray(c["pull_sigma"], float), "o-", color="C2")
+    a2.axhline(1.0, color="k", lw=0.5)
+    a2.set(xlabel="input mag", ylabel="pull width (flux)")
+    mi = np.asarray(ast_table["mag_in"], float)
+    one_bin = [np.nanmin(mi) - 1.0, np.nanmax(mi) + 1.0]  # every star, all magnitudes
+    cm = completeness(ast_table, bins=one_bin, by=f"region:{ny}x{nx}")
+    frac = np.asarray(cm["completeness"], float).reshape(ny, nx)
+    h, w = ast_table.meta.get("shape", (ny, nx))
+    map_image = a3.imshow(frac, origin="lower", extent=(-0.5, w - 0.5, -0.5, h - 0.5),
+                          vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+    a3.set(xlabel="x", ylabel="y", title="completeness (all mags)")
+    return {"axes": axes, "completeness": c, "map": frac, "comp_line": comp_line,
+            "dmag_line": dmag_line, "dmag_band": dmag_band, "pull_line": pull_line,
+            "map_image": map_image}

@@ -33,7 +33,7 @@ LAYERS = {
     "multi": 6,
     "scale": 7,
     "cli": 8,
-    "plotting": 8,
+    "plotting": 7,  # below cli: `jaxphot ast --plot` draws with plot_ast
 }
 # Old module paths kept as two-line shims (re-exports); they sit above everything.
 SHIMS = {"fit", "scene", "solve", "flags", "kernels", "detector", "simulate", "background",

@@ -84,3 +84,43 @@ def test_package_import_does_not_import_matplotlib():
     code = "import sys, jaxphot; jaxphot.plot_apertures; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _fake_ast(n=4000, seed=0):
+    """AST-like table: 50 % completeness at mag 20, recovery only in the left half of the image."""
+    from astropy.table import Table
+    rng = np.random.default_rng(seed)
+    t = Table()
+    t["x_in"], t["y_in"] = rng.uniform(0, 99, n), rng.uniform(0, 99, n)
+    t["mag_in"] = rng.uniform(17, 23, n)
+    p = 1 / (1 + np.exp((t["mag_in"] - 20) / 0.3))
+    t["recovered"] = t["matched"] = rng.uniform(size=n) < p
+    t["flux_in"] = 10 ** (-0.4 * t["mag_in"])
+    err = 0.02 * t["flux_in"]
+    t["flux_fit"] = np.where(t["recovered"], t["flux_in"] + rng.normal(0, 1, n) * err, np.nan)
+    t["flux_err"] = err
+    t["mag"] = -2.5 * np.log10(t["flux_fit"])
+    t.meta["shape"] = [100, 100]
+    return t
+
+
+def test_plot_ast_panels_show_the_table():
+    t = _fake_ast()
+    fig = plt.figure()
+    out = jaxphot.plot_ast(fig, t, bins=0.5, grid=(2, 2))
+    assert len(fig.axes) >= 4
+    c = out["completeness"]
+    np.testing.assert_allclose(out["comp_line"].get_ydata(), c["n_recovered"] / c["n"])
+    np.testing.assert_allclose(out["dmag_line"].get_ydata(), c["dmag_median"])
+    assert abs(c.meta["mag50"] - 20.0) < 0.1  # the logistic's midpoint
+    # Pulls are unit normal by construction: the plotted width is ~1.
+    ok = np.asarray(c["n_recovered"]) >= 30
+    assert np.all(np.abs(out["pull_line"].get_ydata()[ok] - 1) < 0.35)
+    # Map cell (iy, ix) is the recovered fraction of the stars in that quarter.
+    iy, ix = (np.asarray(t["y_in"]) >= 49.5).astype(int), (np.asarray(t["x_in"]) >= 49.5).astype(int)
+    want = [[np.asarray(t["recovered"])[(iy == a) & (ix == b)].mean() for b in (0, 1)] for a in (0, 1)]
+    np.testing.assert_allclose(out["map"], want)
+    np.testing.assert_allclose(out["map_image"].get_array(), want)
+    with pytest.raises(ValueError, match="fig_or_axes"):
+        jaxphot.plot_ast(fig.axes[:2], t)
+    plt.close(fig)

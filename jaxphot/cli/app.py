@@ -180,7 +180,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_photometry, _add_demo, _add_epsf, add_batch_subcommand,
-                _add_forced):
+                _add_forced,
+                _add_ast):
         add(sub)
     return ap
 
@@ -444,6 +445,97 @@ def _cmd_epsf(a) -> int:
     return 0
 
 
+def _add_ast(sub) -> None:
+    t = sub.add_parser(
+        "ast", help="artificial-star test: completeness, bias and error honesty",
+        description="Inject stars of known flux with the image's PSF, redo the photometry and "
+        "write one row per injected star; print the completeness per magnitude bin and the "
+        "50 %% / 90 %% completeness magnitudes.")
+    t.add_argument("image", help="FITS image")
+    t.add_argument("--hdu", default=None, help="HDU index or EXTNAME (default: first image)")
+    t.add_argument("--mask", help="FITS mask, non-zero = bad pixel")
+    t.add_argument("--psf", default="gaussian:fwhm=3",
+                   help="gaussian:fwhm=F | moffat:fwhm=F,beta=B | PSF.fits | auto")
+    t.add_argument("--oversampling", type=int, default=None, help="oversampling of a PSF FITS file")
+    t.add_argument("--variation", default="auto", help="with --psf auto: as for photometry")
+    t.add_argument("-n", "--n-stars", type=int, default=2000, help="injected stars (default 2000)")
+    t.add_argument("--flux-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="injected total fluxes, image units x pixels (default: from the image)")
+    t.add_argument("--gain", type=float, default=None, help="e-/image unit (default: header GAIN)")
+    t.add_argument("--read-noise", type=float, default=None, help="read noise in e-")
+    _add_saturation(t)
+    t.add_argument("--threshold", type=float, default=4.5, help="detection threshold (sigma)")
+    t.add_argument("--zeropoint", type=float, default=0.0, help="magnitude zero point")
+    t.add_argument("--bins", type=float, default=0.25, help="magnitude bin width (default 0.25)")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--full-rerun", action="store_true", help="re-run the whole image per pass")
+    t.add_argument("-o", "--output", required=True, help="AST table: .ecsv, .fits or .csv")
+    t.add_argument("--plot", help="write the four-panel AST figure to this PNG/PDF")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _cmd_ast(a) -> int:
+    from ..image.artificial import artificial_star_test, completeness
+    from ..io import read_image, write_catalog
+
+    _check_outputs(a, [("-o", a.output, (".ecsv", ".csv") + _FITS),
+                       ("--plot", a.plot, (".png", ".pdf", ".svg"))])
+    if a.n_stars < 1:
+        raise CLIError(f"-n/--n-stars must be >= 1, got {a.n_stars}")
+    if not (math.isfinite(a.bins) and a.bins > 0):
+        raise CLIError(f"--bins must be a positive width in mag, got {a.bins:g}")
+    img = read_image(a.image, a.hdu)
+    mask = _read_aux(a.mask, None, img.data.shape, "mask") != 0 if a.mask else None
+    a.error = None
+    det = _detector(a, img, None)
+    if a.psf.strip().lower() == "auto":
+        psf = _auto_psf(img.data, mask, a.oversampling, a.variation, det["gain"][0], det["saturation"][0])
+    else:
+        psf = _psf_from_spec(a.psf, a.oversampling)
+    print(_describe_inputs(a, img, psf, det), file=sys.stderr)
+    try:
+        tab = artificial_star_test(
+            img.data, psf, n_stars=a.n_stars, flux_range=a.flux_range, seed=a.seed,
+            full_rerun=a.full_rerun, progress=not a.no_progress and sys.stderr.isatty(),
+            mask=mask, gain=det["gain"][0], read_noise=det["read_noise"][0],
+            saturation=det["saturation"][0], threshold=a.threshold, zeropoint=a.zeropoint)
+    except ValueError as exc:
+        raise CLIError(f"ast: {exc}") from None
+    tab.meta.update(image=str(a.image), hdu=str(img.hdu), psf=repr(psf))
+    comp = completeness(tab, bins=a.bins)
+    write_catalog(tab, a.output)
+    cols = ("mag", "n", "n_recovered", "completeness", "completeness_err", "dmag_median",
+            "dmag_sigma", "pull_sigma")
+    view = comp[cols]
+    for c in cols[3:]:
+        view[c].format = ".3f"
+    view["mag"].format = ".2f"
+    view.pprint_all()
+    print(f"mag50 {comp.meta['mag50']:.3f}  mag90 {comp.meta['mag90']:.3f}  "
+          f"({int(tab['recovered'].sum())}/{len(tab)} recovered, {tab.meta['n_passes']} passes)")
+    print(f"jaxphot: AST of {len(tab)} stars -> {a.output}", file=sys.stderr)
+    if a.plot:
+        try:
+            import matplotlib
+        except ImportError:
+            raise CLIError('--plot needs matplotlib: pip install "jaxphot[plot]"') from None
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from ..plotting import plot_ast
+
+        fig = plt.figure(figsize=(10, 8))
+        plot_ast(fig, tab, bins=a.bins)
+        fig.suptitle(f"AST {Path(a.image).name}: mag50 {comp.meta['mag50']:.2f}, "
+                     f"mag90 {comp.meta['mag90']:.2f}")
+        fig.tight_layout()
+        fig.savefig(a.plot, dpi=90)
+        plt.close(fig)
+        print(f"jaxphot: AST figure -> {a.plot}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of the ``jaxphot`` command. Returns the exit status."""
     ap = _build_parser()
@@ -461,7 +553,8 @@ def main(argv=None) -> int:
     try:
         commands = {"photometry": _cmd_photometry, "demo": _cmd_demo, "epsf": _cmd_epsf,
                     "batch": run_batch_cli,
-                    "forced": _cmd_forced}
+                    "forced": _cmd_forced,
+                    "ast": _cmd_ast}
         return commands[a.command](a)
     except (CLIError, ValueError, OSError) as exc:
         if a.debug:
