@@ -76,3 +76,15 @@ def test_ch6_3_globular_cluster_completeness_and_flux_pulls(tmp_path):
         assert abs(r[f"pull_std_{k}"] - 1) < 3 * r[f"pull_std_{k}_err"] + 0.15
     assert r["pos_rms_bright"] < 0.3  # px, FWHM 4.2 px
     assert r["png"].exists()
+
+
+def test_ch6_4_tess_transit_depth_within_10_percent_and_mid_time_within_one_cadence(
+    tmp_path, shared_data
+):
+    d = shared_data("tess")
+    mod = _load("ch6_4_tess_transit")
+    for seed in (0, 1):  # two noise draws and mid-times
+        r = mod.run(small=True, outdir=tmp_path, seed=seed, data_dir=d)
+        assert abs(r["depth"] / r["depth_true"] - 1) < 0.10
+        assert abs(r["t_mid"] - r["t_mid_true"]) < 1.0  # cadences
+    assert r["png"].exists()
