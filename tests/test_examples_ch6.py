@@ -51,3 +51,40 @@ def test_ch6_6_galaxy_kron_fluxes_within_3_percent_and_shapes_within_5(tmp_path)
         dth = (r["theta"] - th + np.pi / 2) % np.pi - np.pi / 2
         assert (np.abs(dth) < 0.05).all()  # rad
     assert r["png"].exists()
+
+
+def test_ch6_1_sunspot_count_and_areas_within_3_percent(tmp_path):
+    import numpy as np
+
+    r = _load("ch6_1_sunspots").run(small=True, outdir=tmp_path)
+    assert r["n_found"] == r["n_true"]  # every spot, nothing at the limb
+    assert len(set(np.round(r["area_true"], 6))) == r["n_true"]  # one segment per true spot
+    np.testing.assert_allclose(r["area"], r["area_true"], rtol=0.03)  # foreshortened pi rho^2 mu
+    np.testing.assert_allclose(r["depth"], r["depth_true"], rtol=0.02)
+    assert (r["offset"] < 0.5).all()  # px
+    assert r["png"].exists()
+
+
+def test_ch6_3_globular_cluster_completeness_and_flux_pulls(tmp_path):
+    r = _load("ch6_3_globular_cluster").run(small=True, outdir=tmp_path)
+    assert r["n_true_bright"] > 20
+    assert r["completeness_bright"] >= 0.9
+    assert r["spurious_fraction"] < 0.1
+    assert abs(r["pull_median"]) < 0.3
+    # the robust pull widths are 1 within their sampling errors (n ~ 10-25 stars each here)
+    for k in ("isolated", "blended"):
+        assert abs(r[f"pull_std_{k}"] - 1) < 3 * r[f"pull_std_{k}_err"] + 0.15
+    assert r["pos_rms_bright"] < 0.3  # px, FWHM 4.2 px
+    assert r["png"].exists()
+
+
+def test_ch6_4_tess_transit_depth_within_10_percent_and_mid_time_within_one_cadence(
+    tmp_path, shared_data
+):
+    d = shared_data("tess")
+    mod = _load("ch6_4_tess_transit")
+    for seed in (0, 1):  # two noise draws and mid-times
+        r = mod.run(small=True, outdir=tmp_path, seed=seed, data_dir=d)
+        assert abs(r["depth"] / r["depth_true"] - 1) < 0.10
+        assert abs(r["t_mid"] - r["t_mid_true"]) < 1.0  # cadences
+    assert r["png"].exists()
