@@ -1,8 +1,19 @@
 """Shared pytest fixtures."""
 
+import jax
 import pytest
 
 from jaxphot.datasets import DataNotFoundError, find_data_dir
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop each test module's compiled XLA executables when it ends. The fast suite compiles
+    thousands of shapes in one process; kept all together they once crashed XLA's CPU compiler
+    (a segfault in compilation near the end of the suite). Re-compiles hit the persistent
+    compilation cache."""
+    yield
+    jax.clear_caches()
 
 
 @pytest.fixture

@@ -199,7 +199,7 @@ def test_oversampled_psf_file_warns(tmp_path, field, capsys):
 def test_aperture_negative_error_or_read_noise_is_named():
     rng = np.random.default_rng(2)
     img = rng.normal(100.0, 5.0, (40, 40))
-    with pytest.raises(ValueError, match="error must be a 1-sigma value or map >= 0"):
+    with pytest.raises(ValueError, match="error must be > 0"):
         jp.aperture_photometry(img, [[20.0, 20.0]], r=3.0, error=-1.0)
     with pytest.raises(ValueError, match="error must be a 1-sigma value or map >= 0.*1600"):
         jp.aperture_photometry(img, [[20.0, 20.0]], r=3.0, error=-np.ones((40, 40)))
