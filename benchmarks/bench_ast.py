@@ -21,6 +21,15 @@ import jaxphot
 from jaxphot.sim import simulate_cluster
 
 
+def _first_and_warm(fn):
+    """Seconds of a first (compiling) and a second (warm) call of ``fn``, and its result."""
+    t0 = time.perf_counter()
+    fn()
+    t1 = time.perf_counter()
+    out = fn()
+    return t1 - t0, time.perf_counter() - t1, out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="512^2, 750 stars, 300 AST stars")
@@ -40,18 +49,8 @@ def main():
         return jaxphot.artificial_star_test(f.image, f.psf, n_stars=n_ast, flux_range=fr,
                                             gain=1.0, seed=1)
 
-    t0 = time.perf_counter()
-    phot()
-    phot_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cat = phot()
-    phot_wall = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ast()
-    ast_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tab = ast()
-    ast_wall = time.perf_counter() - t0
+    phot_first, phot_wall, cat = _first_and_warm(phot)
+    ast_first, ast_wall, tab = _first_and_warm(ast)
     comp = jaxphot.completeness(tab, bins=0.25)
     ratio = ast_wall / phot_wall
     rows = [{"run": "photometry()", "stars": len(cat), "first_s": phot_first, "warm_s": phot_wall},

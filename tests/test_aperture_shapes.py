@@ -46,11 +46,11 @@ def test_exact_areas_are_analytic():
     an = aperture_photometry(ONES, pos, shape="ellipse", a=a, b=b, theta=theta,
                              a_in=a + 1, a_out=a + 4, b_out=(b + 4))
     ring = np.pi * ((a + 4) * (b + 4) - (a + 1) * (b + 4) * (a + 1) / (a + 4))
-    assert np.all(an["n_sky"] > 0)
+    # the robust sky counts the pixels whose centres lie in the ring: its area to a few pixels
+    assert np.all(np.abs(np.asarray(an["n_sky"]) - ring) < 0.12 * ring + 4)
     # ones everywhere: the annulus sky is 1 and the flux is the area minus area*sky = 0
     np.testing.assert_allclose(an["sky"], 1.0)
     np.testing.assert_allclose(an["flux"], 0.0, atol=1e-9)
-    assert np.all(ring > 0)
 
 
 @pytest.mark.parametrize("method, n, tol", [("subpixel", 16, 2e-3), ("center", 1, 0.05)])

@@ -110,3 +110,16 @@ def test_stars_found_on_the_stack_without_a_catalog():
     d, _ = cKDTree(np.c_[s["x_ref"], s["y_ref"]]).query(np.c_[x, y])
     assert np.mean(d < 1.0) >= 0.95  # fluxes 10^3-10^4.3 on sky 80: all detectable
     assert len(s) <= len(x) + 2
+
+
+def test_residual_pass_finds_stars_missing_from_the_start_list():
+    images, tr, psfs, start, x, y, flux = _field(4, n_stars=20)
+    bright = np.argsort(flux)[-3:]
+    keep = np.setdiff1d(np.arange(len(x)), bright)
+    res = joint_photometry(images, start[keep], psfs, wcs=tr, gain=1.0, max_iter=3,
+                           residual_passes=1)
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(np.c_[res.stars["x_ref"], res.stars["y_ref"]]).query(np.c_[x[bright], y[bright]])
+    assert np.all(d < 0.5)  # the three left out are found on the stacked residuals
+    assert len(res.stars) <= len(x) + 1

@@ -237,13 +237,7 @@ def build_epsf_from_image(
         warnings.warn("degree= is deprecated: use variation=", DeprecationWarning, stacklevel=2)
         variation = degree
     var = parse_variation(variation)
-    img = np.asarray(image, np.float64)
-    if img.ndim != 2:
-        raise ValueError(f"image must be 2-D, got shape {img.shape}")
-    bad = ~np.isfinite(img) if mask is None else (~np.isfinite(img) | np.asarray(mask, bool))
-    box = int(min(64, max(16, min(img.shape) // 8)))
-    bkg = estimate_background(np.where(bad, np.nan, img), box_size=box)
-    level, rms = np.asarray(bkg.level), np.asarray(bkg.rms)
+    img, bad, level, rms = _sky_subtract(image, mask)
     sub = img - level
     if fwhm_guess is None:
         fwhm_guess = _estimate_fwhm(sub, rms, bad)
@@ -426,13 +420,20 @@ def measure_star_fwhm(image, mask=None) -> float:
     ValueError
         For an image that is not 2-D or in which fewer than 3 stars are detected.
     """
+    img, bad, level, rms = _sky_subtract(image, mask)
+    return _estimate_fwhm(img - level, rms, bad)
+
+
+def _sky_subtract(image, mask):
+    """``(image, bad, level, rms)``: the float image, its unusable pixels, and a mesh background
+    (box ~1/8 of the image, 16-64 px) estimated with them excluded; ValueError if not 2-D."""
     img = np.asarray(image, np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
     bad = ~np.isfinite(img) if mask is None else (~np.isfinite(img) | np.asarray(mask, bool))
     box = int(min(64, max(16, min(img.shape) // 8)))
     bkg = estimate_background(np.where(bad, np.nan, img), box_size=box)
-    return _estimate_fwhm(img - np.asarray(bkg.level), np.asarray(bkg.rms), bad)
+    return img, bad, np.asarray(bkg.level), np.asarray(bkg.rms)
 
 
 def _estimate_fwhm(sub, rms, bad) -> float:

@@ -7,6 +7,7 @@ from astropy.table import Table
 
 from ..constants import POGSON
 from ..io import pixel_to_radec
+from .cutouts import values_at
 from .fitting import FIT_FLOAT_COLUMNS
 from .state import Stars
 
@@ -55,10 +56,7 @@ def build_catalog(stars: Stars, level: np.ndarray, zeropoint: float, wcs=None) -
     for name in sorted(set(fitted) - _BASE_COLUMNS):  # CRLB etc. from the fitter, passed through
         t[name] = fitted[name]
     # bkg: the map at the star plus the local offset fitted in its cutout.
-    h, w = level.shape
-    xi = np.clip(np.nan_to_num(np.rint(t["x_fit"]), nan=0).astype(int), 0, w - 1)
-    yi = np.clip(np.nan_to_num(np.rint(t["y_fit"]), nan=0).astype(int), 0, h - 1)
-    t["bkg"] = level[yi, xi] + _column(fitted, "bkg", n)
+    t["bkg"] = values_at(level, t["x_fit"], t["y_fit"]) + _column(fitted, "bkg", n)
     for name in ("bkg_x", "bkg_y", "chi2"):
         t[name] = _column(fitted, name, n)
     t["dof"] = _column(fitted, "dof", n, np.int64).astype(np.int64)

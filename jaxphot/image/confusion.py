@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from ..constants import POGSON
 from ..psf.measure import sample_psfs
+from .cutouts import values_at
 
 __all__ = ["add_confusion_errors", "confusion_flux_variance", "confusion_kernel",
            "confusion_variance_map"]
@@ -216,10 +217,7 @@ def add_confusion_errors(table, residual, sigma, good, psf, half: int,
     y = np.asarray(table["y_fit"], np.float64)
     contrast = np.zeros(len(x))
     if sky_sigma is not None and gain is not None:
-        hh, ww = np.shape(sky_sigma)
-        xi = np.clip(np.nan_to_num(np.rint(x), nan=0).astype(np.int64), 0, ww - 1)
-        yi = np.clip(np.nan_to_num(np.rint(y), nan=0).astype(np.int64), 0, hh - 1)
-        s2 = np.asarray(sky_sigma, np.float64)[yi, xi] ** 2
+        s2 = values_at(np.asarray(sky_sigma, np.float64), x, y) ** 2
         flux = np.nan_to_num(np.asarray(table["flux_fit"], np.float64), nan=0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             contrast = np.where(s2 > 0, np.maximum(flux, 0.0) / (gain * s2), 0.0)

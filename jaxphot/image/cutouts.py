@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["extract_cutouts"]
+__all__ = ["extract_cutouts", "values_at"]
 
 
 def extract_cutouts(
@@ -57,3 +57,12 @@ def extract_cutouts(
     if mode != "constant":
         raise ValueError(f"mode must be 'constant' or 'nearest', got {mode!r}")
     return np.where(inside, vals, fill), inside
+
+
+def values_at(image: np.ndarray, x, y) -> np.ndarray:
+    """(N,) values of ``image`` at the pixels nearest to (x, y), clipped to the image edge
+    (NaN positions read pixel (0, 0): callers mask those rows themselves)."""
+    h, w = np.shape(image)
+    xi = np.clip(np.nan_to_num(np.rint(np.asarray(x, np.float64)), nan=0).astype(np.int64), 0, w - 1)
+    yi = np.clip(np.nan_to_num(np.rint(np.asarray(y, np.float64)), nan=0).astype(np.int64), 0, h - 1)
+    return np.asarray(image)[yi, xi]

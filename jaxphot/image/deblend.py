@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+from skimage.segmentation import watershed
 
 from ..progress import Progress
 
@@ -298,8 +299,6 @@ def _watershed_contrast(a, lab, in_batch, markers, vsum, contrast, struct) -> np
 
     Returns the region map (ny, nx): marker ids inside the flooded segments, 0 elsewhere.
     """
-    from skimage.segmentation import watershed
-
     inside = in_batch[lab] & (lab > 0)
     # NaN pixels are flooded last: give them the lowest surface value of all.
     fin = np.isfinite(a)

@@ -46,7 +46,7 @@ from ..core.batching import pad, slice_psf
 from ..core.fit import model_cutouts
 from ..core.flags import FitFlag
 from ..core.params import pack
-from .cutouts import extract_cutouts
+from .cutouts import extract_cutouts, values_at
 from .render import EXCLUDED_FROM_MODEL
 
 __all__ = ["quality_columns", "add_quality_columns", "apply_cuts", "DEFAULT_CUTS", "QUALITY_COLUMNS"]
@@ -274,10 +274,7 @@ def add_quality_columns(table: Table, data, sigma, model, psf, half: int, level=
     if "bkg" in table.colnames:
         offset = np.asarray(table["bkg"], np.float64)
         if level is not None:
-            hh, ww = np.shape(level)
-            xi = np.clip(np.nan_to_num(np.rint(x), nan=0).astype(np.int64), 0, ww - 1)
-            yi = np.clip(np.nan_to_num(np.rint(y), nan=0).astype(np.int64), 0, hh - 1)
-            offset = offset - np.asarray(level)[yi, xi]
+            offset = offset - values_at(level, x, y)
     live = (np.asarray(table["flags"], np.int64) & EXCLUDED_FROM_MODEL) == 0
     cols = quality_columns(data, sigma, model, psf, x, y, np.asarray(table["flux_fit"], np.float64),
                            offset, half, usable=live)

@@ -27,8 +27,7 @@ from scipy.spatial import cKDTree
 from ..core.fit import fit_cutouts
 from ..image.cutouts import extract_cutouts
 from ..psf.measure import psf_fwhm
-from ..validate import check_psf
-from .inputs import catalog_positions, image_positions, load_exposures, per_image
+from .inputs import catalog_positions, image_positions, load_exposures, per_image_inputs
 
 __all__ = ["refine_alignment", "apply_affine_to_wcs"]
 
@@ -85,8 +84,9 @@ def _measure(data, psf, x, y, half: int, gain, read_noise, err):
     ox = np.rint(x).astype(np.int64) - half
     oy = np.rint(y).astype(np.int64) - half
     size = 2 * half + 1
-    cut, inside = extract_cutouts(np.nan_to_num(data), ox, oy, size)
-    mask = ~inside | ~np.isfinite(extract_cutouts(data, ox, oy, size, np.nan)[0])
+    raw, _ = extract_cutouts(np.asarray(data, np.float64), ox, oy, size, np.nan)
+    mask = ~np.isfinite(raw)  # off the image (NaN fill) or bad
+    cut = np.where(mask, 0.0, raw)
     if err is None or np.ndim(err) == 0:
         e = None if err is None else np.full(cut.shape, float(err))
     else:
@@ -175,18 +175,13 @@ def refine_alignment(
     exps = load_exposures(images)
     n_img = len(exps)
     cat = catalog_positions(catalog)
-    listy = lambda v: isinstance(v, (list, tuple))  # noqa: E731
-    psfs = [check_psf(p, f"psf[{i}]" if listy(psf) else "psf")
-            for i, p in enumerate(per_image("psf", psf, n_img, is_single=lambda v: not listy(v)))]
-    transforms = per_image("wcs", wcs, n_img, is_single=lambda v: not listy(v))
-    errors = per_image("error", error, n_img, is_single=lambda v: not listy(v) and np.ndim(v) in (0, 2))
-    gains = per_image("gain", gain, n_img, is_single=lambda v: np.ndim(v) == 0)
-    rns = per_image("read_noise", read_noise, n_img, is_single=lambda v: np.ndim(v) == 0)
-    positions = image_positions(cat, transforms, exps)
+    opts = per_image_inputs(n_img, psf=psf, wcs=wcs, error=error, gain=gain,
+                            read_noise=read_noise)
+    positions = image_positions(cat, opts.transforms, exps)
     out, rows = [], []
     for i, (e, pos) in enumerate(zip(exps, positions, strict=True)):
-        row, new = _refine_one(i, e, pos, psfs[i], transforms[i], errors[i], gains[i], rns[i],
-                               min_snr, fit_half)
+        row, new = _refine_one(i, e, pos, opts.psfs[i], opts.transforms[i], opts.errors[i],
+                               opts.gains[i], opts.noises[i], min_snr, fit_half)
         out.append(new)
         rows.append(row)
     return out, Table(rows=rows, names=("image_id", "n_stars", "dx", "dy", "rotation", "scale",
@@ -234,7 +229,7 @@ def _compose(transform, header_wcs, m, t):
     if base is None:  # registered images: the identity from first-image pixels
         return np.c_[m, t]
     if callable(base):
-        return lambda x, y: tuple(np.asarray(v) for v in _affine_after(base, m, t, x, y))
+        return lambda x, y: _affine_after(base, m, t, x, y)
     a = np.asarray(base, np.float64)
     full = np.vstack([a[:2], [0.0, 0.0, 1.0]])
     return (np.vstack([np.c_[m, t], [0.0, 0.0, 1.0]]) @ full)[:2]

@@ -36,8 +36,8 @@ from ..image.grouping import group_buckets, group_slots
 from ..image.render import render_image
 from ..progress import Progress
 from ..psf.measure import is_varying, psf_fwhm, support_half
-from ..validate import check_non_negative, check_positive, check_psf
-from .inputs import catalog_positions, image_positions, load_exposures, per_image, warn_bad
+from ..validate import check_non_negative, check_positive
+from .inputs import catalog_positions, image_positions, load_exposures, per_image_inputs, warn_bad
 
 __all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "solve_linear_chunk"]
 
@@ -419,15 +419,10 @@ def forced_photometry(
     t = len(exps)
     cat = catalog_positions(catalog)
     n = len(cat["star_id"])
-    listy = lambda v: isinstance(v, (list, tuple))  # noqa: E731
-    psfs = per_image("psf", psf, t, is_single=lambda p: not listy(p))
-    psfs = [check_psf(p, f"psf[{i}]" if listy(psf) else "psf") for i, p in enumerate(psfs)]
-    cube_like = lambda v: not listy(v) and np.ndim(v) in (0, 2)  # noqa: E731
-    errors = per_image("error", error, t, is_single=cube_like)
-    masks = per_image("mask", mask, t, is_single=cube_like)
-    gains = per_image("gain", gain, t, is_single=lambda v: np.ndim(v) == 0)
-    noises = per_image("read_noise", read_noise, t, is_single=lambda v: np.ndim(v) == 0)
-    transforms = per_image("wcs", wcs, t, is_single=lambda v: not listy(v))
+    opts = per_image_inputs(t, psf=psf, wcs=wcs, error=error, mask=mask, gain=gain,
+                            read_noise=read_noise)
+    psfs, transforms, errors, masks = opts.psfs, opts.transforms, opts.errors, opts.masks
+    gains, noises = opts.gains, opts.noises
     positions = image_positions(cat, transforms, exps)
     if max_group_size < 1:
         raise ValueError(f"max_group_size must be >= 1, got {max_group_size}")

@@ -16,9 +16,10 @@ import numpy as np
 from astropy.table import Table
 
 from ..io import read_image
+from ..validate import check_psf
 
-__all__ = ["Exposure", "load_exposures", "per_image", "catalog_positions", "image_positions",
-           "header_mjd", "BadImageWarning", "warn_bad"]
+__all__ = ["Exposure", "load_exposures", "per_image", "PerImage", "per_image_inputs",
+           "catalog_positions", "image_positions", "header_mjd", "BadImageWarning", "warn_bad"]
 
 
 class BadImageWarning(UserWarning):
@@ -112,6 +113,44 @@ def per_image(name: str, value, n: int, *, is_single: Callable[[object], bool]) 
         raise ValueError(f"{name} has {len(items)} entries for {n} images: give one {name} for all "
                          f"images or exactly one per image")
     return items
+
+
+@dataclasses.dataclass(frozen=True)
+class PerImage:
+    """The per-exposure options of a multi-image call, each a list of T entries."""
+
+    psfs: list
+    transforms: list
+    errors: list
+    masks: list
+    gains: list
+    noises: list
+
+
+def per_image_inputs(n: int, *, psf, wcs=None, error=None, mask=None, gain=None,
+                     read_noise=None) -> PerImage:
+    """The options of :func:`~jaxphot.forced_photometry` and its kin as T-entry lists.
+
+    Each option is one value for every exposure or a list/tuple of ``n``; a PSF may be a spec
+    string. Maps (``error``, ``mask``) are shared when scalar or 2-D, per image when a list.
+
+    Raises
+    ------
+    ValueError
+        For a list of the wrong length, or an unusable PSF (named ``psf[i]`` in a list).
+    """
+    listy = lambda v: isinstance(v, (list, tuple))  # noqa: E731
+    one_map = lambda v: not listy(v) and np.ndim(v) in (0, 2)  # noqa: E731
+    scalar = lambda v: np.ndim(v) == 0  # noqa: E731
+    psfs = per_image("psf", psf, n, is_single=lambda v: not listy(v))
+    return PerImage(
+        psfs=[check_psf(p, f"psf[{i}]" if listy(psf) else "psf") for i, p in enumerate(psfs)],
+        transforms=per_image("wcs", wcs, n, is_single=lambda v: not listy(v)),
+        errors=per_image("error", error, n, is_single=one_map),
+        masks=per_image("mask", mask, n, is_single=one_map),
+        gains=per_image("gain", gain, n, is_single=scalar),
+        noises=per_image("read_noise", read_noise, n, is_single=scalar),
+    )
 
 
 def _column(catalog: Table, *names):

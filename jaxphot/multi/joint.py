@@ -36,9 +36,9 @@ from ..image.detection import find_stars
 from ..image.render import render_image
 from ..progress import Progress
 from ..psf.measure import is_varying, psf_fwhm, support_half
-from ..validate import check_psf
+from ..validate import check_positive
 from .forced import ForcedFlag, forced_photometry
-from .inputs import catalog_positions, image_positions, load_exposures, per_image
+from .inputs import catalog_positions, image_positions, load_exposures, per_image_inputs
 
 __all__ = ["JointResult", "joint_photometry"]
 
@@ -132,8 +132,8 @@ def _check_noise(errors, gains):
         if e is None and g is None:
             raise ValueError(f"joint_photometry needs error= or gain= for image {i}: position "
                              f"errors are only honest with a noise model")
-        if g is not None and (not np.isfinite(g) or g <= 0):
-            raise ValueError(f"gain must be positive, got {g!r} for image {i}")
+        if g is not None:
+            check_positive(f"gain[{i}]" if len(gains) > 1 else "gain", g, "e-/count")
 
 
 def joint_photometry(
@@ -209,13 +209,10 @@ def joint_photometry(
         raise ValueError(f"max_iter must be >= 1, got {max_iter!r}")
     exps = load_exposures(images)
     n_img = len(exps)
-    listy = lambda v: isinstance(v, (list, tuple))  # noqa: E731
-    psfs = [check_psf(p, f"psf[{i}]" if listy(psf) else "psf")
-            for i, p in enumerate(per_image("psf", psf, n_img, is_single=lambda v: not listy(v)))]
-    transforms = per_image("wcs", wcs, n_img, is_single=lambda v: not listy(v))
-    errors = per_image("error", error, n_img, is_single=lambda v: not listy(v) and np.ndim(v) in (0, 2))
-    gains = per_image("gain", gain, n_img, is_single=lambda v: np.ndim(v) == 0)
-    noises = per_image("read_noise", read_noise, n_img, is_single=lambda v: np.ndim(v) == 0)
+    opts = per_image_inputs(n_img, psf=psf, wcs=wcs, error=error, gain=gain,
+                            read_noise=read_noise)
+    psfs, transforms, errors, gains, noises = (opts.psfs, opts.transforms, opts.errors,
+                                               opts.gains, opts.noises)
     _check_noise(errors, gains)
     band = np.array(["all"] * n_img if bands is None else [str(b) for b in bands])
     if len(band) != n_img:
@@ -349,16 +346,24 @@ def _reference_xy(cat, transforms, exps):
     return np.asarray(first[0], float).copy(), np.asarray(first[1], float).copy()
 
 
+def _reference_radec(transforms, exps, x, y):
+    """(ra, dec) in degrees of reference-frame pixels through the first image's WCS, or None."""
+    wcs0 = transforms[0] if transforms[0] is not None else exps[0].wcs
+    if wcs0 is None or not hasattr(wcs0, "pixel_to_world"):
+        return None
+    sky = wcs0.pixel_to_world(np.nan_to_num(x), np.nan_to_num(y))
+    ok = np.isfinite(x) & np.isfinite(y)
+    return np.where(ok, sky.icrs.ra.deg, np.nan), np.where(ok, sky.icrs.dec.deg, np.nan)
+
+
 def _fluxes(setup: _Setup, x, y, star_id):
     """Step 1: forced photometry of every exposure at the current reference positions."""
     exps, psfs, transforms = setup.exps, setup.psfs, setup.transforms
     errors, gains, noises = setup.errors, setup.gains, setup.noises
-    wcs0 = transforms[0] if transforms[0] is not None else exps[0].wcs
     cat = Table({"x": x, "y": y, "star_id": star_id})
-    if wcs0 is not None and hasattr(wcs0, "pixel_to_world"):
-        sky = wcs0.pixel_to_world(np.nan_to_num(x), np.nan_to_num(y))
-        cat["ra"] = np.where(np.isfinite(x), sky.icrs.ra.deg, np.nan)
-        cat["dec"] = np.where(np.isfinite(y), sky.icrs.dec.deg, np.nan)
+    radec = _reference_radec(transforms, exps, x, y)
+    if radec is not None:
+        cat["ra"], cat["dec"] = radec
     data = [e.data if e.data is not None else e.name for e in exps]
     return forced_photometry(data, cat, psfs, wcs=list(transforms), error=list(errors),
                              gain=list(gains), read_noise=list(noises), neighbours=1)
@@ -403,17 +408,19 @@ def _position_step(setup: _Setup, x, y, epochs):
 
 
 def _sky_image(shape, x, y, b, half):
-    """Each star's fitted sky level painted over its box (the nearest star wins): the
-    residual of step 2 is then sky-free to first order; the plane terms absorb the rest."""
-    sky = np.zeros(shape)
-    order = np.argsort(-np.nan_to_num(b))
+    """Each star's fitted sky level over its box, averaged where boxes overlap: the residual of
+    step 2 is then sky-free to first order (the fitted plane terms absorb the rest)."""
     size = 2 * half + 1
-    ox = np.rint(x[order]).astype(np.int64) - half
-    oy = np.rint(y[order]).astype(np.int64) - half
-    yy = np.clip(oy[:, None, None] + np.arange(size)[None, :, None], 0, shape[0] - 1)
-    xx = np.clip(ox[:, None, None] + np.arange(size)[None, None, :], 0, shape[1] - 1)
-    sky[yy, xx] = np.broadcast_to(b[order][:, None, None], yy.shape)
-    return sky
+    ox = np.rint(x).astype(np.int64) - half
+    oy = np.rint(y).astype(np.int64) - half
+    yy = np.broadcast_to(oy[:, None, None] + np.arange(size)[None, :, None], (len(x), size, size))
+    xx = np.broadcast_to(ox[:, None, None] + np.arange(size)[None, None, :], (len(x), size, size))
+    on = (yy >= 0) & (yy < shape[0]) & (xx >= 0) & (xx < shape[1])
+    level = np.broadcast_to(np.nan_to_num(b)[:, None, None], yy.shape)
+    total, count = np.zeros(shape), np.zeros(shape)
+    np.add.at(total, (yy[on], xx[on]), level[on])
+    np.add.at(count, (yy[on], xx[on]), 1.0)
+    return np.where(count > 0, total / np.maximum(count, 1.0), 0.0)
 
 
 def _solve_steps(info, grad, ok):
@@ -437,11 +444,9 @@ def _star_table(star_id, x, y, info, epochs, band, n_img, transforms, exps):
     with np.errstate(invalid="ignore", divide="ignore"):
         tab["x_err"] = np.where(det > 0, np.sqrt(info[:, 1, 1] / det), np.nan)
         tab["y_err"] = np.where(det > 0, np.sqrt(info[:, 0, 0] / det), np.nan)
-    wcs0 = transforms[0] if transforms[0] is not None else exps[0].wcs
-    if wcs0 is not None and hasattr(wcs0, "pixel_to_world"):
-        sky = wcs0.pixel_to_world(np.nan_to_num(x), np.nan_to_num(y))
-        tab["ra"] = np.where(np.isfinite(x), sky.icrs.ra.deg, np.nan)
-        tab["dec"] = np.where(np.isfinite(y), sky.icrs.dec.deg, np.nan)
+    radec = _reference_radec(transforms, exps, x, y)
+    if radec is not None:
+        tab["ra"], tab["dec"] = radec
     f = np.asarray(epochs["flux"], float).reshape(n, n_img)
     e = np.asarray(epochs["flux_err"], float).reshape(n, n_img)
     fl = np.asarray(epochs["flags"], np.int64).reshape(n, n_img)
