@@ -9,9 +9,9 @@ The fitted errors of resolved blends are honest; the excess is unresolved compan
 
 ``_pulls`` pooled over the slow test's seeds 1-4 (1024^2, 3000 stars, S/N >= 10; 2026-12-03):
 isolated 1.017 (n=2715), blended 1.178 (2709), resolved 1.020 (1543), unresolved 1.535
-(1166). 922 of the 1166 have a companion under 0.3x the star's flux (S/N 3-7, median separation 4.2 px): below any detection
-threshold, so their bias is confusion noise, which ``confusion_noise=True`` adds as a
-regional average (tests/test_confusion.py).
+(1166). 922 of the 1166 have a companion under 0.3x the star's flux (S/N 3-7, median
+separation 4.2 px): below any detection threshold, so their bias is confusion noise, which
+``confusion_noise=True`` adds as a regional average (tests/test_confusion.py).
 """
 
 from __future__ import annotations
