@@ -14,8 +14,8 @@ def test_halpha_knots_small(tmp_path):
     assert r["n_found"] == r["n_true"]  # exact count
     assert r["n_segments"] < r["n_true"]  # touching knots needed deblending
     assert np.all(r["matched"])
-    # NOTE: the issue asks for 5 % per knot; the residual nebula under the knots (the mesh
-    # background misses it by ~6 rms) still leaves 7 % on one knot of seed 0 (was 12 % at box 30)
-    assert abs(np.median(r["flux_ratio"]) - 1) < 0.02
-    assert np.all(np.abs(r["flux_ratio"] - 1) < 0.08)
+    # Issue 16: every knot's flux within 5 % (32 seeds, small and full: worst 4.5 %, median
+    # of the worst 2.5 %; the quadratic sky per knot region took the noise-free bias to ~1 %)
+    assert abs(np.median(r["flux_ratio"]) - 1) < 0.01
+    assert np.all(np.abs(r["flux_ratio"] - 1) < 0.05)
     assert Path(r["png"]).exists()
