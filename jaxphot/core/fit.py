@@ -54,7 +54,7 @@ __all__ = ["fit_cutouts", "FitResult", "model_cutouts", "solve_chunk", "chunk_ru
 chunk_runner: contextvars.ContextVar = contextvars.ContextVar("jaxphot_chunk_runner", default=None)
 
 _MAX_SHIFT = 1.0  # px per iteration
-_FIRST_PASS_ITER = 5  # ~80 % of problems converge by then; the rest are re-run together
+_FIRST_PASS_ITER = 4  # ~70 % converge by then; the rest are re-run together
 
 
 def _max_step(k: int, dtype) -> Float[Array, " P 1"]:
@@ -82,7 +82,6 @@ def solve_chunk(
     k = params.n_stars(p0.T)
     res = levenberg_marquardt(
         lambda q: scene.linearize(psf, q, shape, order=2 if newton else 1),
-        lambda q: scene.model_image(psf, q, shape),
         last(p0), last(data), last(var0), inv_gain, last(valid), last(free),
         max_iter=max_iter, step_tol=step_tol, done0=done0, lam0=lam0, it0=it0, newton=newton,
         max_step=_max_step(k, p0.dtype),
@@ -231,13 +230,29 @@ class Pixels:
 def _masked_median(d: Float[np.ndarray, " n H W"], first: Bool[np.ndarray, " n H W"],
                    fallback: Bool[np.ndarray, " n H W"]) -> Float[np.ndarray, " n"]:
     """Median of ``d`` over ``first`` pixels per row, else over ``fallback``, else 0."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rows = len(d)
-        b = np.nanmedian(np.where(first, d, np.nan).reshape(rows, -1), axis=1)
-        alt = np.nanmedian(np.where(fallback, d, np.nan).reshape(rows, -1), axis=1)
-    b = np.where(np.isfinite(b), b, alt)
+    rows = len(d)
+    d, first, fallback = (a.reshape(rows, -1) for a in (d, first, fallback))
+    pick = np.any(first, axis=0)  # the pixels ``first`` can hold (the border), as a column set
+    b = _row_median(d[:, pick], first[:, pick])
+    redo = ~np.isfinite(b)
+    if np.any(redo):
+        b[redo] = _row_median(d[redo], fallback[redo])
     return np.where(np.isfinite(b), b, 0.0)
+
+
+def _row_median(d: Float[np.ndarray, " n M"], use: Bool[np.ndarray, " n M"]) -> Float[np.ndarray, " n"]:
+    """Median over the ``use`` entries of each row (NaN for none): a partition for complete rows
+    (the common case, ~10x faster than ``nanmedian``), ``nanmedian`` for the others."""
+    out = np.full(len(d), np.nan)
+    full = np.all(use, axis=1)
+    if np.any(full):
+        out[full] = np.median(d[full], axis=1)
+    part = ~full & np.any(use, axis=1)
+    if np.any(part):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[part] = np.nanmedian(np.where(use[part], d[part], np.nan), axis=1)
+    return out
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

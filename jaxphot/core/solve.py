@@ -214,7 +214,7 @@ def covariance(a: Float[Array, " P P *batch"],
 def _normal_equations(linearize: Callable, p: Float[Array, " P N"], data: Float[Array, " H W N"],
                       var0: Float[Array, " H W N"], inv_gain: Float[ArrayLike, ""],
                       valid: Bool[Array, " H W N"], free: Bool[Array, " P N"], newton: bool):
-    """Gauss-Newton matrix, Newton matrix, gradient, chi^2 and weights at ``p``."""
+    """Gauss-Newton matrix, Newton matrix, gradient, chi^2, weights and model at ``p``."""
     model, jac, curvature = linearize(p)
     var = var0 + inv_gain * jnp.maximum(model, 0.0)
     var = jnp.maximum(var, inv_gain * inv_gain + 1e-30)  # Poisson floor: one electron
@@ -228,7 +228,7 @@ def _normal_equations(linearize: Callable, p: Float[Array, " P N"], data: Float[
     a, h = decouple_fixed(a, free), decouple_fixed(h, free)
     g = jnp.where(free, g, 0.0)
     chi2 = jnp.sum(w * r * r, axis=(0, 1))
-    return a, h, g, chi2, w
+    return a, h, g, chi2, w, model
 
 
 def _scale(a: Float[Array, " P P *batch"]) -> Float[Array, " P *batch"]:
@@ -240,9 +240,10 @@ def _scale(a: Float[Array, " P P *batch"]) -> Float[Array, " P *batch"]:
 
 def _damped_step(a: Float[Array, " P P N"], h: Float[Array, " P P N"], g: Float[Array, " P N"],
                  lam: Float[Array, " N"], eye: Float[Array, " P P 1"], newton: bool,
-                 max_step: Float[Array, " P N"] | None):
-    """The Marquardt-scaled step, Newton's where its matrix is positive definite, shortened to
-    ``max_step``. Returns ``(step, scaled step, scaled gradient, used Newton)``."""
+                 max_step: Float[Array, " P N"] | None, try_newton: Bool[Array, " N"]):
+    """The Marquardt-scaled step, Newton's where ``try_newton`` and its matrix is positive
+    definite, shortened to ``max_step``. Returns ``(step, scaled step, scaled gradient, used
+    Newton)``."""
     scale = _scale(a)
     ss = scale[:, None] * scale[None, :]
     gs = g * scale
@@ -250,8 +251,8 @@ def _damped_step(a: Float[Array, " P P N"], h: Float[Array, " P P N"], g: Float[
     used_newton = jnp.zeros(lam.shape, bool)
     if newton:
         step_nt, pd = cholesky_solve(h * ss + lam * eye, gs)
-        step_s = jnp.where(pd, step_nt, step_s)
-        used_newton = pd
+        used_newton = pd & try_newton
+        step_s = jnp.where(used_newton, step_nt, step_s)
     step = step_s * scale
     if max_step is not None:
         over = jnp.max(jnp.abs(step) / max_step, axis=0)
@@ -282,7 +283,7 @@ def _verdict(step_s: Float[Array, " P N"], gs: Float[Array, " P N"], chi2: Float
 
 
 def levenberg_marquardt(
-    linearize: Callable, model_fn: Callable[[Array], Float[Array, " H W N"]],
+    linearize: Callable,
     p0: Float[Array, " P N"], data: Float[Array, " H W N"], var0: Float[Array, " H W N"],
     inv_gain: Float[ArrayLike, ""], valid: Bool[Array, " H W N"], free: Bool[Array, " P N"], *,
     max_iter: Int[ArrayLike, ""], step_tol: Float[ArrayLike, ""], done0: Bool[Array, " N"],
@@ -295,8 +296,6 @@ def levenberg_marquardt(
     ----------
     linearize : callable
         ``p -> (model (H, W, N), jac rows, curvature)``, see :func:`jaxphot.scene.linearize`.
-    model_fn : callable
-        ``p -> model (H, W, N)`` (cheaper, used for trial steps).
     p0 : (P, N) array
         Starting parameters.
     data, var0 : (H, W, N) arrays
@@ -330,27 +329,39 @@ def levenberg_marquardt(
     lam0 = jnp.full(p0.shape[1:], LAMBDA0, p0.dtype) if lam0 is None else lam0
     it0 = jnp.zeros(p0.shape[1:], jnp.int32) if it0 is None else it0
 
+    def normal_equations(p):
+        return _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton)
+
+    # The normal equations are formed at every trial point, and carried to the next iteration
+    # when the step is taken: one linearisation per iteration, and none after the loop.
     def body(state):
-        p, lam, it, done = state
+        p, lam, it, done, ne, try_newton = state
+        a, h, g, chi2, w = ne
         active = ~done & (it < max_iter)
-        a, h, g, chi2, w = _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton)
-        step, step_s, gs, used_newton = _damped_step(a, h, g, lam, eye, newton, max_step)
+        step, step_s, gs, used_newton = _damped_step(a, h, g, lam, eye, newton, max_step,
+                                                     try_newton)
         p_try = p + step
-        r_try = jnp.where(valid, data - model_fn(p_try), 0.0)
-        chi2_try = jnp.sum(w * r_try * r_try, axis=(0, 1))
+        *ne_try, model_try = normal_equations(p_try)
+        r_try = jnp.where(valid, data - model_try, 0.0)
+        chi2_try = jnp.sum(w * r_try * r_try, axis=(0, 1))  # the current weights: a fair test
         ok, now_done = _verdict(step_s, gs, chi2, chi2_try, p_try, free, lam, used_newton,
                                 step_tol, eps)
-        p = jnp.where(active & ok, p_try, p)
-        new_lam = jnp.where(ok, jnp.maximum(lam * 0.1, _LAMBDA_MIN), lam * 10.0)
+        take = active & ok
+        p = jnp.where(take, p_try, p)
+        ne = tuple(jnp.where(take, new, old) for new, old in zip(ne_try, ne, strict=True))
+        # A rejected Newton step is retried as Gauss-Newton at the same lambda: far from the
+        # minimum the residual curvature misleads Newton (bright stars from a low first-guess
+        # flux), and a larger lambda would only slow the next steps.
+        retry = used_newton & ~ok
+        new_lam = jnp.where(ok, jnp.maximum(lam * 0.1, _LAMBDA_MIN), jnp.where(retry, lam, lam * 10.0))
         lam = jnp.where(active, new_lam, lam)
-        return p, lam, it + active, done | (active & now_done)
+        return p, lam, it + active, done | (active & now_done), ne, ~retry
 
     def cond(state):
-        _, _, it, done = state
+        _, _, it, done, _, _ = state
         return jnp.any(~done & (it < max_iter))
 
-    p, lam, n_iter, done = jax.lax.while_loop(cond, body, (p0, lam0, it0, done0))
-
-    a, _, _, chi2, _ = _normal_equations(linearize, p, data, var0, inv_gain, valid, free, False)
+    state = (p0, lam0, it0, done0, normal_equations(p0)[:-1], jnp.ones(p0.shape[1:], bool))
+    p, lam, n_iter, done, (a, _, _, chi2, _), _ = jax.lax.while_loop(cond, body, state)
     cov, singular = covariance(a, free)
     return LMResult(p, cov, chi2, n_iter, done & ~done0, singular, lam)
