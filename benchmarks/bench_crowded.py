@@ -175,6 +175,8 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=None, help="jaxphot threshold (sigma)")
     ap.add_argument("--cache", default="/tmp/pipe/bench_cache", help="photutils result cache")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--confusion-noise", action="store_true",
+                    help="photometry(confusion_noise=True): add undetected stars' noise to flux_err")
     args = ap.parse_args(argv)
 
     if args.scale:
@@ -212,6 +214,8 @@ def main(argv=None):
             flush=True,
         )
         kw = {} if args.threshold is None else {"threshold": args.threshold}
+        if args.confusion_noise:
+            kw["confusion_noise"] = True
         t0 = time.perf_counter()
         res = photometry(
             field.image,

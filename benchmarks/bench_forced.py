@@ -31,7 +31,9 @@ def simulate(n, t, fwhm=3.0, density=0.004, seed=0):
     flux = 10 ** rng.uniform(3, 4.5, n)
     psf = jaxphot.GaussianPRF(fwhm)
     model = 50.0 + render_image(psf, x, y, flux, (side, side), stamp=15)
-    images = rng.poisson(model, size=(t, side, side)).astype(np.float32)
+    images = np.empty((t, side, side), np.float32)  # one epoch at a time: no int64 (T, S, S) copy
+    for i in range(t):
+        images[i] = rng.poisson(model)
     return images, x, y, flux, psf
 
 

@@ -40,11 +40,17 @@ def run(seed: int = 0, small: bool = False, outdir=None) -> dict:
     """
     rng = np.random.default_rng(seed)
     n_pair, n_opt_only, n_x_only = (15, 20, 10) if small else (120, 200, 80)
-    ra_p, dec_p = _sky(rng, n_pair)
+    # 0.8 optical clusters per square degree (redMaPPer-like surveys find ~2 deg^-2); chance
+    # pairs within 1 arcmin number n_opt * n_xray * pi (1 arcmin)^2 / area, ~0.04 here, and at
+    # the 80 deg^-2 of a 2-degree box ~3.5 of them would be expected
+    area = (n_pair + n_opt_only) / 0.8  # deg^2
+    half = 0.5 * np.sqrt(area)
+    ra_p, dec_p = _sky(rng, n_pair, half=half)
     scatter = 10.0 / 3600.0  # deg, per axis
-    ra_o, dec_o = np.r_[ra_p, _sky(rng, n_opt_only)[0]], np.r_[dec_p, _sky(rng, n_opt_only)[1]]
+    ra_oo, dec_oo = _sky(rng, n_opt_only, half=half)
+    ra_o, dec_o = np.r_[ra_p, ra_oo], np.r_[dec_p, dec_oo]
     dra = rng.normal(0, scatter, n_pair) / np.cos(np.radians(dec_p))
-    ra_x_extra, dec_x_extra = _sky(rng, n_x_only)
+    ra_x_extra, dec_x_extra = _sky(rng, n_x_only, half=half)
     ra_x = np.r_[ra_p + dra, ra_x_extra]
     dec_x = np.r_[dec_p + rng.normal(0, scatter, n_pair), dec_x_extra]
     # shuffle the X-ray rows so row order carries no information
@@ -58,7 +64,8 @@ def run(seed: int = 0, small: bool = False, outdir=None) -> dict:
     found = {(int(a), int(b)) for a, b in zip(m["idx1"], m["idx2"], strict=True)}
     out = {"true_pairs": true_pairs, "found_pairs": found, "n_true": len(true_pairs), "n_found": len(found),
            "n_false": len(found - true_pairs), "n_missed": len(true_pairs - found),
-           "sep_arcsec": np.asarray(m["sep"], dtype=float), "png": None}
+           "sep_arcsec": np.asarray(m["sep"], dtype=float), "png": None,
+           "n_chance_expected": len(opt) * len(xray) * np.pi * (1 / 60) ** 2 / area}
     if outdir is not None:
         import matplotlib
 
@@ -80,7 +87,8 @@ def main() -> None:
     args = parse_args(__doc__)
     r = run(small=args.small, outdir=args.outdir)
     print(f"true pairs {r['n_true']}, found {r['n_found']}, false {r['n_false']}, missed {r['n_missed']}, "
-          f"median sep {np.median(r['sep_arcsec']):.1f} arcsec -> {r['png']}")
+          f"median sep {np.median(r['sep_arcsec']):.1f} arcsec (chance pairs expected "
+          f"{r['n_chance_expected']:.2f}) -> {r['png']}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ position at its core, and asymmetric wings pull the first moment away from it by
 changes across the field (17 mpx for the WFC3/UVIS library), which no global offset removes.
 Outliers are rejected at every iteration, non-cumulatively: pixels whose normalised residual
 exceeds ``clip_sigma`` and stars whose reduced chi^2 is far above the others' (blends, cosmic rays,
-galaxies) are left out of the next ePSF update.
+galaxies) are left out of the next ePSF update. The rejection is a continuous taper (a cosine ramp
+over +-1 sigma around ``clip_sigma``, +-10 % around the chi^2 limit), not a hard cut: one bright
+star's pixel crossing a hard threshold by a rounding error moved the ePSF by 3.6 % of its peak,
+so the same stars gave different ePSFs on different processors.
 
 With ``degree = 1`` or ``2`` the ePSF coefficients are a polynomial in the detector position
 (:class:`~jaxphot.psf_grid.PolynomialPSF`): the model is still linear in all the polynomial terms,
@@ -215,7 +218,8 @@ def build_epsf(
     tol : float
         Stop when no ePSF sample changes by more than ``tol`` times the peak.
     clip_sigma : float
-        Pixels with ``|data - model| > clip_sigma * sigma`` are left out of the next update.
+        Pixels with ``|data - model| > clip_sigma * sigma`` are left out of the next update
+        (their weight ramps from 1 at ``clip_sigma - 1`` to 0 at ``clip_sigma + 1``).
     min_stars : int
         Fewest usable stars accepted; fewer raise a ValueError naming why stars were dropped.
     relax : float
@@ -507,7 +511,8 @@ class _Fit:
 
     ``coeffs`` (T, n*n) float32 spline coefficients of the T polynomial terms; ``xl, yl`` (M,)
     star positions in cutout pixels and ``flux`` (M,); ``var`` (M, h, w) pixel variances;
-    ``pix_ok, star_ok`` the pixels and stars used by the next ePSF update; ``chi2_red`` (M,);
+    ``pix_w`` (M, h, w) and ``star_w`` (M,) the weights in [0, 1] of pixels and stars in the
+    next ePSF update, ``star_ok`` (M,) the stars counted as used (weight >= 1/2); ``chi2_red`` (M,);
     ``g_est`` the 1 / gain in use; ``fwhm`` (pixels); ``samples`` the previous term-0 samples
     (the convergence test); ``iterations`` done.
     """
@@ -517,7 +522,8 @@ class _Fit:
     yl: np.ndarray
     flux: np.ndarray
     var: np.ndarray
-    pix_ok: np.ndarray
+    pix_w: np.ndarray
+    star_w: np.ndarray
     star_ok: np.ndarray
     chi2_red: np.ndarray
     g_est: float | None
@@ -536,7 +542,8 @@ def _iterate(pb: _Problem, xl, yl, flux, maxiters: int) -> _Fit:
         var = pb.sky_var[:, None, None] + g0 * np.maximum(pb.data - pb.sky[:, None, None], 0.0)
     fit = _Fit(
         coeffs=np.zeros((len(poly_terms(pb.degree)), pb.n * pb.n), np.float32), xl=xl, yl=yl,
-        flux=flux, var=var, pix_ok=pb.valid.copy(), star_ok=np.ones(n_st, bool),
+        flux=flux, var=var, pix_w=pb.valid.astype(float),
+        star_w=np.ones(n_st), star_ok=np.ones(n_st, bool),
         chi2_red=np.full(n_st, np.nan), g_est=pb.inv_gain,
     )  # fmt: skip
     for it in range(maxiters):
@@ -566,7 +573,7 @@ def _reference(pb: _Problem, coeffs: np.ndarray, it: int) -> np.ndarray:
 def _update_epsf(pb: _Problem, fit: _Fit, it: int) -> float:
     """(b) The ePSF update with the stars fixed; returns the largest sample change over the peak."""
     n_st = len(pb.data)
-    wgt = np.where(fit.pix_ok & fit.star_ok[:, None, None], 1.0 / fit.var, 0.0)
+    wgt = fit.pix_w * fit.star_w[:, None, None] / fit.var
     target = np.where(pb.valid, pb.data - pb.sky[:, None, None], 0.0)
     c_new, _ = solve_coeffs(
         jnp.asarray(fit.coeffs, jnp.float32),
@@ -651,14 +658,22 @@ def _update_noise(pb: _Problem, fit: _Fit, good: np.ndarray) -> None:
         fit.g_est = g_inv
         fit.var = pb.sky_var[:, None, None] + g_inv * np.maximum(stars_model, 0.0)
     zres = resid / np.sqrt(fit.var)
-    fit.pix_ok = pb.valid & (np.abs(zres) <= pb.clip_sigma)
-    dof = np.maximum(fit.pix_ok.sum(axis=(1, 2)) - 6, 1)
-    fit.chi2_red = np.sum(np.where(fit.pix_ok, zres**2, 0.0), axis=(1, 2)) / dof
+    fit.pix_w = np.where(pb.valid, _taper(np.abs(zres), pb.clip_sigma, 1.0), 0.0)
+    dof = np.maximum(fit.pix_w.sum(axis=(1, 2)) - 6, 1)
+    fit.chi2_red = np.sum(fit.pix_w * zres**2, axis=(1, 2)) / dof
     med = np.median(fit.chi2_red[good])
     spread = mad_std(fit.chi2_red[good], axis=0, ignore_nan=True)
-    fit.star_ok = good & (fit.chi2_red <= max(med + 5.0 * spread, 1.5 * med))
+    limit = max(med + 5.0 * spread, 1.5 * med)
+    fit.star_w = np.where(good, _taper(fit.chi2_red, limit, 0.1 * limit), 0.0)
+    fit.star_ok = fit.star_w >= 0.5
     if fit.star_ok.sum() < pb.min_stars:
-        fit.star_ok = good
+        fit.star_w, fit.star_ok = good.astype(float), good
+
+
+def _taper(z: np.ndarray, edge: float, width: float) -> np.ndarray:
+    """Weights: 1 below ``edge - width``, 0 above ``edge + width``, a cosine ramp between."""
+    t = np.clip((z - (edge - width)) / (2.0 * width), 0.0, 1.0)
+    return 0.5 * (1.0 + np.cos(np.pi * t))
 
 
 def _estimate_inv_gain(pb: _Problem, star_ok, stars_model, resid) -> float:
