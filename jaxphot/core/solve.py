@@ -333,35 +333,43 @@ def levenberg_marquardt(
         return _normal_equations(linearize, p, data, var0, inv_gain, valid, free, newton)
 
     # The normal equations are formed at every trial point, and carried to the next iteration
-    # when the step is taken: one linearisation per iteration, and none after the loop.
+    # when the step is taken: one linearisation per iteration, and none after the loop. The
+    # first pass of the loop only forms them at p0 (a zero step, always taken, not counted), so
+    # that the program holds one copy of the linearisation: half the compilation time.
     def body(state):
-        p, lam, it, done, ne, try_newton = state
+        p, lam, it, done, ne, try_newton, formed = state
         a, h, g, chi2, w = ne
-        active = ~done & (it < max_iter)
+        active = ~done & (it < max_iter) & formed
         step, step_s, gs, used_newton = _damped_step(a, h, g, lam, eye, newton, max_step,
                                                      try_newton)
+        step = jnp.where(formed, step, 0.0)
         p_try = p + step
         *ne_try, model_try = normal_equations(p_try)
         r_try = jnp.where(valid, data - model_try, 0.0)
         chi2_try = jnp.sum(w * r_try * r_try, axis=(0, 1))  # the current weights: a fair test
         ok, now_done = _verdict(step_s, gs, chi2, chi2_try, p_try, free, lam, used_newton,
                                 step_tol, eps)
-        take = active & ok
+        take = (active & ok) | ~formed
         p = jnp.where(take, p_try, p)
         ne = tuple(jnp.where(take, new, old) for new, old in zip(ne_try, ne, strict=True))
         # A rejected Newton step is retried as Gauss-Newton at the same lambda: far from the
         # minimum the residual curvature misleads Newton (bright stars from a low first-guess
         # flux), and a larger lambda would only slow the next steps.
-        retry = used_newton & ~ok
+        retry = used_newton & ~ok & formed
         new_lam = jnp.where(ok, jnp.maximum(lam * 0.1, _LAMBDA_MIN), jnp.where(retry, lam, lam * 10.0))
         lam = jnp.where(active, new_lam, lam)
-        return p, lam, it + active, done | (active & now_done), ne, ~retry
+        return (p, lam, it + active, done | (active & now_done), ne, ~retry,
+                jnp.ones_like(formed))
 
     def cond(state):
-        _, _, it, done, _, _ = state
-        return jnp.any(~done & (it < max_iter))
+        _, _, it, done, _, _, formed = state
+        return jnp.any(~formed) | jnp.any(~done & (it < max_iter))
 
-    state = (p0, lam0, it0, done0, normal_equations(p0)[:-1], jnp.ones(p0.shape[1:], bool))
-    p, lam, n_iter, done, (a, _, _, chi2, _), _ = jax.lax.while_loop(cond, body, state)
+    batch = p0.shape[1:]
+    zeros_pp = jnp.zeros((n_par, n_par) + batch, p0.dtype)
+    ne0 = (zeros_pp, zeros_pp, jnp.zeros_like(p0), jnp.zeros(batch, p0.dtype),
+           jnp.zeros(data.shape, p0.dtype))
+    state = (p0, lam0, it0, done0, ne0, jnp.ones(batch, bool), jnp.zeros(batch, bool))
+    p, lam, n_iter, done, (a, _, _, chi2, _), _, _ = jax.lax.while_loop(cond, body, state)
     cov, singular = covariance(a, free)
     return LMResult(p, cov, chi2, n_iter, done & ~done0, singular, lam)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,10 @@ class ForcedFlag(enum.IntFlag):
         The exposure could not be used (unreadable file, no WCS or transform): values are NaN.
     NO_POSITION (524288)
         The catalogue row has no finite position in this image: values are NaN.
+    POOR_FIT (1048576)
+        The group's reduced chi^2 is above 3 x max(1, the image's median): light the model
+        does not hold (a companion missing from the catalogue, a star split from its group),
+        so the flux is biased beyond its error (still measured).
     """
 
     SINGULAR_COVARIANCE = int(FitFlag.SINGULAR_COVARIANCE)
@@ -79,6 +84,7 @@ class ForcedFlag(enum.IntFlag):
     MASKED = 1 << 17
     BAD_IMAGE = 1 << 18
     NO_POSITION = 1 << 19
+    POOR_FIT = 1 << 20
 
 
 @functools.partial(jax.jit, static_argnames=("n_basis", "n_reweight", "per_star"))
@@ -152,17 +158,24 @@ def solve_linear_chunk(
         b = jnp.where(free, jnp.stack([jnp.sum(r * wd, axis=(0, 1)) for r in rows]), 0.0)
         cov, singular = covariance(a, free)
         theta = jnp.einsum("ijn,jn->in", cov, b)
-        model = sum(theta[j] * rows[j] for j in range(len(rows)))
-        return theta, cov, singular, model, wgt
+        sky = sum(theta[j] * rows[j] for j in range(n_basis))
+        model = sky + sum(theta[j] * rows[j] for j in range(n_basis, len(rows)))
+        return theta, cov, singular, (model, sky), wgt
 
     # The first pass weights by the data (no model yet); the re-solves by the model, unbiased.
-    def var_of(model):
-        return jnp.maximum(v0 + ig * jnp.maximum(model + others, 0.0), floor)
+    # The model's variance never drops below the sky's: where a bad first solve (unmodelled
+    # light in the box) gives a star a large negative flux, a floor at one electron would
+    # weight those pixels 50x and more, and the re-solves would run away (seen at 4e-5 of the
+    # rows of a 10^5-star field: fluxes of -2e4 with chi2/dof 2000).
+    def var_of(model_sky):
+        model, sky = model_sky
+        return jnp.maximum(v0 + ig * jnp.maximum(jnp.maximum(model + others, sky), 0.0), floor)
 
-    model = solve(var_of(d))[3]
+    first = (d, jnp.zeros_like(d))
+    model = solve(var_of(first))[3]
     # one compiled body for the re-solves (unrolling them multiplies the compile time)
     model = jax.lax.fori_loop(0, max(n_reweight - 1, 0), lambda _, m: solve(var_of(m))[3], model)
-    theta, cov, singular, model, wgt = solve(var_of(model)) if n_reweight else solve(var_of(d))
+    theta, cov, singular, (model, _), wgt = solve(var_of(model)) if n_reweight else solve(var_of(first))
     chi2 = jnp.sum(wgt * (d - model) ** 2, axis=(0, 1))
     n_valid = jnp.sum(ok, axis=(0, 1))
     total = jnp.sum(prf, axis=(0, 1))
@@ -503,7 +516,22 @@ def forced_photometry(
             if rows.n:
                 flush(key)
     prog.close()
+    _flag_poor_fits(out)
     return _long_table(out, cat["star_id"], exps)
+
+
+def _flag_poor_fits(out: dict) -> None:
+    """``POOR_FIT`` on rows whose reduced chi^2 is far above their image's median."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        red = out["chi2"] / np.where(out["dof"] > 0, out["dof"], np.nan)  # (T, N)
+    if not np.isfinite(red).any():
+        return
+    with warnings.catch_warnings():  # an image with no measured row has no median: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(np.where(np.isfinite(red), red, np.nan), axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        poor = red > 3.0 * np.maximum(np.nan_to_num(med, nan=1.0), 1.0)
+    out["flags"] |= np.where(poor, ForcedFlag.POOR_FIT, 0)
 
 
 def _long_table(out: dict, star_id: np.ndarray, exps) -> Table:

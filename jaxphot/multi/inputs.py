@@ -97,7 +97,12 @@ def load_exposures(images) -> list[Exposure]:
         if a.ndim != 2 or a.dtype.kind not in "fiub" or min(a.shape) == 0:
             raise ValueError(f"images[{i}] must be a non-empty 2-D numeric array or a FITS path, "
                              f"got shape {a.shape} and dtype {a.dtype}")
-        out.append(Exposure(np.asarray(a, np.float64), name=f"images[{i}]"))
+        if a.dtype.kind == "f" and a.dtype.itemsize >= 4:
+            # float32 stays float32 (native byte order): a (T, H, W) stack is not doubled in memory
+            data = a.astype(a.dtype.newbyteorder("="), copy=False)
+        else:
+            data = np.asarray(a, np.float64)
+        out.append(Exposure(data, name=f"images[{i}]"))
     return out
 
 

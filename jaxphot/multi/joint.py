@@ -387,7 +387,7 @@ def _position_step(setup: _Setup, x, y, epochs):
         data = np.asarray(exps[t].data, np.float64)
         f, b = flux_all[:, t], bkg_all[:, t]
         use = (np.isfinite(xt) & np.isfinite(yt) & np.isfinite(f) & (f > 0)
-               & ((flags_all[:, t] & ~int(ForcedFlag.BAD_PIXELS)) == 0))
+               & ((flags_all[:, t] & ~int(ForcedFlag.BAD_PIXELS | ForcedFlag.POOR_FIT)) == 0))
         if not use.any():
             continue
         psf, half = psfs[t], halves[t]
