@@ -1,9 +1,14 @@
 """Forced PSF photometry of the TESS target-pixel file's target, against the pipeline's SAP_FLUX.
 
 The PRF is the cube's own median frame (an empirical, pixel-integrated PRF at the target's place,
-normalised to unit sum), held at the stamp centre; each cadence gets the target's flux and a
-constant sky, weighted by the calibrated FLUX_ERR. The point-to-point scatter of a light curve
-is ``MAD(first differences) / sqrt(2)`` (robust to slow trends). Both are printed, relative.
+normalised to unit sum). Each cadence is measured at the stamp centre moved by that cadence's
+pointing offset from the pipeline (``POS_CORR1/2`` minus their median, passed as per-exposure
+affine transforms), with the target's flux and a constant sky free, weighted by the calibrated
+FLUX_ERR. Holding the position at the centre instead triples the scatter: the first good cadence
+is 0.03 px off (it follows a pointing excursion), and an undersampled PRF loses flux quickly
+off-centre, where an aperture sum does not. The point-to-point scatter of a light curve is
+``MAD(first differences) / sqrt(2)`` (robust to slow trends), printed in counts and in ppm of
+the median flux (PSF photometry collects more of the star's light than the pipeline aperture).
 
 Run: ``python examples/tess_forced.py`` (finds ../shared/data/tess or $JAXPHOT_DATA).
 """
@@ -32,7 +37,9 @@ def tess_forced(d):
         err = np.asarray(pix["FLUX_ERR"], float)
         cad = np.asarray(pix["CADENCENO"])
         good = np.asarray(pix["QUALITY"]) == 0  # e.g. the first cadence: bit 8, a pointing excursion
+        shift = np.c_[pix["POS_CORR1"], pix["POS_CORR2"]][good]  # (T, 2) pointing, pixels
     cube, err, cad = cube[good], err[good], cad[good]
+    shift = shift - np.median(shift, axis=0)
     with fits.open(d / "tess_lc.fits") as lc:
         lcd = lc["LIGHTCURVE"].data
         sap = np.asarray(lcd["SAP_FLUX"])[np.searchsorted(np.asarray(lcd["CADENCENO"]), cad)]
@@ -41,8 +48,9 @@ def tess_forced(d):
     psf = jaxphot.DiscretePSF(prf / prf.sum(), oversampling=1, integrated=True)
     h, w = med.shape
     cat = Table({"x": [(w - 1) / 2.0], "y": [(h - 1) / 2.0]})
+    moves = [np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]) for dx, dy in shift]
     tab = jaxphot.forced_photometry(cube, cat, psf, error=err, background="constant",
-                                    fit_half=max(h, w))
+                                    fit_half=max(h, w), wcs=moves)
     return np.asarray(tab["flux"]), np.asarray(tab["flux_err"]), sap
 
 

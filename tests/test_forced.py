@@ -183,9 +183,10 @@ def test_cli_forced(tmp_path):
     assert Table.read(tmp_path / "wide.ecsv")["flux"].shape == (len(x), 4)
 
 
-@pytest.mark.xfail(reason="measured: forced PSF p2p 3097 ppm vs SAP 1260 ppm on the file's 4 good "
-                   "cadences (median-frame PRF); not yet at the SAP scatter", strict=False)
 def test_tess_forced_scatter_not_above_sap():
+    """Forced at the pipeline's per-cadence pointing: 1228 ppm against SAP's 1260 ppm (held at the
+    stamp centre, 3097 ppm). The file has 4 good cadences, so this is a check of the method, not
+    a measurement of the scatter to better than ~50 %."""
     import importlib.util
     from pathlib import Path
 
