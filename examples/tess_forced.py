@@ -4,7 +4,7 @@ The PRF is the cube's own median frame (an empirical, pixel-integrated PRF at th
 normalised to unit sum). Each cadence is measured at the stamp centre moved by that cadence's
 pointing offset from the pipeline (``POS_CORR1/2`` minus their median, passed as per-exposure
 affine transforms), with the target's flux and a constant sky free, weighted by the calibrated
-FLUX_ERR. Holding the position at the centre instead triples the scatter: the first good cadence
+FLUX_ERR. Holding the position at the centre instead gives 2.5 times the scatter: the first good cadence
 is 0.03 px off (it follows a pointing excursion), and an undersampled PRF loses flux quickly
 off-centre, where an aperture sum does not. The point-to-point scatter of a light curve is
 ``MAD(first differences) / sqrt(2)`` (robust to slow trends), printed in counts and in ppm of

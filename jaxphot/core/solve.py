@@ -335,7 +335,8 @@ def levenberg_marquardt(
     # The normal equations are formed at every trial point, and carried to the next iteration
     # when the step is taken: one linearisation per iteration, and none after the loop. The
     # first pass of the loop only forms them at p0 (a zero step, always taken, not counted), so
-    # that the program holds one copy of the linearisation: half the compilation time.
+    # that the program holds one copy of the linearisation (backend compile of a 1024-row
+    # Gaussian chunk 3.7 -> 3.0 s on a 2-core CPU).
     def body(state):
         p, lam, it, done, ne, try_newton, formed = state
         a, h, g, chi2, w = ne

@@ -512,7 +512,7 @@ class _Fit:
     ``coeffs`` (T, n*n) float32 spline coefficients of the T polynomial terms; ``xl, yl`` (M,)
     star positions in cutout pixels and ``flux`` (M,); ``var`` (M, h, w) pixel variances;
     ``pix_w`` (M, h, w) and ``star_w`` (M,) the weights in [0, 1] of pixels and stars in the
-    next ePSF update, ``star_ok`` (M,) the stars counted as used (weight >= 1/2); ``chi2_red`` (M,);
+    next ePSF update (``star_ok``: the stars counted as used, weight >= 1/2); ``chi2_red`` (M,);
     ``g_est`` the 1 / gain in use; ``fwhm`` (pixels); ``samples`` the previous term-0 samples
     (the convergence test); ``iterations`` done.
     """
@@ -524,12 +524,16 @@ class _Fit:
     var: np.ndarray
     pix_w: np.ndarray
     star_w: np.ndarray
-    star_ok: np.ndarray
     chi2_red: np.ndarray
     g_est: float | None
     fwhm: float | None = None
     samples: np.ndarray | None = None
     iterations: int = 0
+
+    @property
+    def star_ok(self) -> np.ndarray:
+        """(M,) bool: the stars counted as used (weight >= 1/2)."""
+        return self.star_w >= 0.5
 
 
 def _iterate(pb: _Problem, xl, yl, flux, maxiters: int) -> _Fit:
@@ -543,7 +547,7 @@ def _iterate(pb: _Problem, xl, yl, flux, maxiters: int) -> _Fit:
     fit = _Fit(
         coeffs=np.zeros((len(poly_terms(pb.degree)), pb.n * pb.n), np.float32), xl=xl, yl=yl,
         flux=flux, var=var, pix_w=pb.valid.astype(float),
-        star_w=np.ones(n_st), star_ok=np.ones(n_st, bool),
+        star_w=np.ones(n_st),
         chi2_red=np.full(n_st, np.nan), g_est=pb.inv_gain,
     )  # fmt: skip
     for it in range(maxiters):
@@ -665,9 +669,8 @@ def _update_noise(pb: _Problem, fit: _Fit, good: np.ndarray) -> None:
     spread = mad_std(fit.chi2_red[good], axis=0, ignore_nan=True)
     limit = max(med + 5.0 * spread, 1.5 * med)
     fit.star_w = np.where(good, _taper(fit.chi2_red, limit, 0.1 * limit), 0.0)
-    fit.star_ok = fit.star_w >= 0.5
     if fit.star_ok.sum() < pb.min_stars:
-        fit.star_w, fit.star_ok = good.astype(float), good
+        fit.star_w = good.astype(float)
 
 
 def _taper(z: np.ndarray, edge: float, width: float) -> np.ndarray:

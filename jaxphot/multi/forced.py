@@ -522,13 +522,10 @@ def forced_photometry(
 
 def _flag_poor_fits(out: dict) -> None:
     """``POOR_FIT`` on rows whose reduced chi^2 is far above their image's median."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        red = out["chi2"] / np.where(out["dof"] > 0, out["dof"], np.nan)  # (T, N)
-    if not np.isfinite(red).any():
-        return
+    red = out["chi2"] / np.where(out["dof"] > 0, out["dof"], np.nan)  # (T, N), NaN when unmeasured
     with warnings.catch_warnings():  # an image with no measured row has no median: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(np.where(np.isfinite(red), red, np.nan), axis=1, keepdims=True)
+        med = np.nanmedian(red, axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):
         poor = red > 3.0 * np.maximum(np.nan_to_num(med, nan=1.0), 1.0)
     out["flags"] |= np.where(poor, ForcedFlag.POOR_FIT, 0)
