@@ -274,9 +274,11 @@ def test_sky_catalogue_through_per_image_wcs_and_affine():
 
 
 def test_split_group_rows_are_flagged_not_silently_wrong():
-    # The geometry of bench_forced.py's 10^5-star field (seed 0) around (4545, 3597): a chain of
-    # >16 linked stars with a 0.69 px pair, which grouping splits. Unfixed, one star came out at
-    # -2.2e4 for a true 1.7e4 (pull -545) with flag 0.
+    # The geometry of bench_forced.py's 10^5-star field (seed 0) around (4545, 3597): a 0.69 px
+    # pair fitted together in a group of 3, cut out of a 13-star chain too wide for any bucket
+    # (re-grouped at 0.7 crit_sep), so strongly coupled neighbours sit outside its group and one
+    # neighbour pass does not converge (neighbours=3 does: pulls -0.25 to -0.76). Unfixed, one
+    # star came out at -2.2e4 for a true 1.7e4 (pull -545) with flag 0.
     rng = np.random.default_rng(0)
     n, side = 100_000, 5000
     x, y = rng.uniform(2, side - 3, n), rng.uniform(2, side - 3, n)

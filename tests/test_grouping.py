@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from jaxphot.image.grouping import bucket_groups, group_sizes, group_stars, pair_critical_separation
+from jaxphot.image.grouping import (
+    bucket_groups,
+    group_buckets,
+    group_sizes,
+    group_stars,
+    pair_critical_separation,
+)
 
 
 def test_pairs_near_and_far():
@@ -87,3 +93,161 @@ def test_bucketing():
     assert {k: list(v) for k, v in b.items()} == {4: [1, 2, 3], 16: [4]}
     with pytest.raises(ValueError, match="largest bucket"):
         bucket_groups(gid, buckets=[1, 2])
+
+
+# --- near-degenerate pairs (closer than keep_sep, about 1 FWHM) are never fitted apart ---------
+
+FWHM = 3.0
+FIT_HALF = max(3, int(np.ceil(1.5 * FWHM)))  # forced photometry's defaults for this PSF
+FORCED_SEP = FIT_HALF + 1.5 * FWHM
+
+
+def _split_pairs(gid, x, y, r):
+    """(P, 2) index pairs closer than r whose members are in different groups."""
+    from scipy.spatial import cKDTree
+
+    p = cKDTree(np.c_[x, y]).query_pairs(r, output_type="ndarray")
+    p = p[np.hypot(x[p[:, 0]] - x[p[:, 1]], y[p[:, 0]] - y[p[:, 1]]) < r]
+    return p[gid[p[:, 0]] != gid[p[:, 1]]]
+
+
+def _chain(n, spacing, pair_every, pair_seps, jitter=0.1, seed=0):
+    """n stars along x at ``spacing`` (+- ``jitter``, and +-3 ``jitter`` in y), every
+    ``pair_every``-th with a partner ``pair_seps`` away (cycled) at a random angle.
+
+    Returns x, y and the (P, 2) indices of the pairs."""
+    rng = np.random.default_rng(seed)
+    x = spacing * np.arange(n) + rng.uniform(-jitter, jitter, n)
+    y = rng.uniform(-3 * jitter, 3 * jitter, n)
+    host = np.arange(1, n, pair_every)
+    sep = np.resize(np.asarray(pair_seps, float), len(host))
+    ang = rng.uniform(0, 2 * np.pi, len(host))
+    pairs = np.c_[host, n + np.arange(len(host))]
+    return np.r_[x, x[host] + sep * np.cos(ang)], np.r_[y, y[host] + sep * np.sin(ang)], pairs
+
+
+def _fits_a_bucket(gid, buckets, max_k):
+    in_bucket = np.concatenate([b.group_ids for b in buckets])
+    assert np.array_equal(np.sort(in_bucket), np.arange(1, gid.max() + 1))  # every group, once
+    assert np.bincount(gid).max() <= max_k
+
+
+@pytest.mark.parametrize("shrink_steps", [0, 8])
+def test_long_chain_median_cuts_keep_close_pairs(shrink_steps):
+    """60 stars 0.8 crit_sep apart with 0.3-0.7 px pairs: groups of at most 16, no pair split,
+    whether the chain is cut by the re-linking or by bisection alone (``max_shrink_steps=0``)."""
+    crit = 2 * FWHM
+    x, y, pairs = _chain(60, 0.8 * crit, 3, [0.3, 0.45, 0.6, 0.69])
+    gid = group_stars(x, y, crit_sep=crit, max_group_size=16, max_shrink_steps=shrink_steps,
+                      keep_sep=FWHM)
+    assert group_sizes(gid)[1].max() <= 16
+    np.testing.assert_array_equal(gid[pairs[:, 0]], gid[pairs[:, 1]])
+    assert len(_split_pairs(gid, x, y, FWHM)) == 0
+    if shrink_steps == 0:  # the test bites: plain median cuts go through some of these pairs
+        old = group_stars(x, y, crit_sep=crit, max_group_size=16, max_shrink_steps=0)
+        assert np.any(old[pairs[:, 0]] != old[pairs[:, 1]])
+
+
+def test_bisection_of_atoms_as_large_as_a_group():
+    """Six clumps of 16 stars each (each one atom of exactly max_group_size), linked in a chain:
+    bisection alone must end with each clump as one group."""
+    rng = np.random.default_rng(2)
+    clump = np.repeat(np.arange(6), 16)
+    x = 5.0 * clump + rng.uniform(-0.5, 0.5, 96)
+    y = rng.uniform(-0.5, 0.5, 96)
+    gid = group_stars(x, y, crit_sep=10.0, max_group_size=16, max_shrink_steps=0, keep_sep=FWHM)
+    assert len(np.unique(gid)) == 6
+    assert all(len(np.unique(gid[clump == c])) == 1 for c in range(6))
+
+
+@pytest.mark.parametrize("spacing", [0.8 * FORCED_SEP, 3.06])
+def test_group_buckets_keeps_close_pairs_forced_geometry(spacing):
+    """Forced photometry's geometry (FWHM 3: crit_sep 9.5, fit_half 5, K <= 16). At 3.06 px the
+    chain of 75 stars survives the re-linking down to 0.8^5 crit_sep = 3.11 px, and the next
+    step (2.49 px) cuts every link, including pairs at 2.7-2.9 px (< 1 FWHM): unless kept."""
+    x, y, pairs = _chain(60, spacing, 4, [0.3, 2.9, 0.5, 2.4, 0.7, 2.7], jitter=0.02)
+    gid, buckets = group_buckets(x, y, FORCED_SEP, 16, FIT_HALF, keep_sep=FWHM)
+    _fits_a_bucket(gid, buckets, 16)
+    np.testing.assert_array_equal(gid[pairs[:, 0]], gid[pairs[:, 1]])
+    assert len(_split_pairs(gid, x, y, FWHM)) == 0
+    if spacing == 3.06:  # the test bites
+        old, _ = group_buckets(x, y, FORCED_SEP, 16, FIT_HALF)
+        assert len(_split_pairs(old, x, y, FWHM)) > 0
+
+
+@pytest.mark.parametrize("n, crit, max_k", [(20_000, FORCED_SEP, 16), (20_000, 2 * FWHM, 8),
+                                            (40_000, 2 * FWHM, 8)])
+def test_dense_random_field_no_close_pair_split(n, crit, max_k):
+    """Random fields on 1500^2 px (FWHM 3) in the forced and the pipeline geometry (crit_sep
+    2 FWHM, max_group_size 8): groups fit their buckets and no pair under 1 FWHM is split. (At
+    40,000 stars plain grouping splits a few such pairs.)"""
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 1500, n), rng.uniform(0, 1500, n)
+    gid, buckets = group_buckets(x, y, crit, max_k, FIT_HALF, keep_sep=FWHM)
+    _fits_a_bucket(gid, buckets, max_k)
+    assert len(_split_pairs(gid, x, y, FWHM)) == 0
+    gs = group_stars(x, y, crit_sep=crit, max_group_size=max_k, keep_sep=FWHM)
+    assert group_sizes(gs)[1].max() <= max_k
+    assert len(_split_pairs(gs, x, y, FWHM)) == 0
+
+
+def test_atom_larger_than_a_group_is_split_like_before():
+    """A clump of 40 stars within 2 px is one atom bigger than any group: it is split (star by
+    star, as without keep_sep) so that every group still fits; a close pair elsewhere stays."""
+    rng = np.random.default_rng(4)
+    r, a = 2.0 * np.sqrt(rng.uniform(0, 1, 40)), rng.uniform(0, 2 * np.pi, 40)
+    x = np.r_[r * np.cos(a), 100.0, 100.5]
+    y = np.r_[r * np.sin(a), 0.0, 0.2]
+    gid = group_stars(x, y, crit_sep=6.0, max_group_size=16, keep_sep=FWHM)
+    assert group_sizes(gid)[1].max() <= 16 and len(np.unique(gid[:40])) >= 3
+    np.testing.assert_array_equal(gid[:40], group_stars(x, y, crit_sep=6.0, max_group_size=16)[:40])
+    assert gid[40] == gid[41]
+    gid, buckets = group_buckets(x, y, FORCED_SEP, 16, FIT_HALF, keep_sep=FWHM)
+    _fits_a_bucket(gid, buckets, 16)
+    assert gid[40] == gid[41]
+
+
+def test_keep_sep_wider_than_crit_sep_and_bad_value():
+    """keep_sep wins over a smaller crit_sep (also over group_buckets' tightened ones)."""
+    x, y = np.array([0.0, 4.0, 50.0]), np.zeros(3)
+    assert len(np.unique(group_stars(x, y, crit_sep=3.0))) == 3
+    gid = group_stars(x, y, crit_sep=3.0, keep_sep=5.0)
+    assert gid[0] == gid[1] != gid[2]
+    with pytest.raises(ValueError, match="keep_sep"):
+        group_stars(x, y, crit_sep=3.0, keep_sep=-1.0)
+
+
+def test_forced_photometry_fits_a_close_pair_together():
+    """The forced-photometry failure in miniature: a chain of 13 stars (> max_group_size 8) with
+    a 0.69 px pair at the median cut. Split, each member was fitted with the other as a fixed
+    neighbour: pulls of about -67 and -53 with flag 0. Kept together: honest pulls, and the same
+    group (size and chi^2).
+
+    With the default geometry (crit_sep = fit_half + 1.5 FWHM) plain grouping only cuts a pair
+    under ~2.3 px inside a clump that is itself more than max_group_size stars within 1 FWHM
+    links, so the chain here is grouped with crit_sep 40 px, which leaves it linked (6 px
+    links) until the median cut.
+    """
+    from astropy.table import Table
+
+    import jaxphot
+    from jaxphot.image.render import render_image
+
+    rng = np.random.default_rng(0)
+    x = 20 + 6.0 * np.arange(12) + rng.uniform(-0.2, 0.2, 12)
+    y = 30 + rng.uniform(-0.5, 0.5, 12)
+    x = np.r_[x, x[5] + 0.69 * np.cos(0.6)]
+    y = np.r_[y, y[5] + 0.69 * np.sin(0.6)]
+    flux = rng.uniform(5e3, 2e4, 13)
+    psf = jaxphot.GaussianPRF(FWHM)
+    model = 50.0 + render_image(psf, x, y, flux, (60, 110), stamp=15)
+    img = np.random.default_rng(0).poisson(model).astype(np.float32)[None]
+    old, _ = group_buckets(x, y, 40.0, 8, FIT_HALF)
+    assert old[5] != old[12]  # the test bites: without keep_sep the pair is split
+    t = jaxphot.forced_photometry(img, Table({"x": x, "y": y}), psf, gain=1.0, crit_sep=40.0,
+                                  max_group_size=8)
+    pull = (np.asarray(t["flux"]) - flux) / np.asarray(t["flux_err"])
+    assert np.all(np.abs(pull) < 5)
+    assert t["group_size"][5] == t["group_size"][12] >= 2
+    assert t["chi2"][5] == t["chi2"][12]  # one fit
+    assert np.all(np.asarray(t["flags"]) == 0)

@@ -6,6 +6,13 @@ separation grows with the brighter star's flux, because a bright star's wings di
 neighbour further away. Groups larger than ``max_group_size`` are split, first by tightening
 the separation (which keeps the closest pairs together), then by median cuts in space, so
 that no group can exhaust memory in the batched fitter.
+
+None of these splits separates two stars closer than a "keep" separation (``keep_sep``, about
+one FWHM): the fluxes of such a pair are strongly correlated (for a Gaussian PSF of width σ
+the normalised overlap of the two PSFs, ∫P₁P₂ / ∫P², is exp(−d²/4σ²): 1/4 at one FWHM, 0.93
+at 0.23 FWHM), and fitting each with the other held fixed as a neighbour gives both fluxes
+wrong. The connected components of those close pairs ("atoms") are cut between, never
+through; only an atom that alone exceeds the largest group is split, as without ``keep_sep``.
 """
 
 from __future__ import annotations
@@ -69,36 +76,99 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return rank[inv.ravel()]
 
 
-def _bisect(labels: np.ndarray, x: np.ndarray, y: np.ndarray, max_size: int) -> np.ndarray:
-    """Split every group larger than ``max_size`` by median cuts along its longer axis."""
+def _close_pairs(pts: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)`` of the rows of ``pts`` (P, 2) closer than ``r`` (strictly)."""
+    if not r > 0 or len(pts) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = cKDTree(pts).query_pairs(r, output_type="ndarray")
+    close = np.hypot(*(pts[pairs[:, 0]] - pts[pairs[:, 1]]).T) < r
+    return pairs[close, 0], pairs[close, 1]
+
+
+def _atoms(pts: np.ndarray, keep_sep: float, max_size: int | None = None):
+    """Atoms: the connected components of the pairs of rows of ``pts`` (P, 2) closer than
+    ``keep_sep``, kept whole by every split.
+
+    An atom of more than ``max_size`` stars cannot be kept whole: each of its stars is then an
+    atom of its own, so that it is split as if there were no ``keep_sep``.
+
+    Returns
+    -------
+    atom : (P,) int64
+        Atom label of each row.
+    i, j : (L,) int64
+        The close pairs inside the atoms kept whole: links of every re-grouping.
+    """
+    i, j = _close_pairs(pts, keep_sep)
+    atom = _components(len(pts), i, j)
+    if max_size is None:
+        return atom, i, j
+    whole = np.bincount(atom)[atom] <= max_size
+    atom = np.where(whole, atom, atom.max(initial=0) + 1 + np.arange(len(pts)))
+    return atom, i[whole[i]], j[whole[i]]
+
+
+def _pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Consecutive ids 0..U-1 of the distinct ``(a, b)`` pairs of non-negative ints, in their order."""
+    return np.unique(a * (int(b.max(initial=0)) + 1) + b, return_inverse=True)[1].ravel()
+
+
+def _longer_axis(lab: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Each star's coordinate along its group's longer axis (x on ties)."""
+    ng = int(lab.max()) + 1
+    lo_x, lo_y = np.full(ng, np.inf), np.full(ng, np.inf)
+    hi_x, hi_y = np.full(ng, -np.inf), np.full(ng, -np.inf)
+    np.minimum.at(lo_x, lab, xs)
+    np.minimum.at(lo_y, lab, ys)
+    np.maximum.at(hi_x, lab, xs)
+    np.maximum.at(hi_y, lab, ys)
+    use_x = (hi_x - lo_x) >= (hi_y - lo_y)
+    return np.where(use_x[lab], xs, ys)
+
+
+def _upper_half(lab: np.ndarray, coord: np.ndarray, unit: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """(n,) bool: the stars on the upper side of their group's median cut, units kept whole.
+
+    ``lab``, ``coord``, ``unit``: each star's group, coordinate along the cut axis and unit
+    (atom) label; ``size``: stars per group, indexed by group. Units are ranked by their mean
+    coordinate; one goes up when the middle of its star ranks is at or past the group's
+    middle. The first unit of a group always stays down and the last always goes up, so every
+    group of two or more units is split; with single-star units this is the plain median cut
+    (the upper ``size - size // 2`` stars).
+    """
+    nu = int(unit.max()) + 1
+    mean = np.bincount(unit, coord, nu) / np.maximum(np.bincount(unit, minlength=nu), 1)
+    order = np.lexsort((coord, unit, mean[unit], lab))
+    start = np.searchsorted(lab[order], lab[order], side="left")
+    rank = np.empty(len(lab), np.int64)
+    rank[order] = np.arange(len(lab)) - start
+    lo, hi = np.full(nu, len(lab)), np.full(nu, -1)
+    np.minimum.at(lo, unit, rank)
+    np.maximum.at(hi, unit, rank)
+    return lo[unit] + hi[unit] >= size[lab] - 1
+
+
+def _bisect(labels: np.ndarray, x: np.ndarray, y: np.ndarray, max_size: int,
+            atom: np.ndarray | None = None) -> np.ndarray:
+    """Split every group larger than ``max_size`` by median cuts along its longer axis.
+
+    With ``atom`` ((N,) labels, each atom within one group and of at most ``max_size`` stars),
+    cuts run between atoms, never through one.
+    """
     labels = _relabel(labels)
-    for _ in range(64):  # each pass halves the oversized groups
+    for _ in range(64):  # each pass cuts every oversized group in two, near its median
         size = np.bincount(labels)
         big = size[labels] > max_size
         if not big.any():
-            break
+            return labels
         lab = labels[big]
-        xs, ys = x[big], y[big]
-        ng = labels.max() + 1
-        ext_x = np.full(ng, -np.inf)
-        ext_y = np.full(ng, -np.inf)
-        np.maximum.at(ext_x, lab, xs)
-        np.maximum.at(ext_y, lab, ys)
-        lo_x = np.full(ng, np.inf)
-        lo_y = np.full(ng, np.inf)
-        np.minimum.at(lo_x, lab, xs)
-        np.minimum.at(lo_y, lab, ys)
-        use_x = (ext_x - lo_x) >= (ext_y - lo_y)
-        coord = np.where(use_x[lab], xs, ys)
-        # Rank of each star within its group along the chosen axis.
-        order = np.lexsort((coord, lab))
-        start = np.searchsorted(lab[order], lab[order], side="left")
-        rank = np.empty(len(lab), np.int64)
-        rank[order] = np.arange(len(lab)) - start
-        half = rank >= size[lab] // 2
+        unit = np.arange(len(lab)) if atom is None else atom[big]
+        half = _upper_half(lab, _longer_axis(lab, x[big], y[big]), unit, size)
         new = labels.copy()
-        new[np.nonzero(big)[0][half]] = ng + lab[half]
+        new[np.nonzero(big)[0][half]] = labels.max() + 1 + lab[half]
         labels = _relabel(new)
+    if atom is not None and (np.bincount(labels)[labels] > max_size).any():
+        return _bisect(labels, x, y, max_size)  # a last bound, not reached in practice
     return labels
 
 
@@ -114,6 +184,7 @@ def group_stars(
     max_factor: float = 3.0,
     shrink: float = 0.8,
     max_shrink_steps: int = 8,
+    keep_sep: float = 0.0,
 ) -> np.ndarray:
     """Group stars whose PSFs overlap.
 
@@ -122,7 +193,7 @@ def group_stars(
     are the connected components. A group of more than ``max_group_size`` stars is
     re-linked with the separation multiplied by ``shrink`` (up to ``max_shrink_steps``
     times), and whatever is still too large is cut at the median along its longer axis
-    until every group fits.
+    until every group fits. Neither step separates stars closer than ``keep_sep``.
 
     Parameters
     ----------
@@ -143,6 +214,12 @@ def group_stars(
         Cap on the widening, as a multiple of ``crit_sep``.
     shrink, max_shrink_steps : float, int
         Tightening factor and number of tries before spatial bisection.
+    keep_sep : float
+        Separation in pixels (≥ 0; 0, the default, for none) below which two stars are always
+        in the same group, whatever ``crit_sep`` and the splits of oversized groups: a pair
+        that close is near-degenerate and must be fitted together (about 1 FWHM is right).
+        The exception is a connected set of such pairs (an "atom") of more than
+        ``max_group_size`` stars, which is split as without ``keep_sep``.
 
     Returns
     -------
@@ -153,7 +230,8 @@ def group_stars(
     Raises
     ------
     ValueError
-        If the shapes differ or ``crit_sep``/``max_group_size`` are not positive.
+        If the shapes differ, ``crit_sep``/``max_group_size`` are not positive or
+        ``keep_sep`` is negative.
     """
     x = np.asarray(x, dtype=float).ravel()
     y = np.asarray(y, dtype=float).ravel()
@@ -166,6 +244,8 @@ def group_stars(
         raise ValueError(f"max_group_size must be >= 1, got {max_group_size}")
     if not 0 < shrink < 1:
         raise ValueError(f"shrink must be in (0, 1), got {shrink}")
+    if not (np.isfinite(keep_sep) and keep_sep >= 0):
+        raise ValueError(f"keep_sep must be a non-negative number of pixels, got {keep_sep}")
     if n == 0:
         return np.zeros(0, np.int64)
     if flux is not None:
@@ -193,7 +273,9 @@ def group_stars(
     i, j, dc = link(1.0)
     d = np.hypot(*(pts[i] - pts[j]).T) if len(i) else np.zeros(0)
     linked = d < dc
-    lab = _components(len(idx), i[linked], j[linked])
+    # The close pairs are links at every step, so atoms are never split by the re-linking.
+    atom, ki, kj = _atoms(pts, keep_sep, int(max_group_size))
+    lab = _components(len(idx), np.r_[i[linked], ki], np.r_[j[linked], kj])
     # Tighten only the oversized groups, keeping the others as they are.
     for step in range(1, max_shrink_steps + 1):
         size = np.bincount(lab)
@@ -201,10 +283,10 @@ def group_stars(
         if not big.any():
             break
         keep_pair = linked & big[i] & big[j] & (d < dc * shrink**step)
-        sub = _components(len(idx), i[keep_pair], j[keep_pair])
+        sub = _components(len(idx), np.r_[i[keep_pair], ki], np.r_[j[keep_pair], kj])
         lab = np.where(big, lab.max() + 1 + sub, lab)
         lab = _relabel(lab)
-    lab = _bisect(lab, pts[:, 0], pts[:, 1], int(max_group_size))
+    lab = _bisect(lab, pts[:, 0], pts[:, 1], int(max_group_size), atom)
 
     out = np.empty(n, np.int64)
     out[idx] = lab
@@ -326,12 +408,27 @@ def _unfit_groups(gid, x, y, ks, ext):
     return smallest_bucket([size, extent], [ks, ext]) == len(ks)
 
 
-def group_buckets(x, y, crit_sep: float, max_k: int, fit_half: int) -> tuple[np.ndarray, list[Bucket]]:
+def _split_unfit(gid, x, y, ks, ext, part):
+    """Give the stars of every group that no bucket holds the ids of their ``part`` ((N,)
+    labels) within it: a group is split along ``part``'s boundaries."""
+    bad = _unfit_groups(gid, x, y, ks, ext)[gid]
+    if not bad.any():
+        return gid
+    gid = gid.copy()
+    gid[bad] = gid.max() + 1 + _pair_key(gid[bad], part[bad])
+    return _relabel_by_id(gid)
+
+
+def group_buckets(x, y, crit_sep: float, max_k: int, fit_half: int,
+                  keep_sep: float = 0.0) -> tuple[np.ndarray, list[Bucket]]:
     """Groups of live stars and the padded (cutout size, K) buckets they are fitted in.
 
     A group whose member count or extent does not fit the largest bucket is re-grouped with a
-    tighter separation, and what still does not fit is split into single stars (neighbour
-    subtraction then couples them across outer iterations).
+    tighter separation, and what still does not fit is split into its atoms (the components
+    of the pairs closer than ``keep_sep``), then what of those still does not fit into single
+    stars (neighbour subtraction then couples them across outer iterations). Two stars closer
+    than ``keep_sep`` are thus in different groups only when their atom alone is too large
+    (stars) or too wide (extent) for every bucket.
 
     Parameters
     ----------
@@ -343,6 +440,9 @@ def group_buckets(x, y, crit_sep: float, max_k: int, fit_half: int) -> tuple[np.
         Most stars per group; rounded down to one of :data:`STAR_BUCKETS`.
     fit_half : int
         Half size of the fitting box around a star, pixels.
+    keep_sep : float
+        Pairs closer than this (pixels) are never split (see :func:`group_stars`); about one
+        FWHM. 0 (the default) for none.
 
     Returns
     -------
@@ -359,7 +459,8 @@ def group_buckets(x, y, crit_sep: float, max_k: int, fit_half: int) -> tuple[np.
     sizes = 2 * fit_half + 1 + 2 * np.ceil(ext / 2).astype(int)
     if len(x) == 0:
         return np.zeros(0, np.int64), []
-    gid = group_stars(x, y, crit_sep=crit_sep, max_group_size=int(ks[-1]))
+    kw = dict(max_group_size=int(ks[-1]), keep_sep=keep_sep)
+    gid = group_stars(x, y, crit_sep=crit_sep, **kw)
     scale = 1.0
     for _ in range(6):
         bad_g = _unfit_groups(gid, x, y, ks, ext)
@@ -367,15 +468,13 @@ def group_buckets(x, y, crit_sep: float, max_k: int, fit_half: int) -> tuple[np.
             break
         bad = bad_g[gid]
         scale *= 0.7
-        sub = group_stars(x[bad], y[bad], crit_sep=crit_sep * scale, max_group_size=int(ks[-1]))
+        sub = group_stars(x[bad], y[bad], crit_sep=crit_sep * scale, **kw)
         gid = gid.copy()
         gid[bad] = gid.max() + sub
         gid = _relabel_by_id(gid)
-    bad = _unfit_groups(gid, x, y, ks, ext)[gid]
-    if bad.any():
-        gid = gid.copy()
-        gid[bad] = gid.max() + 1 + np.arange(bad.sum())
-        gid = _relabel_by_id(gid)
+    if _unfit_groups(gid, x, y, ks, ext).any():
+        gid = _split_unfit(gid, x, y, ks, ext, _atoms(np.c_[x, y], keep_sep)[0])
+        gid = _split_unfit(gid, x, y, ks, ext, np.arange(len(x)))
     which = smallest_bucket(_group_stats(gid, x, y), [ks, ext])
     which[0] = -1  # id 0 is no group
     out = []

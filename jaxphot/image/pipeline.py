@@ -559,7 +559,9 @@ def _fit_pass(it: int, cfg: _Settings, frame: Frame, stars: Stars, timer: StageT
     with timer("grouping"):
         prog(f"iteration {it}: grouping {len(idx)} stars", (it - 1 + 0.1) / cfg.maxiters)
         x, y, f = stars.x[idx], stars.y[idx], stars.flux[idx]
-        gid, buckets = group_buckets(x, y, cfg.crit_sep, cfg.max_group_size, cfg.fit_half)
+        # stars within a FWHM are near-degenerate: never fitted apart (unless crit_sep is smaller)
+        gid, buckets = group_buckets(x, y, cfg.crit_sep, cfg.max_group_size, cfg.fit_half,
+                                     keep_sep=min(cfg.fwhm, cfg.crit_sep))
         if cfg.sat_near is not None:
             buckets = _grow_saturated(buckets, gid, _near(cfg.sat_near, x, y), cfg.sat_grow)
         stars.group_id[idx] = gid  # removed stars keep the group of their last fit
