@@ -83,6 +83,7 @@ _EXPORTS = {
     "simulate_cluster": "sim",
     # scale-out
     "batch": "scale.images",
+    "forced_batch": "scale.forced",
     "photometry_tiled": "scale.images",
     "fit_sharded": "scale.sharding",
     "use_devices": "scale.sharding",

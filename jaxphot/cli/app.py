@@ -129,17 +129,33 @@ def _add_forced(sub) -> None:
         help="forced PSF photometry of a master catalogue in many exposures",
         description="Fit every catalogue star's flux and a local sky at fixed positions in each "
         "exposure (positions from ra, dec through each header's WCS, or x, y of registered "
-        "images) and write the long light-curve table. A corrupt exposure is flagged, not fatal.",
+        "images) and write the long light-curve table. A corrupt exposure is flagged, not fatal. "
+        "The exposures are measured in chunks, in this process (default) or as Dask tasks "
+        "(--workers N, --scheduler); the table is the same either way.",
     )
     f.add_argument("images", nargs="+", help="FITS exposures (quoted globs are expanded)")
     f.add_argument("--catalog", required=True, help="master catalogue (ra, dec or x, y columns)")
-    f.add_argument("--psf", required=True, help="gaussian:fwhm=F, moffat:fwhm=F,beta=B or a PSF FITS file")
+    f.add_argument("--psf", required=True,
+                   help="gaussian:fwhm=F | moffat:fwhm=F,beta=B | PSF.fits | auto (an ePSF built "
+                   "from each exposure)")
     f.add_argument("--gain", type=float, default=None, help="electrons per ADU (Poisson weights)")
     f.add_argument("--read-noise", type=float, default=None, help="read noise, electrons")
     f.add_argument("--background", choices=("plane", "constant"), default="plane")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=0,
+                   help="local Dask worker processes (default 0: in this process, no Dask)")
+    g.add_argument("--scheduler", default=None, help="address of a Dask scheduler, tcp://host:8786")
     f.add_argument("--wide", default=None, help="also write the (star x image) table here")
     f.add_argument("-o", "--output", required=True, help="output table (.ecsv, .fits, ...)")
     f.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _forced_where(a) -> str:
+    """Where ``jaxphot forced`` runs, in words."""
+    if a.scheduler:
+        return f"on the Dask scheduler {a.scheduler}"
+    return "in this process" if a.workers == 0 else f"on {a.workers} local Dask workers"
 
 
 def _cmd_forced(a) -> int:
@@ -148,8 +164,12 @@ def _cmd_forced(a) -> int:
     from astropy.table import Table
 
     from ..io import write_catalog
-    from ..multi import ForcedFlag, forced_photometry, pivot_light_curves
+    from ..multi import ForcedFlag, pivot_light_curves
+    from ..scale.accelerator import configure_accelerator_memory, gpu_installed
+    from ..scale.forced import forced_batch
 
+    if a.workers < 0:
+        raise CLIError(f"--workers must be >= 0, got {a.workers}")
     paths = []
     for pat in a.images:
         hits = sorted(glob.glob(pat))
@@ -162,9 +182,21 @@ def _cmd_forced(a) -> int:
         cat = Table.read(a.catalog)
     except Exception as exc:
         raise CLIError(f"cannot read --catalog {a.catalog!r}: {exc}") from None
-    psf = _psf_from_spec(a.psf, None)
-    tab = forced_photometry(paths, cat, psf, gain=a.gain, read_noise=a.read_noise,
-                            background=a.background)
+    auto = a.psf.strip().lower() == "auto"
+    psf = "auto" if auto else _psf_from_spec(a.psf, None)
+    where = _forced_where(a)
+    print(f"jaxphot: forced photometry of {len(cat)} stars in {len(paths)} exposures, psf "
+          f"{'auto (an ePSF from each exposure)' if auto else repr(psf)}, {where}", file=sys.stderr)
+    if a.workers and gpu_installed():
+        configure_accelerator_memory()  # this process shares the GPU with the workers it starts
+    try:
+        tab = forced_batch(paths, cat, psf, workers=a.workers, scheduler=a.scheduler,
+                           progress=False if a.no_progress else None, gain=a.gain,
+                           read_noise=a.read_noise, background=a.background)
+    except OSError as exc:
+        if not a.scheduler:
+            raise
+        raise CLIError(f"--scheduler {a.scheduler}: {exc}") from None
     write_catalog(tab, a.output, overwrite=True)
     if a.wide:
         write_catalog(pivot_light_curves(tab), a.wide, overwrite=True)

@@ -40,7 +40,7 @@ from ..psf.measure import is_varying, psf_fwhm, support_half
 from ..validate import check_non_negative, check_positive
 from .inputs import catalog_positions, image_positions, load_exposures, per_image_inputs, warn_bad
 
-__all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "solve_linear_chunk"]
+__all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "solve_linear_chunk", "forced_table"]
 
 _N_REWEIGHT = 3  # re-solves with model-based Poisson weights (the change after 3 is << 1e-3 sigma)
 _PIXELS_PER_CHUNK = 1 << 22  # bounds one chunk's PRF stack: rows * H * W * (K + 3)
@@ -224,6 +224,8 @@ class _Geometry:
         self.fit_half = int(fit_half) if fit_half is not None else max(3, int(math.ceil(1.5 * fwhm)))
         # Stars whose light reaches each other's box are fitted together.
         self.crit_sep = float(crit_sep) if crit_sep is not None else self.fit_half + 1.5 * fwhm
+        # Stars within a FWHM are near-degenerate: never fitted apart (unless crit_sep is smaller).
+        self.keep_sep = min(fwhm, self.crit_sep)
         self.support = support_half(psf, fwhm)
 
 
@@ -232,7 +234,8 @@ def _image_rows(i, data, var0, valid, xs, ys, live, geom, max_k, inv_gain, model
     idx = np.nonzero(live)[0]
     if not len(idx):
         return []
-    gid, buckets = group_buckets(xs[idx], ys[idx], geom.crit_sep, max_k, geom.fit_half)
+    gid, buckets = group_buckets(xs[idx], ys[idx], geom.crit_sep, max_k, geom.fit_half,
+                                 keep_sep=geom.keep_sep)
     out = []
     for b in buckets:
         slot = group_slots(gid, b.group_ids, b.k)
@@ -517,7 +520,7 @@ def forced_photometry(
                 flush(key)
     prog.close()
     _flag_poor_fits(out)
-    return _long_table(out, cat["star_id"], exps)
+    return forced_table(out, cat["star_id"], [e.name for e in exps], [e.mjd for e in exps])
 
 
 def _flag_poor_fits(out: dict) -> None:
@@ -531,18 +534,24 @@ def _flag_poor_fits(out: dict) -> None:
     out["flags"] |= np.where(poor, ForcedFlag.POOR_FIT, 0)
 
 
-def _long_table(out: dict, star_id: np.ndarray, exps) -> Table:
-    t, n = out["flux"].shape
+def forced_table(cols: dict, star_id: np.ndarray, names: list, mjd) -> Table:
+    """The long (star-major) table of :func:`forced_photometry` from its (T, N) columns.
+
+    ``cols`` maps ``x, y, flux, flux_err, bkg, chi2, dof, group_size, flags`` to (T, N)
+    arrays; ``star_id`` is (N,), ``names`` the T exposures' names and ``mjd`` their (T,) MJDs
+    (NaN where unknown; the column is left out when none is known).
+    """
+    t, n = cols["flux"].shape
     tab = Table()
     tab["star_id"] = np.repeat(star_id, t)
     tab["image_id"] = np.tile(np.arange(t), n)
     for name in ("x", "y", "flux", "flux_err", "bkg", "chi2", "dof", "group_size", "flags"):
-        tab[name] = out[name].T.ravel()
-    mjd = np.array([e.mjd for e in exps])
+        tab[name] = cols[name].T.ravel()
+    mjd = np.asarray(mjd, float)
     if np.isfinite(mjd).any():
         tab["mjd"] = np.tile(mjd, n)
     tab["x"].unit = tab["y"].unit = "pix"
-    tab.meta["images"] = [e.name for e in exps]
+    tab.meta["images"] = list(names)
     tab.meta["flag_bits"] = {f.name: int(f.value) for f in ForcedFlag}
     return tab
 

@@ -4,6 +4,8 @@
     :func:`fit_sharded` and :func:`use_devices` (the fit over a device mesh).
 ``images``
     :func:`batch` (one catalogue per image, resumable) and :func:`photometry_tiled`.
+``forced``
+    :func:`forced_batch` (forced photometry of many exposures, in chunks run as Dask tasks).
 
 Names are imported on first use, so the command line can build its parser without JAX.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"batch": "images", "photometry_tiled": "images", "fit_sharded": "sharding",
-            "use_devices": "sharding"}
+_EXPORTS = {"batch": "images", "photometry_tiled": "images", "forced_batch": "forced",
+            "fit_sharded": "sharding", "use_devices": "sharding"}
 
 __all__ = sorted(_EXPORTS)
 

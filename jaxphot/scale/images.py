@@ -63,7 +63,7 @@ from .files import (
 from .tiling import MIN_TILE, FitsSections, auto_tile_size, default_overlap, photometry_tiled
 
 # photometry_tiled is re-exported: jaxphot.photometry_tiled and old code find it here.
-__all__ = ["batch", "process_image", "photometry_tiled", "SUMMARY_NAME", "ERRORS_NAME"]
+__all__ = ["batch", "process_image", "dask_client", "photometry_tiled", "SUMMARY_NAME", "ERRORS_NAME"]
 
 _SUMMARY_COLUMNS = (
     "image",
@@ -371,8 +371,14 @@ def batch(
 
 
 @contextlib.contextmanager
-def _dask_client(workers, scheduler, n_tasks: int):
-    """A Dask client and the environment its workers get; a LocalCluster is closed after."""
+def dask_client(workers, scheduler, n_tasks: int):
+    """A Dask client and the environment its workers get; a LocalCluster is closed after.
+
+    The one client helper of :mod:`jaxphot.scale` (:func:`batch`, :func:`~jaxphot.scale.forced.forced_batch`):
+    ``scheduler`` (an address or a Client) wins; else a LocalCluster of ``workers`` one-thread
+    processes (default one per core, or 1 with a GPU), at most ``n_tasks``. Yields
+    ``(client, env)``; run :func:`~jaxphot.scale.accelerator.setup_worker` with ``env`` on it.
+    """
     from distributed import Client, LocalCluster
 
     gpu = gpu_installed()
@@ -409,7 +415,7 @@ def _run_dask(todo, psf, kw, workers, scheduler, record) -> None:
             "jaxphot batch needs dask.distributed (pip install 'jaxphot[distributed]'), "
             "or workers=0 to run in this process"
         ) from None
-    with _dask_client(workers, scheduler, len(todo)) as (client, env):
+    with dask_client(workers, scheduler, len(todo)) as (client, env):
         client.run(setup_worker, env)
         futures = {
             client.submit(
