@@ -322,7 +322,10 @@ def _detect_on_stack(setup: _Setup, known, epochs, threshold: float, fwhm: float
         den[good] += 1.0 / rms**2
     with np.errstate(invalid="ignore", divide="ignore"):
         stack = np.where(den > 0, num / den, np.nan).reshape(h, w)
-    found = find_stars(stack, fwhm, threshold, mask=~np.isfinite(stack))
+        rms = np.where(den > 0, 1.0 / np.sqrt(den), np.nan).reshape(h, w)
+    # The stack's noise is given, not measured: resampling correlates the noise, which lowers
+    # its pixel rms but not that of the matched filter (measured, 7 false stars for 36 true).
+    found = find_stars(stack, fwhm, threshold, rms=rms, mask=~np.isfinite(stack))
     nx, ny = np.asarray(found["x_centroid"], float), np.asarray(found["y_centroid"], float)
     if known is not None and len(nx) and len(known[0]):
         kx, ky = known
