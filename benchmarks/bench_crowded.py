@@ -15,6 +15,12 @@ Usage::
     python benchmarks/bench_crowded.py --skip-photutils-slow
     python benchmarks/bench_crowded.py --scale          # 4096x4096, 100k stars, jaxphot only
     python benchmarks/bench_crowded.py --psf varying --skip-photutils  # constant vs degree-2 poly
+    python benchmarks/bench_crowded.py --scaling       # 4096^2, 10^3..10^5 stars: time vs N
+
+``--scaling`` times ``photometry`` (Gaussian PSF, warm: each field's second run) on one image
+size at 10^3 to 10^5 stars (``--quick``: 1024^2, 300 to 3,000), with the per-stage breakdown of
+``meta["timings"]``, and fits the exponent of time against N (1 = linear). photutils runs at
+the smallest N only (5 sigma).
 
 The last line printed is one JSON object with all figures. photutils results are cached
 (``--cache``) so that jaxphot can be rerun without repeating the slow comparison.
@@ -160,6 +166,57 @@ def mag_table_rows(cat, truth, use):
     ]
 
 
+def _scaling_point(size, nstars, seed, psf):
+    """photometry() at N stars, run twice (the first compiles this density's fit shapes): the
+    second run's wall time, stage timings and completeness."""
+    field = simulate_cluster((size, size), nstars, psf, sky=100.0, gain=1.0, read_noise=5.0,
+                             snr_min=3.0, seed=seed)
+    for _ in range(2):
+        t0 = time.perf_counter()
+        cat = photometry(field.image, psf, gain=field.gain, read_noise=field.read_noise)
+        dt = time.perf_counter() - t0
+    s = score(cat, field.truth, radius=MATCH_RADIUS)
+    return field, {"n_stars": nstars, "seconds": round(dt, 2), "rows": len(cat),
+                   "completeness_bright": round(s["completeness_bright"], 4),
+                   "us_per_star": round(1e6 * dt / nstars, 1), **cat.meta["timings"]}
+
+
+def run_scaling(args) -> int:
+    """Time against N on one image size; the exponent of a power-law fit, and photutils' ratio."""
+    size = args.size or (1024 if args.quick else 4096)
+    ns = [300, 1000, 3000] if args.quick else [1000, 3000, 10_000, 30_000, 100_000]
+    psf = GaussianPRF(FWHM)
+    rows, fields = [], {}
+    for n in ns:
+        fields[n], row = _scaling_point(size, n, args.seed, psf)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    slope = float(np.polyfit(np.log(ns), np.log([r["seconds"] for r in rows]), 1)[0])
+    out = {"bench": "crowded_scaling", "size": size, "runs": rows, "exponent": round(slope, 3)}
+    if not args.skip_photutils:
+        from jaxphot.image.background import estimate_background
+
+        f = fields[ns[0]]
+        b = estimate_background(f.image, 64, 3)
+        _, pdt = run_photutils(f, "gaussian", None, 5.0, b.level, b.rms)
+        out["photutils_seconds_smallest_n"] = round(pdt, 2)
+        out["speedup_smallest_n"] = round(pdt / rows[0]["seconds"], 1)
+    stages = [k for k in rows[0] if k not in ("n_stars", "seconds", "rows", "completeness_bright",
+                                              "us_per_star")]
+    print(f"\n{size}x{size}, Gaussian PSF FWHM {FWHM:g} px, warm; seconds per stage:")
+    print("| N | total (s) | us/star | completeness S/N≥10 | " + " | ".join(stages) + " |")
+    print("|---" * (4 + len(stages)) + "|")
+    for r in rows:
+        print(f"| {r['n_stars']} | {r['seconds']:.2f} | {r['us_per_star']:.0f} | "
+              f"{100 * r['completeness_bright']:.1f} % | "
+              + " | ".join(f"{r.get(k, 0):.2f}" for k in stages) + " |")
+    print(f"time ~ N^{slope:.2f} (1 = linear)"
+          + (f"; photutils at N={ns[0]}: {out['photutils_seconds_smallest_n']:.1f} s "
+             f"({out['speedup_smallest_n']}x)" if "speedup_smallest_n" in out else ""))
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="512x512, 750 stars")
@@ -175,9 +232,14 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=None, help="jaxphot threshold (sigma)")
     ap.add_argument("--cache", default="/tmp/pipe/bench_cache", help="photutils result cache")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--fit-half", type=int, default=None, help="photometry(fit_half=...), px")
+    ap.add_argument("--scaling", action="store_true",
+                    help="time against the number of stars on one image size (see above)")
     ap.add_argument("--confusion-noise", action="store_true",
                     help="photometry(confusion_noise=True): add undetected stars' noise to flux_err")
     args = ap.parse_args(argv)
+    if args.scaling:
+        return run_scaling(args)
 
     if args.scale:
         size, nstars = args.size or 4096, args.nstars or 100_000
@@ -216,6 +278,8 @@ def main(argv=None):
         kw = {} if args.threshold is None else {"threshold": args.threshold}
         if args.confusion_noise:
             kw["confusion_noise"] = True
+        if args.fit_half is not None:
+            kw["fit_half"] = args.fit_half
         t0 = time.perf_counter()
         res = photometry(
             field.image,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import ks_2samp
 
 import jaxphot
 from jaxphot.sim.cluster import simulate_cluster
@@ -90,12 +91,14 @@ def test_dmag_bias_and_scatter_match_field(field, ast):
     use = (k_a >= 10) & (k_f >= 10)
     assert use.sum() >= 5
     sig_a = np.asarray(c["dmag_sigma"])[use]
-    sig_f = np.array([np.std(dmag_f[(b_f == i) & rec_f]) for i in np.nonzero(use)[0]])
-    # Median error ~1.25 sigma / sqrt(n) each; 3 sigma of the difference plus 0.01 mag.
-    tol = 3 * 1.25 * np.hypot(sig_a / np.sqrt(k_a[use]), sig_f / np.sqrt(k_f[use])) + 0.01
-    assert np.all(np.abs(np.asarray(c["dmag_median"])[use] - med_f[use]) < tol)
-    # Scatter agrees within 40 % (MAD-std of ~10-40 stars) and grows towards the limit.
-    assert np.all(np.abs(sig_a / sig_f - 1) < 0.4), sig_a / sig_f
+    # The Delta-mag distributions agree bin by bin (two-sample KS; with 10-40 stars a bin and
+    # the skewed distributions near the limit, a ratio of scatters is too noisy to test).
+    b_a = np.digitize(np.asarray(ast["mag_in"], float), EDGES) - 1
+    d_a = np.asarray(ast["mag"], float) - np.asarray(ast["mag_in"], float)
+    rec_a = np.asarray(ast["recovered"], bool)
+    for i in np.nonzero(use)[0]:
+        p = ks_2samp(d_a[(b_a == i) & rec_a], dmag_f[(b_f == i) & rec_f]).pvalue
+        assert p > 1e-3, (i, p)
     assert sig_a[-1] > 3 * sig_a[0]
     # The reported flux errors are honest for well-measured stars: pull width ~ 1.
     ps = np.asarray(c["pull_sigma"])[use][:4]
