@@ -236,3 +236,24 @@ def test_segment_connectivity_and_npixels():
     m = np.zeros(img.shape, bool)
     m[2:5, 2:5] = True
     assert segment(img, 1.0, 3, mask=m).max() == 1
+
+
+def test_sparse_peak_test_equals_the_maximum_filter():
+    """_local_peaks tests only the candidate pixels when they are few: the same peaks as the
+    maximum filter over the whole image, ties (Mighell's rule) and NaN pixels included."""
+    from jaxphot.image.detection import _local_peaks
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        img = rng.normal(size=(int(rng.integers(5, 80)), int(rng.integers(5, 80))))
+        if trial % 3 == 0:
+            img = np.round(img, 1)  # plateaus: the tie rule decides
+        if trial % 5 == 0:
+            img[rng.random(img.shape) < 0.05] = np.nan
+        r = int(rng.integers(1, 4))
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        for fp in (None, xx**2 + yy**2 <= r * r):
+            where = img > rng.normal(0.5)
+            sub = where & (rng.random(img.shape) < 0.05)  # few candidates: the sparse path
+            dense = _local_peaks(img, fp, np.ones(img.shape, bool)) & sub
+            np.testing.assert_array_equal(_local_peaks(img, fp, sub), dense)
