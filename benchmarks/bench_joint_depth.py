@@ -141,9 +141,10 @@ def main(argv=None):
     ap.add_argument("--side", type=int, default=256)
     ap.add_argument("--stars", type=int, default=250)
     ap.add_argument("--seeds", type=int, default=None, help="fields per N (default 3, quick 1)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seed of the first field")
     a = ap.parse_args(argv)
     ns = (1, 4, 16) if a.quick else (1, 4, 16, 64)
-    seeds = range(a.seeds or (1 if a.quick else 3))
+    seeds = range(a.first_seed, a.first_seed + (a.seeds or (1 if a.quick else 3)))
     nb = len(SNR_EDGES) - 1
     single_h, single_t = np.zeros(nb), np.zeros(nb)
     joint = {n: {"hits": np.zeros(nb), "tot": np.zeros(nb), "dx": [], "x_err": [], "x_pull": [],
