@@ -42,3 +42,20 @@ try:
     settings.register_profile("jaxphot-fuzz-slow", max_examples=2000, **_fuzz)
 except ImportError:  # hypothesis is in the test extra; without it test_fuzz.py is skipped
     pass
+
+
+@pytest.fixture
+def shifted_wcs():
+    """``make(dx, dy)``: a TAN WCS at (150, +2) deg, 0.2"/px, on which the sky sits (dx, dy) px
+    further along the detector than at (0, 0): the exposures of a dithered field."""
+    from astropy.wcs import WCS
+
+    def make(dx: float, dy: float) -> WCS:
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [150.0, 2.0]
+        w.wcs.crpix = [32.0 + dx, 32.0 + dy]
+        w.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+        return w
+
+    return make

@@ -237,24 +237,14 @@ def test_varying_psf_each_star_at_its_own_position():
     assert np.max(np.abs(p0.reshape(5, -1).mean(1)[:2])) > 3
 
 
-def test_sky_catalogue_through_per_image_wcs_and_affine():
-    from astropy.wcs import WCS
-
+def test_sky_catalogue_through_per_image_wcs_and_affine(shifted_wcs):
     rng = np.random.default_rng(11)
     x0 = np.array([15.3, 40.2, 30.7, 50.1])
     y0 = np.array([20.4, 18.9, 45.5, 40.2])
     f = np.array([6000.0, 9000.0, 12000.0, 4000.0])
     shifts = [(0.0, 0.0), (2.3, -1.4), (-3.1, 0.6)]
 
-    def wcs_for(dx, dy):
-        w = WCS(naxis=2)
-        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-        w.wcs.crval = [150.0, 2.0]
-        w.wcs.crpix = [32.0 + dx, 32.0 + dy]  # the sky moves by (dx, dy) pixels on the detector
-        w.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
-        return w
-
-    wcss = [wcs_for(*s) for s in shifts]
+    wcss = [shifted_wcs(*s) for s in shifts]
     images = []
     for dx, dy in shifts:
         prf = np.asarray(PSF.evaluate(jnp.asarray(x0 + dx), jnp.asarray(y0 + dy), (H, W)), np.float64)

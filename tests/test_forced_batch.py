@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from astropy.wcs import WCS
 
 import jaxphot
 from jaxphot.cli import main
@@ -95,23 +94,14 @@ def test_per_exposure_lists_are_sliced(field):
     assert np.all(direct["flags"][masked] & ForcedFlag.MASKED)
 
 
-def _wcs(dx: float, dy: float) -> WCS:
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [150.0, 2.0]
-    w.wcs.crpix = [32.0 + dx, 32.0 + dy]  # the sky moves by (dx, dy) pixels on the detector
-    w.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
-    return w
-
-
-def test_pixel_catalogue_through_the_first_exposures_wcs(tmp_path):
+def test_pixel_catalogue_through_the_first_exposures_wcs(tmp_path, shifted_wcs):
     """x, y in pixels of the list's first exposure: a chunk's first exposure is another one."""
     rng = np.random.default_rng(5)
     x, y, f = _stars(rng, n=12, step=13.0)
     shifts = [(0.0, 0.0), (2.3, -1.4), (-3.1, 0.6), (1.7, 2.2)]
     paths = []
     for i, (dx, dy) in enumerate(shifts):
-        hdr = _wcs(dx, dy).to_header()
+        hdr = shifted_wcs(dx, dy).to_header()
         hdr["MJD-OBS"] = 60000.0 + i
         p = tmp_path / f"w{i}.fits"
         fits.writeto(p, _expose(rng, x + dx, y + dy, f), hdr)

@@ -38,9 +38,17 @@ from ..image.render import render_image
 from ..progress import Progress
 from ..psf.measure import is_varying, psf_fwhm, support_half
 from ..validate import check_non_negative, check_positive
-from .inputs import catalog_positions, image_positions, load_exposures, per_image_inputs, warn_bad
+from .inputs import (
+    PerImage,
+    catalog_positions,
+    image_positions,
+    load_exposures,
+    per_image_inputs,
+    warn_bad,
+)
 
-__all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "solve_linear_chunk", "forced_table"]
+__all__ = ["forced_photometry", "pivot_light_curves", "ForcedFlag", "solve_linear_chunk", "forced_table",
+           "check_forced_options"]
 
 _N_REWEIGHT = 3  # re-solves with model-based Poisson weights (the change after 3 is << 1e-3 sigma)
 _PIXELS_PER_CHUNK = 1 << 22  # bounds one chunk's PRF stack: rows * H * W * (K + 3)
@@ -428,8 +436,7 @@ def forced_photometry(
         an unknown ``background`` or a malformed PSF.
     """
     enable_compilation_cache()
-    if background not in ("plane", "constant"):
-        raise ValueError(f"background must be 'plane' or 'constant', got {background!r}")
+    check_forced_options(background, max_group_size, neighbours)
     n_basis = 3 if background == "plane" else 1
     exps = load_exposures(images)
     t = len(exps)
@@ -440,8 +447,6 @@ def forced_photometry(
     psfs, transforms, errors, masks = opts.psfs, opts.transforms, opts.errors, opts.masks
     gains, noises = opts.gains, opts.noises
     positions = image_positions(cat, transforms, exps)
-    if max_group_size < 1:
-        raise ValueError(f"max_group_size must be >= 1, got {max_group_size}")
 
     shape2 = (t, n)
     out = {"x": np.full(shape2, np.nan), "y": np.full(shape2, np.nan),
@@ -492,8 +497,6 @@ def forced_photometry(
         states.append((data, var0, valid, xs, ys, centre_ok, inv_gain))
     input_flags = out["flags"].copy()
 
-    if int(neighbours) < 0:
-        raise ValueError(f"neighbours must be >= 0, got {neighbours}")
     n_pass = 1 + int(neighbours)
     for it in range(n_pass):
         flux1 = np.nan_to_num(out["flux"])
@@ -521,6 +524,27 @@ def forced_photometry(
     prog.close()
     _flag_poor_fits(out)
     return forced_table(out, cat["star_id"], [e.name for e in exps], [e.mjd for e in exps])
+
+
+def check_forced_options(background: str = "plane", max_group_size: int = 16,
+                         neighbours: int = 1, opts: PerImage | None = None) -> None:
+    """ValueError for a :func:`forced_photometry` option that would fail every exposure.
+
+    ``opts`` (from :func:`~jaxphot.multi.inputs.per_image_inputs`): also each exposure's
+    ``gain`` (> 0) and ``read_noise`` (>= 0) where no ``error`` replaces them.
+    """
+    if background not in ("plane", "constant"):
+        raise ValueError(f"background must be 'plane' or 'constant', got {background!r}")
+    if int(max_group_size) < 1:
+        raise ValueError(f"max_group_size must be >= 1, got {max_group_size}")
+    if int(neighbours) < 0:
+        raise ValueError(f"neighbours must be >= 0, got {neighbours}")
+    for err, g, rn in zip(*((opts.errors, opts.gains, opts.noises) if opts else ((),) * 3),
+                          strict=True):
+        if err is None and g is not None:
+            check_positive("gain", g, "e-/ADU")
+        if err is None and rn is not None:
+            check_non_negative("read_noise", rn, "e-")
 
 
 def _flag_poor_fits(out: dict) -> None:

@@ -18,7 +18,7 @@ from astropy.table import Table
 from ..io import read_image
 from ..validate import check_psf
 
-__all__ = ["Exposure", "load_exposures", "per_image", "PerImage", "per_image_inputs",
+__all__ = ["Exposure", "exposure_list", "load_exposures", "per_image", "PerImage", "per_image_inputs",
            "catalog_positions", "image_positions", "header_mjd", "BadImageWarning", "warn_bad"]
 
 
@@ -68,13 +68,15 @@ def _from_path(path) -> Exposure:
     return Exposure(img.data, img.header, img.wcs, header_mjd(img.header), str(path))
 
 
-def load_exposures(images) -> list[Exposure]:
-    """Exposures from a (T, H, W) cube, a list of 2-D arrays and/or FITS paths, or one path/array.
+def exposure_list(images) -> list:
+    """The exposures as a list of entries (2-D arrays and/or paths), nothing read yet.
+
+    ``images`` is one path or 2-D array, a (T, H, W) cube, or a sequence of them.
 
     Raises
     ------
     ValueError
-        If ``images`` is empty or an in-memory entry is not a 2-D numeric array.
+        If ``images`` is empty or an array that is neither 2-D nor 3-D.
     """
     if isinstance(images, (str, Path)):
         images = [images]
@@ -84,10 +86,21 @@ def load_exposures(images) -> list[Exposure]:
         if images.ndim != 3:
             raise ValueError(f"images must be a (T, H, W) cube or a list of 2-D images, got shape "
                              f"{images.shape}")
-        images = list(images)
     images = list(images)
     if not images:
         raise ValueError("images is empty: give at least one image")
+    return images
+
+
+def load_exposures(images) -> list[Exposure]:
+    """Exposures from a (T, H, W) cube, a list of 2-D arrays and/or FITS paths, or one path/array.
+
+    Raises
+    ------
+    ValueError
+        If ``images`` is empty or an in-memory entry is not a 2-D numeric array.
+    """
+    images = exposure_list(images)
     out = []
     for i, im in enumerate(images):
         if isinstance(im, (str, Path)):

@@ -20,20 +20,21 @@ results are put together into the table of one call over the whole list.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
 
 from ..io import image_info
-from ..multi.forced import ForcedFlag, forced_photometry, forced_table
+from ..multi.forced import ForcedFlag, check_forced_options, forced_photometry, forced_table
 from ..multi.inputs import (
     Exposure,
     catalog_positions,
+    exposure_list,
     header_mjd,
     image_positions,
     load_exposures,
@@ -41,9 +42,7 @@ from ..multi.inputs import (
     warn_bad,
 )
 from ..progress import Progress
-from ..validate import check_non_negative, check_positive
-from .accelerator import setup_worker
-from .images import dask_client
+from .images import dask_completed, dask_session, is_auto_psf
 
 __all__ = ["forced_batch"]
 
@@ -70,10 +69,6 @@ class _EPSFPerExposure:
     """Stands in for ``psf="auto"`` while the options are checked; the tasks build the ePSFs."""
 
     evaluate = None
-
-
-def _is_auto(psf) -> bool:
-    return isinstance(psf, str) and psf.strip().lower() == "auto"
 
 
 # --------------------------------------------------------------------------------------
@@ -140,15 +135,6 @@ def _measure_chunk(images, positions, psfs, options) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def _image_list(images) -> list:
-    """The exposures as a list, as forced_photometry takes them (one path, a cube, a list)."""
-    if isinstance(images, (str, Path)):
-        return [images]
-    if isinstance(images, np.ndarray) and images.ndim == 2:
-        return [images]
-    return list(images)
-
-
 def _file_header(path) -> tuple[Exposure, int]:
     """A FITS exposure's header, WCS and MJD (no pixels), and its pixel count."""
     try:
@@ -181,21 +167,7 @@ def _check_options(workers, images_per_task, kw: dict) -> None:
     if images_per_task is not None and int(images_per_task) < 1:
         raise ValueError(f"images_per_task must be >= 1, got {images_per_task}")
     inspect.signature(forced_photometry).bind(None, None, None, **kw)  # TypeError: unknown option
-    if kw.get("background", "plane") not in ("plane", "constant"):
-        raise ValueError(f"background must be 'plane' or 'constant', got {kw['background']!r}")
-    if int(kw.get("max_group_size", 1)) < 1:
-        raise ValueError(f"max_group_size must be >= 1, got {kw['max_group_size']}")
-    if int(kw.get("neighbours", 0)) < 0:
-        raise ValueError(f"neighbours must be >= 0, got {kw['neighbours']}")
-
-
-def _check_noise(opts) -> None:
-    """The gain and read noise of every exposure weighted by them (as forced_photometry checks)."""
-    for err, g, rn in zip(opts.errors, opts.gains, opts.noises, strict=True):
-        if err is None and g is not None:
-            check_positive("gain", g, "e-/ADU")
-        if err is None and rn is not None:
-            check_non_negative("read_noise", rn, "e-")
+    check_forced_options(**{k: kw[k] for k in ("background", "max_group_size", "neighbours") if k in kw})
 
 
 def _chunks(todo: list[int], sizes: list[int], n_workers: int, per_task) -> list[list[int]]:
@@ -275,25 +247,14 @@ def _run_here(jobs, results: _Results) -> None:
 
 def _run_dask(make_jobs, n_images: int, workers, scheduler, results: _Results) -> None:
     """The tasks of ``make_jobs(n_workers)`` on Dask, each result passed to ``results``."""
-    try:
-        from distributed import as_completed
-    except ImportError:
-        raise ValueError("forced_batch on Dask needs dask.distributed (pip install "
-                         "'jaxphot[distributed]'); workers=0 (--workers 0) runs in this process") from None
-    with dask_client(workers, scheduler, n_images) as (client, env):
-        client.run(setup_worker, env)
+    with dask_session(workers, scheduler, n_images, "forced_batch") as client:
         # tasks for every thread of the cluster (scheduler_info() lists only a few workers)
         jobs = make_jobs(max(1, sum(client.nthreads().values())))
         results.begin(len(jobs))
-        tag = uuid.uuid4().hex[:8]
-        futures = {client.submit(_measure_chunk, *args, key=f"jaxphot-forced-{tag}-{k}", pure=False): idx
-                   for k, (idx, args) in enumerate(jobs)}
-        for f in as_completed(futures):
-            try:
-                res = f.result()
-            except Exception as exc:  # noqa: BLE001  (the worker died, or the task raised)
-                res = exc
-            results.add(futures[f], res)
+        calls = [(tuple(idx), f"jaxphot-forced-{k}", functools.partial(_measure_chunk, *args))
+                 for k, (idx, args) in enumerate(jobs)]
+        for idx, res in dask_completed(client, calls):
+            results.add(list(idx), res)
 
 
 def forced_batch(
@@ -371,13 +332,13 @@ def forced_batch(
     """
     kw = dict(forced_kwargs)
     _check_options(workers, images_per_task, kw)
-    items = _image_list(images)
+    items = exposure_list(images)
     heads, sizes = _headers(items)
     cat = catalog_positions(catalog)
-    auto = _is_auto(psf)
+    auto = is_auto_psf(psf)
     opts = per_image_inputs(len(heads), psf=_EPSFPerExposure() if auto else psf,
                             **{k: kw.pop(k, None) for k in ("wcs", *_PER_IMAGE)})
-    _check_noise(opts)
+    check_forced_options(opts=opts)
     placed = image_positions(cat, opts.transforms, heads)
     show = sys.stderr.isatty() if progress is None else progress
     results = _Results([e.name for e in heads], np.array([e.mjd for e in heads], float),

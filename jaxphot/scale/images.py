@@ -27,6 +27,7 @@ A run summary (one row per image: status, stars, time, error) is returned and wr
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import sys
@@ -63,7 +64,8 @@ from .files import (
 from .tiling import MIN_TILE, FitsSections, auto_tile_size, default_overlap, photometry_tiled
 
 # photometry_tiled is re-exported: jaxphot.photometry_tiled and old code find it here.
-__all__ = ["batch", "process_image", "dask_client", "photometry_tiled", "SUMMARY_NAME", "ERRORS_NAME"]
+__all__ = ["batch", "process_image", "dask_client", "dask_session", "dask_completed", "is_auto_psf",
+           "photometry_tiled", "SUMMARY_NAME", "ERRORS_NAME"]
 
 _SUMMARY_COLUMNS = (
     "image",
@@ -84,7 +86,8 @@ _SUMMARY_DTYPES = (str, str, str, np.int64, np.int64, np.int64, float, str, str)
 # --------------------------------------------------------------------------------------
 
 
-def _is_auto(psf) -> bool:
+def is_auto_psf(psf) -> bool:
+    """True for the spec ``"auto"``: an ePSF built from each image."""
     return isinstance(psf, str) and psf.strip().lower() == "auto"
 
 
@@ -157,7 +160,7 @@ def _image_catalog(image: Path, psf, hdu, tile_size, tile_overlap, photometry_kw
     src = FitsSections(image, hdu)  # the header only: pixels are read whole or by tile below
     info = src.info
     kw = _photometry_options(photometry_kwargs, info)
-    psf_obj = None if _is_auto(psf) else _resolve_psf(psf)
+    psf_obj = None if is_auto_psf(psf) else _resolve_psf(psf)
     ts = tile_size
     if ts is None and psf_obj is not None:
         ov = default_overlap(psf_obj, kw) if tile_overlap is None else int(tile_overlap)
@@ -249,7 +252,7 @@ def _check_batch_options(psf, workers, tile_size, catalog_format) -> None:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if tile_size is not None and int(tile_size) < MIN_TILE:
         raise ValueError(f"tile_size must be >= {MIN_TILE} px, got {tile_size}")
-    if isinstance(psf, str) and not _is_auto(psf):
+    if isinstance(psf, str) and not is_auto_psf(psf):
         _resolve_psf(psf)  # a bad spec raises PSFSpecError (a ValueError) once, not per image
 
 
@@ -406,35 +409,50 @@ def dask_client(workers, scheduler, n_tasks: int):
         yield client, env
 
 
-def _run_dask(todo, psf, kw, workers, scheduler, record) -> None:
-    """Run :func:`process_image` for each ``(index, image, catalog)`` of ``todo`` on Dask."""
+@contextlib.contextmanager
+def dask_session(workers, scheduler, n_tasks: int, what: str):
+    """A Dask client whose workers are set up for JAX (:func:`dask_client`, then
+    :func:`~jaxphot.scale.accelerator.setup_worker` on every worker).
+
+    ``what`` names the caller in the error when dask.distributed is not installed.
+    """
     try:
-        from distributed import as_completed
+        import distributed  # noqa: F401
     except ImportError:
         raise ValueError(
-            "jaxphot batch needs dask.distributed (pip install 'jaxphot[distributed]'), "
-            "or workers=0 to run in this process"
+            f"{what} on Dask needs dask.distributed (pip install 'jaxphot[distributed]'); "
+            "workers=0 runs in this process"
         ) from None
-    with dask_client(workers, scheduler, len(todo)) as (client, env):
+    with dask_client(workers, scheduler, n_tasks) as (client, env):
         client.run(setup_worker, env)
-        futures = {
-            client.submit(
-                process_image,
-                p,
-                psf,
-                c,
-                **kw,
-                key=f"jaxphot-{image_stem(p)}-{uuid.uuid4().hex[:8]}",
-                pure=False,
-            ): (i, p, c)
-            for i, p, c in todo
-        }
-        for f in as_completed(futures):
-            i, p, c = futures[f]
-            try:
-                row = f.result()
-            except Exception as exc:  # the worker died (KilledWorker...) or the task was lost
-                row = _summary_row(p, c, "failed", error=_error_line(exc), traceback=traceback.format_exc())
+        yield client
+
+
+def dask_completed(client, calls):
+    """Submit ``(tag, key, fn)`` calls (``fn()`` takes no argument; ``key`` names the task) and
+    yield ``(tag, result)`` as they complete; the result is the exception when a task raised
+    or its worker died, so one failure never stops the others."""
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex[:8]
+    futures = {client.submit(fn, key=f"{key}-{run}", pure=False): tag for tag, key, fn in calls}
+    for f in as_completed(futures):
+        try:
+            res = f.result()
+        except Exception as exc:  # noqa: BLE001  (KilledWorker, a lost task, or the task's error)
+            res = exc
+        yield futures[f], res
+
+
+def _run_dask(todo, psf, kw, workers, scheduler, record) -> None:
+    """Run :func:`process_image` for each ``(index, image, catalog)`` of ``todo`` on Dask."""
+    with dask_session(workers, scheduler, len(todo), "jaxphot batch") as client:
+        calls = [((i, p, c), f"jaxphot-{image_stem(p)}", functools.partial(process_image, p, psf, c, **kw))
+                 for i, p, c in todo]
+        for (i, p, c), row in dask_completed(client, calls):
+            if isinstance(row, BaseException):
+                row = _summary_row(p, c, "failed", error=_error_line(row),
+                                   traceback="".join(traceback.format_exception(row)))
             record(i, row)
 
 
