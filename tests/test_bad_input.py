@@ -155,6 +155,15 @@ def test_cli_output_checks_before_work(image_file, capsys):
     assert rc == 2 and ".fits" in line and not (d / "x.txt").exists()
 
 
+@pytest.mark.parametrize("cmd", ["photometry", "epsf"])
+def test_cli_apcorr_radius_must_be_positive(image_file, capsys, cmd):
+    d, path = image_file
+    extra = ["--psf", "auto"] if cmd == "photometry" else []
+    rc, line = _run([cmd, str(path), "-o", str(d / "p.fits"), "--apcorr-radius", "-3", *extra],
+                    capsys)
+    assert rc == 2 and "--apcorr-radius" in line and "positive" in line
+
+
 def test_cli_batch_refuses_input_as_catalog(image_file, capsys):
     d, path = image_file
     before = path.read_bytes()

@@ -65,6 +65,7 @@ def _add_photometry(sub) -> None:
         help="read noise in e- (default: header RDNOISE/READNOIS; used only with a gain)",
     )
     _add_saturation(p)
+    _add_apcorr(p)
     p.add_argument("--threshold", type=float, default=4.5, help="detection threshold (sigma)")
     p.add_argument("--maxiters", type=int, default=4, help="fit/detect cycles")
     p.add_argument("--background-box", type=int, default=64, help="mesh box size (px)")
@@ -119,6 +120,7 @@ def _add_epsf(sub) -> None:
     e.add_argument("--variation", default="auto",
                    help="auto | 0 | 1 | 2 | grid:NYxNX (default auto: cross-validated)")
     _add_saturation(e)
+    _add_apcorr(e)
     e.add_argument("-o", "--output", required=True, help="output FITS file (.fits)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
@@ -245,7 +247,27 @@ def _report_variation(psf) -> None:
         print(f"jaxphot: ePSF {type(psf).__name__}", file=sys.stderr)
 
 
-def _auto_psf(data, mask, oversampling, variation="auto", gain=None, saturation=None):
+def _add_apcorr(p) -> None:
+    """The --apcorr-radius option of the commands that build ePSFs."""
+    p.add_argument(
+        "--apcorr-radius", type=float, default=None, metavar="PX",
+        help="with an ePSF built from the image: scale it so that fitted fluxes are the light "
+        "within PX pixels of the PSF stars (aperture correction; for uncrowded images). "
+        "Default: the light the ePSF's box holds",
+    )
+
+
+def _apcorr_kwargs(radius) -> dict:
+    """build_epsf_from_image's flux-scale keywords for --apcorr-radius."""
+    if radius is None:
+        return {}
+    if not (math.isfinite(radius) and radius > 0):
+        raise CLIError(f"--apcorr-radius must be a positive number of pixels, got {radius:g}")
+    return {"normalize": "aperture", "aperture_radius": float(radius)}
+
+
+def _auto_psf(data, mask, oversampling, variation="auto", gain=None, saturation=None,
+              apcorr_radius=None):
     try:
         from ..epsf import build_epsf_from_image
     except ImportError:
@@ -259,7 +281,7 @@ def _auto_psf(data, mask, oversampling, variation="auto", gain=None, saturation=
     try:
         psf = build_epsf_from_image(d, oversampling=oversampling or 4,
                                     variation=_variation_arg(variation), gain=gain,
-                                    saturation=saturation)
+                                    saturation=saturation, **_apcorr_kwargs(apcorr_radius))
     except ValueError as exc:
         raise CLIError(f"--psf auto: cannot build an ePSF from this image: {exc}") from None
     _report_variation(psf)
@@ -404,7 +426,8 @@ def _cmd_photometry(a) -> int:
     out = Path(a.output)
     det = _detector(a, img, error)
     if a.psf.strip().lower() == "auto":
-        psf = _auto_psf(img.data, mask, a.oversampling, a.variation, det["gain"][0], det["saturation"][0])
+        psf = _auto_psf(img.data, mask, a.oversampling, a.variation, det["gain"][0],
+                        det["saturation"][0], a.apcorr_radius)
     else:
         psf = _psf_from_spec(a.psf, a.oversampling)
         if a.oversampling is None and Path(a.psf).is_file():
@@ -465,7 +488,8 @@ def _cmd_epsf(a) -> int:
         raise CLIError("the ePSF builder (jaxphot.epsf) is not available") from None
     try:
         psf = build_epsf_from_image(img.data, fwhm_guess=a.fwhm, oversampling=a.oversampling,
-                                    variation=_variation_arg(a.variation), saturation=sat)
+                                    variation=_variation_arg(a.variation), saturation=sat,
+                                    **_apcorr_kwargs(a.apcorr_radius))
     except ValueError as exc:
         raise CLIError(f"cannot build an ePSF from {a.image!r}: {exc}") from None
     try:
@@ -496,6 +520,7 @@ def _add_ast(sub) -> None:
     t.add_argument("--gain", type=float, default=None, help="e-/image unit (default: header GAIN)")
     t.add_argument("--read-noise", type=float, default=None, help="read noise in e-")
     _add_saturation(t)
+    _add_apcorr(t)
     t.add_argument("--threshold", type=float, default=4.5, help="detection threshold (sigma)")
     t.add_argument("--zeropoint", type=float, default=0.0, help="magnitude zero point")
     t.add_argument("--bins", type=float, default=0.25, help="magnitude bin width (default 0.25)")
@@ -522,7 +547,8 @@ def _cmd_ast(a) -> int:
     a.error = None
     det = _detector(a, img, None)
     if a.psf.strip().lower() == "auto":
-        psf = _auto_psf(img.data, mask, a.oversampling, a.variation, det["gain"][0], det["saturation"][0])
+        psf = _auto_psf(img.data, mask, a.oversampling, a.variation, det["gain"][0],
+                        det["saturation"][0], a.apcorr_radius)
     else:
         psf = _psf_from_spec(a.psf, a.oversampling)
     print(_describe_inputs(a, img, psf, det), file=sys.stderr)

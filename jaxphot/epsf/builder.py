@@ -284,12 +284,16 @@ def build_epsf(
     apc = None
     if aperture_radius is not None or normalize == "aperture":
         r_ap = float(aperture_radius) if aperture_radius is not None else h / 2.0
-        apc = _aperture_correction(img, bad_img, err_img, pb, fit, r_ap, aperture_annulus)
-    norm = apc.value if normalize == "aperture" else 1.0
+        try:
+            apc = _aperture_correction(img, bad_img, err_img, pb, fit, r_ap, aperture_annulus)
+        except ValueError as exc:  # every star at an edge or on masked pixels
+            warnings.warn(f"no aperture correction ({exc}): fluxes fitted with this ePSF are the "
+                          "light its box holds", EPSFWarning, stacklevel=2)
+    norm = apc.value if (normalize == "aperture" and apc is not None) else 1.0
     out = _result_psf(pb, fit.coeffs, norm)
     if not return_stars:
         return out
-    return out, _stars_table(pos, cut, pb, fit, apc, norm, normalize)
+    return out, _stars_table(pos, cut, pb, fit, apc, norm, normalize if apc is not None else "sum")
 
 
 def _check_inputs(image, positions, degree, oversampling, shape, smoothness, prior, normalize, mask,

@@ -20,9 +20,10 @@ from .render import scatter_stamps
 
 __all__ = ["fit_groups", "FIT_CHUNK", "FIT_FLOAT_COLUMNS"]
 
-# Cutouts per compiled call. fit_cutouts pads every call (and its re-run of stragglers) to a
-# power of two >= 64, capped at the chunk size; with exactly 64 every call has one shape, so
-# each (cutout size, K) bucket compiles once instead of once per power of two.
+# Cutouts per compiled call of single stars (_fit_chunk: fewer for larger groups). fit_cutouts
+# pads every call (and its re-run of stragglers) to a power of two >= 64, capped at the chunk
+# size; with one fixed chunk per K every call has one shape, so each (cutout size, K) bucket
+# compiles once instead of once per power of two.
 FIT_CHUNK = 64
 #: Per-star float columns the fitter returns (NaN where a star was not fitted).
 FIT_FLOAT_COLUMNS = (
@@ -159,7 +160,8 @@ def _fit_padded(cut, psf, lx, ly, lf, err, msk, act, fit_background, max_iter, o
     rows.
     """
     n = len(cut)
-    size = -(-n // FIT_CHUNK) * FIT_CHUNK
+    chunk = _fit_chunk(act.shape[1])
+    size = -(-n // chunk) * chunk
     c = (cut.shape[2] - 1) / 2.0
     args = [pad(a, size, fill) for a, fill in ((cut, 0.0), (lx, c), (ly, c), (lf, 1.0))]
     kw = {"error": pad(err, size, 1.0), "mask": pad(msk, size, False),
@@ -167,14 +169,21 @@ def _fit_padded(cut, psf, lx, ly, lf, err, msk, act, fit_background, max_iter, o
     if origin is not None and callable(getattr(psf, "at", None)):
         kw["origin"] = pad(origin, size, 0.0)
     # First chunk alone, then the rest (if any) in one call.
-    bounds = [slice(0, FIT_CHUNK)] + ([slice(FIT_CHUNK, size)] if size > FIT_CHUNK else [])
+    bounds = [slice(0, chunk)] + ([slice(chunk, size)] if size > chunk else [])
     parts = [
         fit_cutouts(args[0][sl], psf, *(a[sl] for a in args[1:]), background=fit_background,
-                    max_iter=max_iter, chunk_size=FIT_CHUNK, **{k: v[sl] for k, v in kw.items()})
+                    max_iter=max_iter, chunk_size=chunk, **{k: v[sl] for k, v in kw.items()})
         for sl in bounds
     ]
     fields = dataclasses.fields(parts[0])
     return type(parts[0])(**{f.name: _join([getattr(p, f.name) for p in parts], n) for f in fields})
+
+
+def _fit_chunk(k: int) -> int:
+    """Cutouts per compiled call for groups of up to ``k`` stars: FIT_CHUNK for single stars,
+    halved for each doubling of ``k`` beyond (at least 4). A fit's cost grows as ~k^2 per
+    cutout, and the few large groups of a field would otherwise sit in mostly empty padding."""
+    return max(4, FIT_CHUNK >> max(0, int(k).bit_length() - 1))
 
 
 def _join(vals: list, n: int):
