@@ -150,8 +150,15 @@ def main(argv=None):
     ap.add_argument("--stars", type=int, default=250)
     ap.add_argument("--seeds", type=int, default=None, help="fields per N (default 3, quick 1)")
     ap.add_argument("--first-seed", type=int, default=0, help="seed of the first field")
+    ap.add_argument("--exposures", type=int, nargs="+", default=None, metavar="N",
+                    help="the N to run (default 1 4 16 64, quick 1 4 16); shrinks are against "
+                    "the smallest")
     a = ap.parse_args(argv)
     ns = (1, 4, 16) if a.quick else (1, 4, 16, 64)
+    if a.exposures:
+        ns = tuple(sorted(set(a.exposures)))
+        if ns[0] < 1:
+            ap.error("--exposures must be positive")
     seeds = range(a.first_seed, a.first_seed + (a.seeds or (1 if a.quick else 3)))
     nb = len(SNR_EDGES) - 1
     single_h, single_t = np.zeros(nb), np.zeros(nb)

@@ -83,6 +83,28 @@ def test_band_fluxes_are_at_their_error(runs):
     assert len(res.epochs) == 16 * len(flux)
 
 
+def test_band_flux_errors_are_the_combined_single_image_bound():
+    """The band flux error of N = 16 exposures with different seeing is the bound that their
+    information adds up to, ``1 / sqrt(sum_t 1 / crlb_t^2)``, with ``crlb_t`` the flux CRLB of
+    each exposure alone (``photometry``'s ``flux_crlb`` at the true positions)."""
+    from jaxphot import photometry
+
+    images, tr, psfs, start, x, y, flux = _field(16)
+    res = joint_photometry(images, start, psfs, wcs=tr, gain=1.0)
+    info = np.zeros(len(flux))
+    for img, m, psf in zip(images, tr, psfs, strict=True):
+        xt, yt = m[:, :2] @ np.vstack([x, y]) + m[:, 2:]
+        init = Table({"x": xt, "y": yt, "flux": flux})
+        cat = photometry(img, psf, gain=1.0, init_params=init, detection=False, progress=False)
+        info += 1.0 / np.asarray(cat["flux_crlb"], float) ** 2
+    ratio = np.asarray(res.stars["flux_err_all"], float) / np.sqrt(1.0 / info)
+    ok = np.isfinite(ratio)
+    print(f"flux_err_all / combined CRLB: median {np.median(ratio[ok]):.4f}, 10-90 % "
+          f"{np.percentile(ratio[ok], 10):.3f}-{np.percentile(ratio[ok], 90):.3f}")
+    assert ok.sum() >= 0.9 * len(flux)
+    assert np.median(ratio[ok]) == pytest.approx(1.0, abs=0.03)
+
+
 def test_bands_and_bad_input():
     images, tr, psfs, start, x, y, flux = _field(4, n_stars=20, seeing=(2.6, 3.4))
     res = joint_photometry(images, start, psfs, wcs=tr, gain=1.0, bands=["g", "g", "r", "r"],
