@@ -320,6 +320,12 @@ def test_bad_input_reported():
         build_epsf(img, pts[:, 0])
     with pytest.raises(ValueError, match="normalize must be"):
         build_epsf(img, pts, shape=11, normalize="peak")
+    # an aperture no star's fits on the image: a warning and the box's own flux scale
+    with pytest.warns(EPSFWarning, match="no aperture correction"):
+        psf, st = build_epsf(img, pts, shape=11, maxiters=2, normalize="aperture",
+                             aperture_radius=150.0, return_stars=True)
+    assert st.meta["normalize"] == "sum" and "apcor" not in st.meta
+    assert abs(psf.array.sum() - 16.0) < 1e-3
 
 
 def test_select_stars_isolated_bright_spread():

@@ -289,11 +289,12 @@ def build_epsf(
         except ValueError as exc:  # every star at an edge or on masked pixels
             warnings.warn(f"no aperture correction ({exc}): fluxes fitted with this ePSF are the "
                           "light its box holds", EPSFWarning, stacklevel=2)
-    norm = apc.value if (normalize == "aperture" and apc is not None) else 1.0
+            normalize = "sum"
+    norm = apc.value if normalize == "aperture" else 1.0
     out = _result_psf(pb, fit.coeffs, norm)
     if not return_stars:
         return out
-    return out, _stars_table(pos, cut, pb, fit, apc, norm, normalize if apc is not None else "sum")
+    return out, _stars_table(pos, cut, pb, fit, apc, norm, normalize)
 
 
 def _check_inputs(image, positions, degree, oversampling, shape, smoothness, prior, normalize, mask,

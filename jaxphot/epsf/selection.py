@@ -234,8 +234,8 @@ def build_epsf_from_image(
         median undercounts their sea: on the GLIMPSE image (``aperture_radius`` 13 px) the
         fluxes came out 13 % above the catalogue's, against 1 % below with ``"sum"``.
     aperture_radius : float, optional
-        Radius (pixels) of that aperture; default the box side ``shape`` (about 6 FWHM), with
-        the sky in an annulus beyond it.
+        Radius (pixels) of that aperture, used with ``normalize="aperture"``; default the box
+        side ``shape`` (about 6 FWHM), with the sky in an annulus beyond it.
     return_stars : bool
         Also return the :class:`EPSFStars` table.
     **build_kwargs
