@@ -48,3 +48,28 @@ def emit_json(obj: dict) -> None:
     """The last line of every benchmark: one JSON object."""
     sys.stdout.flush()
     print(json.dumps(obj, default=float))
+
+
+def print_regional(title: str, tab) -> None:
+    """Print a :func:`jaxphot.sim.varying.regional_table` with readable number formats."""
+    for c, f in (("bias_mmag", ".1f"), ("pull_mad_std", ".3f"), ("pull_mad_std_err", ".3f"),
+                 ("completeness", ".4f")):
+        if c in tab.colnames:
+            tab[c].format = f
+    print(f"\n{title}")
+    print(tab)
+
+
+def regional_summary(tab, seconds: float | None = None) -> dict:
+    """The JSON summary of a regional table: worst bias, pull range, lowest completeness."""
+    import numpy as np
+
+    reg = tab[tab["row"] >= 0]
+    out = {"max_abs_bias_mmag": float(np.nanmax(np.abs(reg["bias_mmag"]))),
+           "pull_mad_std_range": [float(np.nanmin(reg["pull_mad_std"])),
+                                  float(np.nanmax(reg["pull_mad_std"]))],
+           "min_completeness": float(np.nanmin(reg["completeness"])),
+           "regions": [dict(zip(tab.colnames, map(float, r), strict=True)) for r in tab]}
+    if seconds is not None:
+        out["seconds"] = round(seconds, 1)
+    return out

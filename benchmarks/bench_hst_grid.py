@@ -17,6 +17,7 @@ The last line is one JSON object. Needs ``$JAXPHOT_DATA`` or ``../shared/data``.
 
     python benchmarks/bench_hst_grid.py            # 2051 x 4096 (the whole chip), 8000 stars
     python benchmarks/bench_hst_grid.py --quick    # 1024 x 1024 at the chip's corner, 1500 stars
+    python benchmarks/bench_hst_grid.py --quick --seeds 4 --runs auto   # 4 fields pooled
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import print_regional, regional_summary
 from astropy.io import fits
 from astropy.table import Table
 
@@ -37,22 +39,6 @@ from jaxphot.cli.app import main as jaxphot_main
 from jaxphot.datasets import DataNotFoundError, find_data_dir
 from jaxphot.psf.instruments import read_wfc3_uvis_grid
 from jaxphot.sim.varying import regional_table
-
-
-def _score(label: str, cat: Table, truth: Table, shape, seconds: float) -> dict:
-    tab = regional_table(cat, truth, shape)
-    for c, f in (("bias_mmag", ".1f"), ("pull_mad_std", ".3f"), ("completeness", ".4f")):
-        tab[c].format = f
-    print(f"\n{label} ({seconds:.0f} s)")
-    print(tab)
-    reg = tab[tab["row"] >= 0]
-    return {
-        "seconds": round(seconds, 1),
-        "max_abs_bias_mmag": float(np.nanmax(np.abs(reg["bias_mmag"]))),
-        "pull_mad_std_range": [float(np.nanmin(reg["pull_mad_std"])),
-                               float(np.nanmax(reg["pull_mad_std"]))],
-        "min_completeness": float(np.nanmin(reg["completeness"])),
-    }
 
 
 def _cli(image: Path, out: Path, *extra: str) -> tuple[Table, float]:
@@ -64,10 +50,22 @@ def _cli(image: Path, out: Path, *extra: str) -> tuple[Table, float]:
     return Table.read(out), time.perf_counter() - t0
 
 
+# the CLI options of each ePSF run ("APCORR": --apcorr-radius R)
+_RUNS = {
+    "epsf_grid_3x3": ("--variation", "grid:3x3", "APCORR"),
+    "auto": ("APCORR",),
+    "auto_no_apcorr": (),
+}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1024 x 1024, 1500 stars")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="fields simulated (seeds seed, seed+1, ...); their regions are pooled")
+    ap.add_argument("--runs", nargs="+", default=list(_RUNS), choices=list(_RUNS),
+                    help="ePSF runs besides the library grid (default: all)")
     ap.add_argument("--apcorr-radius", type=float, default=18.0,
                     help="aperture (px) of the ePSFs' aperture correction (default 18)")
     args = ap.parse_args(argv)
@@ -80,28 +78,46 @@ def main(argv=None):
         psf = read_wfc3_uvis_grid(path, "uvis2")
     shape, n = ((1024, 1024), 1500) if args.quick else ((2051, 4096), 8000)
     gain, rn = 1.5, 3.0
-    fld = jaxphot.simulate_cluster(shape, n, psf, sky=60.0, gain=gain, read_noise=rn,
-                                   snr_min=5.0, flux_ratio=10 ** (8 / 2.5), cluster_fraction=0.0,
-                                   seed=args.seed)
-    result = {"shape": list(shape), "n_stars": n, "seed": args.seed}
-    t0 = time.perf_counter()
-    cat = jaxphot.photometry(fld.image, psf, gain=gain, read_noise=rn)
-    result["library"] = _score("library grid as the PSF", cat, fld.truth, shape,
-                               time.perf_counter() - t0)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    result = {"shape": list(shape), "n_stars": n, "seeds": seeds}
+    apc = ("--apcorr-radius", f"{args.apcorr_radius:g}")
+    extras = {k: [x for a in _RUNS[k] for x in (apc if a == "APCORR" else (a,))]
+              for k in args.runs}
+    labels = {"library": "library grid as the PSF"} | {
+        k: " ".join(["--psf auto", *extras[k]]) for k in args.runs}
+    cats = {k: [] for k in labels}
+    secs = {k: 0.0 for k in labels}
+    variation = {}
+    truths = []
     hdr = fits.Header()
     hdr["GAIN"] = (gain, "e-/ADU")
     hdr["RDNOISE"] = (rn, "e-")
-    with tempfile.TemporaryDirectory() as tmp:
-        img = Path(tmp) / "wfc3.fits"
-        fits.PrimaryHDU(fld.image.astype(np.float32), header=hdr).writeto(img)
-        apc = ("--apcorr-radius", f"{args.apcorr_radius:g}")
-        runs = (("epsf_grid_3x3", ("--variation", "grid:3x3", *apc)), ("auto", apc),
-                ("auto_no_apcorr", ()))
-        for key, extra in runs:
-            cat, sec = _cli(img, Path(tmp) / f"{key}.ecsv", *extra)
-            label = "--psf auto " + " ".join(extra)
-            result[key] = _score(label, cat, fld.truth, shape, sec)
-            result[key]["variation"] = str(cat.meta.get("psf_variation", ""))
+    for seed in seeds:
+        fld = jaxphot.simulate_cluster(shape, n, psf, sky=60.0, gain=gain, read_noise=rn,
+                                       snr_min=5.0, flux_ratio=10 ** (8 / 2.5),
+                                       cluster_fraction=0.0, seed=seed)
+        truths.append(fld.truth)
+        t0 = time.perf_counter()
+        cats["library"].append(jaxphot.photometry(fld.image, psf, gain=gain, read_noise=rn))
+        secs["library"] += time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:
+            img = Path(tmp) / "wfc3.fits"
+            fits.PrimaryHDU(fld.image.astype(np.float32), header=hdr).writeto(img)
+            for key in args.runs:
+                cat, sec = _cli(img, Path(tmp) / f"{key}.ecsv", *extras[key])
+                cats[key].append(cat)
+                secs[key] += sec
+                variation.setdefault(key, []).append(str(cat.meta.get("psf_variation", "")))
+        for key in labels:
+            print_regional(f"seed {seed}: {labels[key]}", regional_table(cats[key][-1],
+                                                                          fld.truth, shape))
+    for key, label in labels.items():
+        tab = regional_table(cats[key], truths, shape)
+        if len(seeds) > 1:
+            print_regional(f"{label}: {len(seeds)} fields pooled ({secs[key]:.0f} s)", tab)
+        result[key] = regional_summary(tab, secs[key])
+        if key in variation:
+            result[key]["variation"] = variation[key]
     print(json.dumps(result))
 
 

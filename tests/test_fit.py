@@ -133,6 +133,35 @@ def test_new_batch_size_reuses_compiled_buckets():
     assert fitmod.solve_chunk._cache_size() == before
 
 
+def test_multi_chunk_batch_runs_one_shape_and_matches_single_chunks():
+    """A batch longer than one chunk pads its tail to a whole chunk (no new compiled shape), and
+    chunking does not change any row's result."""
+    psf = GaussianPRF(2.5)
+    sim = simulate_cutouts(psf, 200, (11, 11), flux=(1e3, 1e4), seed=43)
+    fit_cutouts(sim.data[:40], psf, sim.x[:40], sim.y[:40], **NOISE)  # the 64-row shape
+    before = fitmod.solve_chunk._cache_size()
+    whole = fit_cutouts(sim.data, psf, sim.x, sim.y, chunk_size=64, **NOISE)  # 64+64+64+8
+    assert fitmod.solve_chunk._cache_size() == before
+    for a in range(0, 200, 64):
+        part = fit_cutouts(sim.data[a:a + 64], psf, sim.x[a:a + 64], sim.y[a:a + 64], **NOISE)
+        np.testing.assert_allclose(whole.flux_fit[a:a + 64], part.flux_fit, rtol=1e-5)
+        np.testing.assert_allclose(whole.x_fit[a:a + 64], part.x_fit, atol=1e-5)
+    truth_pull = (whole.flux_fit[:, 0] - sim.flux[:, 0]) / whole.flux_err[:, 0]
+    assert abs(np.median(truth_pull)) < 0.3 and 0.75 < np.std(truth_pull) < 1.3
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU chunk sizes")
+def test_cpu_chunks_are_cache_sized():
+    from jaxphot.core.batching import MIN_BUCKET, default_chunk_size
+
+    # 15x15 cutouts with 6 parameters: 256 rows (the measured optimum on a 2 MB L2); larger
+    # problems get fewer rows, never below the smallest bucket, never above 1024.
+    assert default_chunk_size((15, 15), 6) == 256
+    assert default_chunk_size((31, 31), 27) == MIN_BUCKET
+    assert default_chunk_size((5, 5), 6) == 1024
+    assert default_chunk_size() == 1024
+
+
 def test_fixed_positions_forced_photometry():
     psf = GaussianPRF(2.5)
     sim = simulate_cutouts(psf, 512, (15, 15), flux=(1e3, 1e5), seed=51)

@@ -95,7 +95,7 @@ def test_adaptive_chunk_size_on_cpu_is_default():
     from jaxphot.core.fit import default_chunk_size
 
     # CPUs report no memory statistics: cache-sized chunks, as fit_cutouts uses.
-    assert adaptive_chunk_size((15, 15), 6) == default_chunk_size()
+    assert adaptive_chunk_size((15, 15), 6) == default_chunk_size((15, 15), 6)
 
 
 def test_adaptive_chunk_size_follows_free_memory():

@@ -50,6 +50,11 @@ def test_photometry_with_true_varying_psf_is_unbiased(strong_field):
     assert pull0 > 1.5 * pull_sd, (pull0, pull_sd)
     tab = regional_table(cat, fld.truth, fld.image.shape, grid=(2, 2))
     assert np.all(tab["completeness"] > 0.9)
+    # pooled fields: each matched to its own truth, the regions' stars taken together
+    two = regional_table([cat, cat], [fld.truth, fld.truth], fld.image.shape, grid=(2, 2))
+    np.testing.assert_array_equal(two["n_bright"], 2 * tab["n_bright"])
+    np.testing.assert_allclose(two["bias_mmag"], tab["bias_mmag"])
+    np.testing.assert_allclose(two["pull_mad_std_err"] * np.sqrt(2), tab["pull_mad_std_err"])
 
 
 def test_model_image_with_varying_psf_matches_simulation(strong_field):

@@ -409,7 +409,8 @@ def fit_cutouts(
         Multiply the errors by ``sqrt(chi2/dof)`` (off by default: errors are the square roots of
         the diagonal of the inverse undamped ``J^T W J``).
     chunk_size : int, optional
-        Cutouts per compiled call (bounds memory). Default :func:`default_chunk_size`.
+        Cutouts per compiled call (bounds memory). Default :func:`default_chunk_size` for this
+        cutout shape and number of parameters (on a CPU, chunks that fit the L2 cache).
     newton : bool
         Use Newton steps (with the residual-curvature term) when they are safe; faster on faint
         stars. False gives plain Levenberg-Marquardt (Gauss-Newton) steps.
@@ -456,7 +457,7 @@ def fit_cutouts(
     psf = _psf_per_cutout(psf, origin, xs, ys, (h0, w0))
     job = FitJob.first(psf, pix, p0.astype(dtype), free, too_few, inv_gain=dtype(inv_gain),
                        step_tol=dtype(step_tol), max_iter=max_iter, newton=newton)
-    res = _solve_all(job, int(chunk_size or default_chunk_size()))
+    res = _solve_all(job, int(chunk_size or default_chunk_size((h0, w0), p0.shape[1])))
     unweighted = error is None and gain is None and read_noise is None
     shape = data.shape[1:]
     result = _assemble(res, p0, act, free, n_valid, n_free, too_few, bad_pixels, shape,

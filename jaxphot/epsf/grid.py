@@ -10,13 +10,15 @@ from astropy.table import vstack
 from ..psf import GriddedPSF
 from .builder import EPSFStars, EPSFWarning, as_positions, build_epsf, odd_shape
 
+MIN_REGION_STARS = 60  # PSF stars a region needs for its own ePSF (else the grid coarsens)
+
 
 def build_epsf_grid(
     image,
     positions,
     *,
     grid=(3, 3),
-    min_region_stars: int = 60,
+    min_region_stars: int = MIN_REGION_STARS,
     extrapolate: bool = False,
     return_stars: bool = False,
     **build_kwargs,

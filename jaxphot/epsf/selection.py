@@ -17,7 +17,7 @@ from ..image.inputs import saturation_mask
 from ..image.render import scatter_stamps, stamps
 from ..validate import check_positive
 from .builder import XY_COLUMNS, EPSFWarning, build_epsf, odd_shape, table_xy
-from .grid import build_epsf_grid
+from .grid import MIN_REGION_STARS, build_epsf_grid
 from .variation import choose_variation, parse_variation
 
 
@@ -196,7 +196,8 @@ def build_epsf_from_image(
     threshold : float
         Detection threshold in sigma.
     n_max : int
-        Most PSF stars used.
+        Most PSF stars used; for a grid (``variation="grid:..."``) at least ``min_region_stars``
+        (default 60) times the number of regions, so that every region can have its own ePSF.
     degree : {0, 1, 2}, optional
         Deprecated alias of ``variation`` (a fixed polynomial degree); overrides it when given.
     variation : "auto", 0, 1, 2 or "grid:NYxNX"
@@ -266,6 +267,9 @@ def build_epsf_from_image(
     cat = find_stars(np.where(bad, np.nan, sub), fwhm, threshold=threshold, rms=rms, mask=bad)
     if len(cat) == 0:
         raise ValueError("no stars detected in the image: cannot build an ePSF")
+    if isinstance(var, tuple):  # a grid: room for min_region_stars in every region
+        n_max = max(int(n_max), build_kwargs.get("min_region_stars", MIN_REGION_STARS)
+                    * var[0] * var[1])
     chosen = select_stars(
         sub,
         cat,

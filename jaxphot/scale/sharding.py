@@ -77,7 +77,8 @@ def adaptive_chunk_size(
     -------
     int
         A power of two in [64, 131072]. On a CPU (no memory statistics) this is
-        :func:`jaxphot.fit.default_chunk_size` (cache-sized chunks are fastest there).
+        :func:`jaxphot.fit.default_chunk_size` for this cutout (cache-sized chunks are fastest
+        there).
     """
     device = device or jax.devices()[0]
     stats = None
@@ -87,7 +88,7 @@ def adaptive_chunk_size(
         except Exception:  # some backends do not implement it
             stats = None
     if not stats or "bytes_limit" not in stats:
-        return _fit.default_chunk_size()
+        return _fit.default_chunk_size(shape, n_params)
     free = max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
     h, w = shape
     pix = h * w
