@@ -9,6 +9,7 @@ import resource
 import sys
 
 import jax
+import numpy as np
 
 
 def device_info() -> dict:
@@ -62,8 +63,6 @@ def print_regional(title: str, tab) -> None:
 
 def regional_summary(tab, seconds: float | None = None) -> dict:
     """The JSON summary of a regional table: worst bias, pull range, lowest completeness."""
-    import numpy as np
-
     reg = tab[tab["row"] >= 0]
     out = {"max_abs_bias_mmag": float(np.nanmax(np.abs(reg["bias_mmag"]))),
            "pull_mad_std_range": [float(np.nanmin(reg["pull_mad_std"])),

@@ -58,8 +58,8 @@ def default_chunk_size(shape: tuple[int, int] | None = None, n_params: int = 6) 
     if shape is None:
         return 1024
     per_row = max(1, int(shape[0]) * int(shape[1]) * int(n_params))
-    rows = 1 << max(0, int(math.floor(math.log2(max(_CPU_CHUNK_ELEMENTS // per_row, 1)))))
-    return int(min(1024, max(MIN_BUCKET, rows)))
+    rows = 1 << max(0, (_CPU_CHUNK_ELEMENTS // per_row).bit_length() - 1)  # a power of two below
+    return min(1024, max(MIN_BUCKET, rows))
 
 
 def default_threads() -> int:
